@@ -1,0 +1,20 @@
+"""`ppcli`: the command line over the episode store and the pipeline."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="ppcli",
+    help="Podcast Pile: turn podcast episode URLs into a speech dataset.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+from podcastpile.cli import episodes  # noqa: E402,F401  (registers create/import/list/stats)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,191 @@
+"""Settings, read from the environment and `.env`.
+
+The seed system's names and defaults are kept (`DATABASE_URL`, `HOST`, `PORT`,
+`WORKER_AUTH_ENABLED`, `WORKER_PASSWORD`, `JOB_TIMEOUT_HOURS`); everything the pipeline adds
+has a default that works on a laptop. `.env.example` documents every field.
+"""
+
+from __future__ import annotations
+
+import socket
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid. The message names the setting and says what is wrong."""
+
+
+class DiarizationLatency(StrEnum):
+    """Streaming Sortformer presets (see the model card); very-high keeps speaker identity best."""
+
+    very_high = "very-high"
+    high = "high"
+    low = "low"
+    ultra_low = "ultra-low"
+
+
+class Settings(BaseSettings):
+    """All of Podcast Pile's settings. Field names are the environment variable names, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- the seed's settings -------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///./podcastpile.db",
+        description="Episode database. SQLite for one machine; postgresql://... for many workers.",
+    )
+    host: str = Field("0.0.0.0", description="Address the manager (Prefect server) binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the manager (Prefect server) serves on.")
+    worker_auth_enabled: bool = Field(False, description="Require a password from workers.")
+    worker_password: SecretStr | None = Field(None, description="Worker password when auth is on.")
+    job_timeout_hours: float = Field(
+        2.0, gt=0, description="Lease length: an episode not finished in this time is requeued."
+    )
+
+    # --- queue ------------------------------------------------------------------------------------
+    max_attempts: int = Field(
+        3, ge=1, description="Claims (and transient failures) an episode gets before it is failed."
+    )
+    batch_size: int = Field(16, ge=1, description="Episodes one worker claims per batch flow run.")
+    worker_id: str = Field(
+        default_factory=socket.gethostname, description="Name this worker reports; default: hostname."
+    )
+
+    # --- Internet Archive -------------------------------------------------------------------------
+    archive_required: bool = Field(
+        True,
+        description="Download only archived copies (web.archive.org/web/<ts>id_/<url>). "
+        "When false, new episodes are ready at once and the live URL is downloaded.",
+    )
+    ia_access_key: SecretStr | None = Field(None, description="archive.org S3-style access key.")
+    ia_secret_key: SecretStr | None = Field(None, description="archive.org S3-style secret key.")
+    wayback_url: str = Field("https://web.archive.org", description="Wayback Machine / SPN2 base URL.")
+    archive_api_url: str = Field("https://archive.org", description="archive.org API base URL.")
+    spn_captures_per_minute: float = Field(
+        7.0, gt=0, description="Save Page Now 2 captures submitted per minute (IA's limit: ~7)."
+    )
+    spn_daily_bytes: int = Field(
+        5_000_000_000, gt=0, description="Bytes captured per day per account (IA's limit: 5 GB)."
+    )
+    archive_reuse_days: float = Field(
+        3650.0, ge=0, description="Reuse an existing capture younger than this many days."
+    )
+
+    # --- download -----------------------------------------------------------------------------
+    download_max_bytes: int = Field(
+        2_000_000_000, gt=0, description="Largest audio file accepted (bytes)."
+    )
+    download_timeout_seconds: float = Field(
+        60.0, gt=0, description="Connect/read timeout for one HTTP read."
+    )
+
+    # --- models -------------------------------------------------------------------------------
+    diar_model: str = Field(
+        "nvidia/diar_streaming_sortformer_4spk-v2",
+        description="Sortformer: a Hugging Face id or a local .nemo path.",
+    )
+    diar_latency: DiarizationLatency = Field(
+        DiarizationLatency.very_high, description="Streaming preset: very-high, high, low, ultra-low."
+    )
+    asr_model: str = Field(
+        "nvidia/parakeet-tdt-0.6b-v2", description="ASR for English: a Hugging Face id or .nemo path."
+    )
+    asr_model_multilingual: str = Field(
+        "nvidia/parakeet-tdt-0.6b-v3",
+        description="ASR for non-English episodes (25 European languages).",
+    )
+    local_attention_above_seconds: float = Field(
+        1200.0, gt=0, description="Switch ASR to local attention for audio longer than this."
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
+
+    # --- dataset ------------------------------------------------------------------------------
+    dataset_dir: str = Field("./dataset", description="Where Parquet shards go: a folder or fsspec URL.")
+    shard_max_bytes: int = Field(256_000_000, gt=0, description="Target size of one Parquet shard.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                f"cannot parse {value!r}; expected e.g. sqlite:///./podcastpile.db "
+                "or postgresql://user:pass@host:5432/db"
+            ) from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> "Settings":
+        if self.worker_auth_enabled and not (
+            self.worker_password and self.worker_password.get_secret_value()
+        ):
+            raise ValueError("WORKER_AUTH_ENABLED is true but WORKER_PASSWORD is empty; set one")
+        if bool(self.ia_access_key) != bool(self.ia_secret_key):
+            raise ValueError("set both IA_ACCESS_KEY and IA_SECRET_KEY, or neither")
+        return self
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claim holds an episode before it is requeued."""
+        return self.job_timeout_hours * 3600.0
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL with an explicit driver (psycopg 3 for PostgreSQL)."""
+        return normalize_database_url(self.database_url)
+
+
+def normalize_database_url(url: str) -> str:
+    """Give a plain `postgresql://` URL the psycopg 3 driver; leave explicit drivers alone."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per bad setting, named as the user writes it (its environment variable)."""
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]).upper() or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        shown = "" if name == "settings" or isinstance(value, dict) or "PASSWORD" in name or "KEY" in name else f"={value!r}"
+        lines.append(f"{name}{shown}: {message}" if name != "settings" else message)
+    return "; ".join(lines)
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """Read settings from the environment and `env_file`; raise `SettingsError` with a clear message."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise SettingsError(f"invalid settings: {_describe(error)}") from None

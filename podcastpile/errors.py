@@ -1,0 +1,34 @@
+"""Failures an episode can meet, classified so callers know whether to retry.
+
+Every failure carries a short `code` (grouped in `ppcli stats`) and a one-line `reason`
+(stored on the episode). Permanent failures are never retried; transient ones are retried
+with backoff until the episode's attempts run out.
+"""
+
+from __future__ import annotations
+
+
+class EpisodeError(Exception):
+    """A failure tied to one episode. `code` is a short slug such as `http-404` or `not-audio`."""
+
+    permanent: bool = False
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"
+
+
+class PermanentError(EpisodeError):
+    """Retrying cannot help: the URL is gone, the bytes are not audio, the file is too big."""
+
+    permanent = True
+
+
+class TransientError(EpisodeError):
+    """May work later: timeouts, 429, 5xx, resets, short reads."""
+
+    permanent = False
