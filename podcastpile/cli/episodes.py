@@ -1,0 +1,197 @@
+"""`ppcli create | import | list | stats`: put episodes in the store and look at it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from podcastpile.cli import app
+from podcastpile.config import Settings, SettingsError, load_settings
+from podcastpile.sources import Entry, SourceError, read_source
+from podcastpile.store import (
+    EpisodeStatus,
+    EpisodeStore,
+    NewEpisode,
+    Rejected,
+    StoreUnavailable,
+    normalize_language,
+)
+from podcastpile.urls import InvalidURL, normalize_url
+
+console = Console()
+errors = Console(stderr=True)
+LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one clear line on stderr and exit non-zero."""
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as error:
+        fail(str(error), code=2)
+
+
+def open_store() -> EpisodeStore:
+    """The store named by the settings, migrated; setting or database errors end the command."""
+    config = settings()
+    try:
+        return EpisodeStore.open(config)
+    except StoreUnavailable as error:
+        fail(str(error), code=2)
+
+
+@app.command()
+def create(
+    url: Annotated[str, typer.Argument(help="Episode audio URL.")],
+    language: Annotated[str | None, typer.Option(help="Language code, e.g. en.")] = None,
+    podcast_id: Annotated[str | None, typer.Option(help="Id of the podcast it belongs to.")] = None,
+) -> None:
+    """Add one episode (nothing happens if it is already there)."""
+    try:
+        normalize_url(url)
+        normalize_language(language)
+    except (InvalidURL, ValueError) as error:
+        fail(str(error))
+    store = open_store()
+    summary = store.add([NewEpisode(url, language=language, podcast_id=podcast_id)])
+    if summary.rejected:
+        fail(summary.rejected[0].reason)
+    episode = store.find(url)
+    assert episode is not None  # just added or already present
+    verb = "added" if summary.added else "already present:"
+    console.print(f"{verb} episode {episode.id} ({episode.status}) {episode.url}", highlight=False)
+
+
+@app.command("import")
+def import_(
+    source: Annotated[
+        str, typer.Argument(help="JSONL/CSV/text file, or an RSS/Atom feed (file or URL).")
+    ],
+    json_output: JsonOption = False,
+) -> None:
+    """Add many episodes from a file or feed; reports added / already present / rejected."""
+    try:
+        total, entries = read_source(source)
+    except SourceError as error:
+        fail(str(error))
+    store = open_store()
+    rejected: list[Rejected] = []
+
+    def episodes(items: Iterator[Entry]) -> Iterator[NewEpisode]:
+        for item in items:
+            if isinstance(item, Rejected):
+                rejected.append(item)
+                progress.advance(task)
+            else:
+                yield item
+
+    progress = Progress(
+        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=errors, disable=json_output, transient=True,
+    )
+    with progress:
+        task = progress.add_task("import", total=total)
+        summary = store.add(
+            episodes(entries), on_progress=lambda n: progress.advance(task, n)
+        )
+    summary.rejected[:0] = rejected
+    summary.rejected.sort(key=lambda item: item.line or 0)
+    if json_output:
+        print(json.dumps({
+            "added": summary.added,
+            "present": summary.present,
+            "rejected": [vars(item) for item in summary.rejected],
+        }))
+        return
+    console.print(
+        f"added {summary.added}, already present {summary.present}, "
+        f"rejected {len(summary.rejected)}",
+        highlight=False,
+    )
+    for item in summary.rejected[:20]:
+        where = f"line {item.line}" if item.line is not None else "input"
+        console.print(f"  {where}: {item.reason}", highlight=False, soft_wrap=True)
+    if len(summary.rejected) > 20:
+        console.print(f"  … and {len(summary.rejected) - 20} more (use --json for all)")
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None, typer.Option(help=f"Only this status: {', '.join(LIST_STATUSES)}.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many episodes.")] = 50,
+    language: Annotated[str | None, typer.Option(help="Only this language.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List episodes, oldest first."""
+    if status is not None and status not in LIST_STATUSES:
+        fail(f"unknown status {status!r}; choose from {', '.join(LIST_STATUSES)}")
+    try:
+        normalize_language(language)
+    except ValueError as error:
+        fail(str(error))
+    rows = open_store().list(status=status, language=language, limit=limit)
+    if json_output:
+        print(json.dumps([_episode_dict(row) for row in rows], default=str))
+        return
+    table = Table("id", "lang", "tries", "worker", "updated (UTC)")
+    table.add_column("status", no_wrap=True)
+    table.add_column("url", overflow="fold")
+    table.add_column("error", overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row.id), row.language or "", str(row.attempts), row.worker_id or "",
+            f"{row.updated_at:%m-%d %H:%M}", row.status, row.url, row.error or "",
+        )
+    console.print(table)
+    if not rows:
+        console.print("no episodes" + (f" with status {status}" if status else ""))
+
+
+@app.command()
+def stats(json_output: JsonOption = False) -> None:
+    """Counts by status, hours of audio done, failures by reason."""
+    result = open_store().stats()
+    if json_output:
+        print(json.dumps({
+            "total": result.total,
+            "by_status": result.by_status,
+            "expired_leases": result.expired_leases,
+            "audio_hours_done": round(result.audio_hours_done, 3),
+            "failures_by_reason": result.failures_by_reason,
+        }))
+        return
+    table = Table("status", "episodes", title="Episodes")
+    for name, count in result.by_status.items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("[b]total[/b]", f"[b]{result.total:,}[/b]")
+    console.print(table)
+    console.print(f"leases past their deadline: {result.expired_leases:,}")
+    console.print(f"audio done: {result.audio_hours_done:,.2f} hours")
+    if result.failures_by_reason:
+        failures = Table("reason", "episodes", title="Failures")
+        for reason, count in result.failures_by_reason.items():
+            failures.add_row(reason, f"{count:,}")
+        console.print(failures)
+
+
+def _episode_dict(row: Any) -> dict[str, Any]:
+    keys = [
+        "id", "url", "podcast_id", "language", "status", "attempts", "worker_id", "leased_until",
+        "archive_url", "archive_timestamp", "duration_seconds", "audio_sha256", "error_code",
+        "error", "created_at", "updated_at", "completed_at",
+    ]
+    return {key: getattr(row, key) for key in keys}

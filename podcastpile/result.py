@@ -1,0 +1,85 @@
+"""The result of processing one episode: the shape the dataset rows will have.
+
+Pydantic models so the store can round-trip them through JSON (`to_dict` / `from_dict`)
+and so a malformed stored result fails loudly on read instead of half-working.
+Times are seconds from the start of the audio; levels are dBFS (0 = full scale).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Word(_Model):
+    """One recognised word with its time span."""
+
+    word: str
+    start: float
+    end: float
+
+
+class Segment(_Model):
+    """One raw diarization segment: `speaker` was talking from `start` to `end`."""
+
+    speaker: str
+    start: float
+    end: float
+
+
+class SignalLevels(_Model):
+    """Cheap level measures for filtering the dataset (see `podcastpile.signal`)."""
+
+    rms_dbfs: float = Field(description="Root-mean-square level, dBFS (floored at -120).")
+    peak_dbfs: float = Field(description="Highest absolute sample, dBFS (floored at -120).")
+    clipped_ratio: float = Field(description="Share of samples at or near full scale.")
+    speech_ratio: float = Field(
+        description="Turn: time covered by words over the turn's span. "
+        "Episode: time covered by turns over the duration."
+    )
+
+
+class Turn(SignalLevels):
+    """Consecutive words of one speaker, with the levels of that stretch of audio."""
+
+    speaker: str
+    start: float
+    end: float
+    text: str
+    words: list[Word]
+
+
+class EpisodeResult(SignalLevels):
+    """Everything one episode yields: audio facts, models used, turns, raw segments, levels."""
+
+    duration: float = Field(description="Decoded audio length, seconds.")
+    sha256: str = Field(description="SHA-256 of the original bytes, hex.")
+    md5: str = Field(description="MD5 of the original bytes, hex.")
+    audio_format: str = Field(description="Container/codec probed from the bytes, e.g. mp3, mov/aac.")
+    audio_bytes: int = Field(description="Size of the original file.")
+    language: str = Field(description="Language the ASR model was chosen for, e.g. en.")
+    num_speakers: int
+    text: str = Field(description="All turns' text, in order.")
+    turns: list[Turn]
+    segments: list[Segment]
+    asr_model: str
+    asr_fingerprint: str
+    diar_model: str
+    diar_fingerprint: str
+    code_version: str
+    processing_seconds: float = Field(description="Wall time from decode to merge, seconds.")
+    rtf: float = Field(description="Real-time factor: processing_seconds / duration.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (only str, int, float, list, dict)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EpisodeResult":
+        """Rebuild a result from `to_dict()`'s output; raises pydantic.ValidationError if malformed."""
+        return cls.model_validate(data)

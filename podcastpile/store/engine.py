@@ -1,0 +1,110 @@
+"""Database engines for the episode store, and bringing a database's schema to the newest revision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from podcastpile.config import normalize_database_url
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+# Any constant works; it only has to be the same for every process migrating one database.
+_MIGRATION_LOCK_ID = 0x70_6F_64_63  # "podc"
+READ_ONLY = {"podcastpile_read_only": True}
+
+
+class StoreUnavailable(RuntimeError):
+    """The episode database cannot be reached or opened. The message names the (password-less) URL."""
+
+
+def make_engine(database_url: str, **kwargs: Any) -> Engine:
+    """An engine for `database_url` tuned for the store's access pattern.
+
+    SQLite: WAL (readers never block the writer), a 30 s busy timeout, and write transactions
+    that take the write lock at BEGIN (`BEGIN IMMEDIATE`) so a claim's read and update are one
+    atomic step across processes. Read-only work opts out with `execution_options(**READ_ONLY)`.
+    """
+    url = make_url(normalize_database_url(database_url))
+    if url.get_backend_name() == "sqlite":
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        _tune_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN instead of the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        read_only = connection.get_execution_options().get("podcastpile_read_only")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def safe_url(engine: Engine) -> str:
+    """The engine's URL with the password hidden, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def alembic_config() -> Config:
+    """Alembic configuration pointing at the packaged migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this code."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's migration revision (None for an empty database)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to `revision` (default: newest). Safe when many processes start at once.
+
+    The upgrade runs in one transaction holding a lock (PostgreSQL advisory lock; SQLite's write
+    lock), so concurrent starters wait and then find nothing left to do.
+    """
+    try:
+        if revision == "head" and current_revision(engine) == head_revision():
+            return
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    except OperationalError as error:
+        first_line = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
+        raise StoreUnavailable(
+            f"cannot open the episode database {safe_url(engine)}: {first_line}"
+        ) from None
+    except SQLAlchemyError as error:
+        raise StoreUnavailable(f"episode database {safe_url(engine)}: {error}") from None

@@ -1,0 +1,64 @@
+"""Episode URLs: one normal form, so the same episode is never queued twice, and stable ids."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import urlsplit, urlunsplit
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_LENGTH = 4096
+
+
+class InvalidURL(ValueError):
+    """The text is not an http(s) URL we can fetch. The message says why."""
+
+
+def normalize_url(raw: str) -> str:
+    """Return the canonical form of an episode URL, or raise `InvalidURL`.
+
+    Scheme and host are lower-cased, default ports and the fragment dropped. Path and query
+    are kept as they are: podcast hosts put tokens and redirect chains there, so changing
+    them could name a different file.
+    """
+    text = raw.strip()
+    if not text:
+        raise InvalidURL("empty URL")
+    if len(text) > MAX_URL_LENGTH:
+        raise InvalidURL(f"URL longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() for ch in text):
+        raise InvalidURL(f"URL contains whitespace: {text[:80]!r}")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as error:
+        raise InvalidURL(f"malformed URL {text[:80]!r}: {error}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise InvalidURL(f"not an http(s) URL: {text[:80]!r}")
+    host = (parts.hostname or "").lower()
+    if not host or host.startswith(".") or ".." in host:
+        raise InvalidURL(f"URL has no valid host: {text[:80]!r}")
+    netloc = host if ":" not in host else f"[{host}]"  # IPv6 literal
+    if parts.username or parts.password:
+        userinfo = parts.username or ""
+        if parts.password:
+            userinfo += f":{parts.password}"
+        netloc = f"{userinfo}@{netloc}"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def url_hash(normalized_url: str) -> str:
+    """md5 hex of a normalized URL: the unique key of an episode (indexable whatever the URL length)."""
+    return hashlib.md5(normalized_url.encode()).hexdigest()
+
+
+def episode_uid(normalized_url: str) -> str:
+    """Stable public episode id, as in SPoRC: md5(url)[:16]."""
+    return url_hash(normalized_url)[:16]
+
+
+def podcast_uid(feed_url: str) -> str:
+    """Stable public podcast id, as in SPoRC: md5(rss_url)[:12]."""
+    return hashlib.md5(feed_url.strip().encode()).hexdigest()[:12]
