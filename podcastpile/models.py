@@ -1,0 +1,268 @@
+"""NeMo models for one worker process: Sortformer diarization and Parakeet ASR, loaded once.
+
+`SpeechModels` holds the models a process needs and loads each on first use, so a worker
+that handles many episodes pays the load (and NeMo's 10–40 s import) once. NeMo and torch
+are imported inside the loaders only: importing this module is cheap.
+
+Model names are Hugging Face ids (`nvidia/parakeet-tdt-0.6b-v2`) or paths to `.nemo` files.
+Each loaded model carries a fingerprint of its weights, recorded with every result so
+results can be traced to (and invalidated by) the exact weights that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from podcastpile.audio import DecodedAudio
+from podcastpile.result import Segment, Word
+
+log = logging.getLogger(__name__)
+
+# Streaming Sortformer presets, in 80 ms frames, from the model card of
+# nvidia/diar_streaming_sortformer_4spk-v2. very-high keeps speaker identity best on long audio.
+LATENCY_PRESETS: dict[str, dict[str, int]] = {
+    "very-high": {"chunk_len": 340, "chunk_right_context": 40, "fifo_len": 40,
+                  "spkcache_update_period": 300, "spkcache_len": 188},
+    "high": {"chunk_len": 124, "chunk_right_context": 1, "fifo_len": 124,
+             "spkcache_update_period": 124, "spkcache_len": 188},
+    "low": {"chunk_len": 6, "chunk_right_context": 7, "fifo_len": 188,
+            "spkcache_update_period": 144, "spkcache_len": 188},
+    "ultra-low": {"chunk_len": 3, "chunk_right_context": 1, "fifo_len": 188,
+                  "spkcache_update_period": 144, "spkcache_len": 188},
+}
+# Local attention window (encoder frames each side) for long audio, as NVIDIA recommends for
+# Parakeet: full attention needs memory quadratic in length (~20 min fits 80 GB).
+LOCAL_ATTENTION_CONTEXT = [128, 128]
+
+
+def pick_device(setting: str = "auto") -> str:
+    """`auto` → `cuda` when torch sees a GPU, else `cpu`; anything else is used as given."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_fingerprint(model: Any) -> str:
+    """`sha256:<16 hex>` over every tensor of the state dict (name, dtype, shape, bytes), in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def is_english(language: str | None) -> bool:
+    """No language, or any English tag (`en`, `en-US`, `en_gb`, `eng`), means English."""
+    if not language:
+        return True
+    tag = language.strip().lower().replace("_", "-")
+    return tag in ("en", "eng", "english") or tag.startswith("en-")
+
+
+def _quiet_nemo() -> None:
+    """NeMo logs a wall of warnings per load and call; keep errors only."""
+    from nemo.utils import logging as nemo_logging
+
+    nemo_logging.setLevel(logging.ERROR)
+
+
+def load_nemo_model(model_class: Any, name: str, device: str) -> Any:
+    """`restore_from` a `.nemo` path or `from_pretrained` a Hugging Face id, on `device`, in eval mode."""
+    import torch
+
+    if name.endswith(".nemo") or Path(name).is_file():
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"model file not found: {name}")
+        model = model_class.restore_from(name, map_location=torch.device(device))
+    else:
+        model = model_class.from_pretrained(name, map_location=torch.device(device))
+    return model.to(device).eval()
+
+
+@dataclass
+class LoadedModel:
+    """A model with the name it was loaded by and its weights' fingerprint."""
+
+    name: str
+    fingerprint: str
+    model: Any
+    # ASR only: whether the encoder is currently switched to local attention.
+    local_attention: bool = False
+    full_attention: tuple[str, list[int], int] | None = None
+
+
+@dataclass
+class Transcript:
+    """One ASR pass: the words with times, the text, and which model made them."""
+
+    words: list[Word]
+    text: str
+    language: str
+    model: str
+    fingerprint: str
+
+
+@dataclass
+class Diarization:
+    """Raw speaker segments and which model made them."""
+
+    segments: list[Segment]
+    model: str
+    fingerprint: str
+
+
+@dataclass
+class SpeechModels:
+    """The models one process uses, each loaded on first use and then reused.
+
+    Thread-safe loading (a lock), but run one episode at a time per instance: NeMo models
+    keep state (attention mode, streaming parameters) between calls.
+    """
+
+    diar_model: str = "nvidia/diar_streaming_sortformer_4spk-v2"
+    diar_latency: str = "very-high"
+    asr_model: str = "nvidia/parakeet-tdt-0.6b-v2"
+    asr_model_multilingual: str = "nvidia/parakeet-tdt-0.6b-v3"
+    local_attention_above_seconds: float = 1200.0
+    device: str = "auto"
+    quiet: bool = True
+    _loaded: dict[tuple[str, str], LoadedModel] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "SpeechModels":
+        """Build from `podcastpile.config.Settings` (model names, latency, threshold, device)."""
+        values = {
+            "diar_model": settings.diar_model,
+            "diar_latency": str(getattr(settings.diar_latency, "value", settings.diar_latency)),
+            "asr_model": settings.asr_model,
+            "asr_model_multilingual": settings.asr_model_multilingual,
+            "local_attention_above_seconds": settings.local_attention_above_seconds,
+            "device": settings.device,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.diar_latency not in LATENCY_PRESETS:
+            raise ValueError(f"diar_latency {self.diar_latency!r} is not one of {', '.join(LATENCY_PRESETS)}")
+
+    # --- loading ---------------------------------------------------------------------------------
+
+    def _load(self, kind: str, name: str) -> LoadedModel:
+        with self._lock:
+            key = (kind, name)
+            if key not in self._loaded:
+                self._loaded[key] = self._load_now(kind, name)
+            return self._loaded[key]
+
+    def _load_now(self, kind: str, name: str) -> LoadedModel:
+        if kind == "asr":
+            from nemo.collections.asr.models import ASRModel as model_class
+        else:
+            from nemo.collections.asr.models import SortformerEncLabelModel as model_class
+        if self.quiet:
+            _quiet_nemo()
+        device = pick_device(self.device)
+        log.info("loading %s model %s on %s", kind, name, device)
+        model = load_nemo_model(model_class, name, device)
+        loaded = LoadedModel(name=name, fingerprint=weights_fingerprint(model), model=model)
+        if kind == "diar":
+            apply_latency_preset(model, self.diar_latency)
+        else:
+            encoder = model.cfg.encoder
+            loaded.full_attention = (
+                encoder.get("self_attention_model", "rel_pos"),
+                list(encoder.get("att_context_size", [-1, -1])),
+                int(encoder.get("subsampling_conv_chunking_factor", 1)),
+            )
+        return loaded
+
+    def diarizer(self) -> LoadedModel:
+        """The Sortformer model (loaded on first call)."""
+        return self._load("diar", self.diar_model)
+
+    def asr(self, language: str | None = None) -> LoadedModel:
+        """The ASR model for `language`: English model for English or unknown, else the multilingual one."""
+        return self._load("asr", self.asr_model if is_english(language) else self.asr_model_multilingual)
+
+    # --- inference -------------------------------------------------------------------------------
+
+    def diarize(self, audio: DecodedAudio) -> Diarization:
+        """Speaker segments of the whole episode, sorted by start."""
+        loaded = self.diarizer()
+        output = loaded.model.diarize(
+            audio=[audio.samples], sample_rate=audio.sample_rate, batch_size=1, verbose=False
+        )
+        segments = sorted(parse_diarization_lines(output[0]), key=lambda s: (s.start, s.end, s.speaker))
+        return Diarization(segments=segments, model=loaded.name, fingerprint=loaded.fingerprint)
+
+    def transcribe(self, audio: DecodedAudio, language: str | None = None) -> Transcript:
+        """One ASR pass over the whole episode with word timestamps.
+
+        Above `local_attention_above_seconds` the encoder switches to local attention (and
+        chunked subsampling) so hour-long audio fits in memory; shorter audio gets full attention back.
+        """
+        loaded = self.asr(language)
+        self._set_attention(loaded, local=audio.duration > self.local_attention_above_seconds)
+        hypotheses = loaded.model.transcribe(
+            [audio.samples.astype(np.float32, copy=False)], batch_size=1, timestamps=True, verbose=False
+        )
+        if isinstance(hypotheses, tuple):  # some decoders return (best, all)
+            hypotheses = hypotheses[0]
+        hypothesis = hypotheses[0]
+        words = [
+            Word(word=str(item["word"]), start=round(float(item["start"]), 3), end=round(float(item["end"]), 3))
+            for item in (hypothesis.timestamp or {}).get("word", [])
+        ]
+        return Transcript(
+            words=words, text=hypothesis.text or "", language=language or "en",
+            model=loaded.name, fingerprint=loaded.fingerprint,
+        )
+
+    @staticmethod
+    def _set_attention(loaded: LoadedModel, local: bool) -> None:
+        if local == loaded.local_attention:
+            return
+        model = loaded.model
+        if local:
+            model.change_attention_model("rel_pos_local_attn", LOCAL_ATTENTION_CONTEXT)
+            model.change_subsampling_conv_chunking_factor(1)  # 1 = chunk automatically
+        else:
+            attention, context, chunking = loaded.full_attention or ("rel_pos", [-1, -1], 1)
+            model.change_attention_model(attention, context)
+            model.change_subsampling_conv_chunking_factor(chunking)
+        loaded.local_attention = local
+
+
+def apply_latency_preset(model: Any, preset: str) -> None:
+    """Set a streaming preset on a Sortformer's `sortformer_modules` and check it is valid."""
+    modules = model.sortformer_modules
+    for key, value in LATENCY_PRESETS[preset].items():
+        setattr(modules, key, value)
+    modules._check_streaming_parameters()
+
+
+def parse_diarization_lines(lines: list[Any]) -> list[Segment]:
+    """Sortformer's `"start end speaker_N"` lines (or lists) as `Segment`s."""
+    segments = []
+    for line in lines:
+        start, end, speaker = line.split() if isinstance(line, str) else line
+        segments.append(Segment(speaker=str(speaker), start=float(start), end=float(end)))
+    return segments

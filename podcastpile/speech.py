@@ -1,0 +1,119 @@
+"""One episode through the speech core: fetch → decode → diarize → transcribe → merge.
+
+Each step is a plain function so a Prefect task can wrap each one; `process_source` chains
+them for `ppcli transcribe` and for callers that want the whole thing in one call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from podcastpile import audio as audio_module
+from podcastpile import signal
+from podcastpile.audio import DecodedAudio
+from podcastpile.fetch import DownloadedAudio, download, local_file
+from podcastpile.merge import SpeakerTurn, merge_words
+from podcastpile.models import Diarization, SpeechModels, Transcript
+from podcastpile.result import EpisodeResult, Turn
+from podcastpile.version import code_version
+
+
+def is_url(source: str) -> bool:
+    """True for http(s) URLs; anything else is taken as a local path."""
+    return source.lower().startswith(("http://", "https://"))
+
+
+@contextmanager
+def fetch(source: str, settings: Any, max_redirects: int | None = None) -> Iterator[DownloadedAudio]:
+    """The original bytes of `source` (URL or local path) on disk, hashed; temp files removed on exit."""
+    if not is_url(source):
+        with local_file(source) as found:
+            yield found
+        return
+    with download(
+        source,
+        max_bytes=settings.download_max_bytes,
+        timeout_seconds=settings.download_timeout_seconds,
+        max_redirects=max_redirects or getattr(settings, "download_max_redirects", 5),
+    ) as downloaded:
+        yield downloaded
+
+
+def decode(downloaded: DownloadedAudio) -> DecodedAudio:
+    """Probe and decode the downloaded bytes to 16 kHz mono float32 (see `podcastpile.audio`)."""
+    return audio_module.decode(downloaded.path)
+
+
+def diarize(models: SpeechModels, decoded: DecodedAudio) -> Diarization:
+    """Speaker segments of the whole episode."""
+    return models.diarize(decoded)
+
+
+def transcribe(models: SpeechModels, decoded: DecodedAudio, language: str | None = None) -> Transcript:
+    """One ASR pass over the whole episode with word timestamps."""
+    return models.transcribe(decoded, language)
+
+
+def _turn(turn: SpeakerTurn, decoded: DecodedAudio) -> Turn:
+    rms, peak, clipped = signal.levels(signal.span(decoded.samples, decoded.sample_rate, turn.start, turn.end))
+    words = [(w.start, w.end) for w in turn.words]
+    return Turn(
+        speaker=turn.speaker, start=round(turn.start, 3), end=round(turn.end, 3), text=turn.text,
+        words=turn.words, rms_dbfs=round(rms, 2), peak_dbfs=round(peak, 2),
+        clipped_ratio=round(clipped, 6), speech_ratio=round(signal.speech_ratio(words, turn.start, turn.end), 4),
+    )
+
+
+def build_result(
+    downloaded: DownloadedAudio,
+    decoded: DecodedAudio,
+    diarization: Diarization,
+    transcript: Transcript,
+    processing_seconds: float,
+) -> EpisodeResult:
+    """Merge words into turns, measure levels, and assemble the typed result."""
+    turns = [_turn(turn, decoded) for turn in merge_words(transcript.words, diarization.segments)]
+    rms, peak, clipped = signal.levels(decoded.samples)
+    covered = signal.covered_seconds([(t.start, t.end) for t in turns])
+    duration = decoded.duration
+    speakers = {s.speaker for s in diarization.segments} | {t.speaker for t in turns}
+    return EpisodeResult(
+        duration=round(duration, 3), sha256=downloaded.sha256, md5=downloaded.md5,
+        audio_format=decoded.format.name, audio_bytes=downloaded.bytes,
+        language=transcript.language, num_speakers=len(speakers), text=transcript.text,
+        turns=turns, segments=diarization.segments,
+        asr_model=transcript.model, asr_fingerprint=transcript.fingerprint,
+        diar_model=diarization.model, diar_fingerprint=diarization.fingerprint,
+        code_version=code_version(), processing_seconds=round(processing_seconds, 3),
+        rtf=round(processing_seconds / duration, 5) if duration > 0 else 0.0,
+        rms_dbfs=round(rms, 2), peak_dbfs=round(peak, 2), clipped_ratio=round(clipped, 6),
+        speech_ratio=round(min(1.0, covered / duration) if duration > 0 else 0.0, 4),
+    )
+
+
+def process_downloaded(
+    downloaded: DownloadedAudio, models: SpeechModels, language: str | None = None
+) -> EpisodeResult:
+    """Decode → diarize → transcribe → merge for bytes already on disk.
+
+    Models are loaded before the clock starts, so `processing_seconds` and `rtf` measure the
+    work on this episode, not a one-time model load.
+    """
+    models.diarizer()
+    models.asr(language)
+    started = time.perf_counter()
+    decoded = decode(downloaded)
+    diarization = diarize(models, decoded)
+    transcript = transcribe(models, decoded, language)
+    return build_result(downloaded, decoded, diarization, transcript, time.perf_counter() - started)
+
+
+def process_source(
+    source: str, models: SpeechModels, settings: Any, language: str | None = None
+) -> EpisodeResult:
+    """The whole speech core for one URL or local file. Raises PermanentError / TransientError."""
+    with fetch(source, settings) as downloaded:
+        return process_downloaded(downloaded, models, language)
