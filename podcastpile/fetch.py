@@ -32,6 +32,9 @@ from podcastpile.errors import PermanentError, TransientError
 USER_AGENT = f"podcastpile/{__version__} (speech dataset builder; python-httpx)"
 CHUNK_BYTES = 1 << 16
 TRANSIENT_4XX = {408, 425, 429}  # request timeout, too early, too many requests
+# The Wayback Machine redirects an id_ URL to its nearest capture (one hop, sometimes two);
+# more than a few hops means a loop.
+MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def download(
     *,
     max_bytes: int,
     timeout_seconds: float,
-    max_redirects: int = 5,
+    max_redirects: int = MAX_REDIRECTS,
     temp_dir: str | None = None,
     client: httpx.Client | None = None,
 ) -> Iterator[DownloadedAudio]:

@@ -62,13 +62,17 @@ def normalize_segments(segments: Sequence[Segment]) -> list[Segment]:
     return sorted((s for group in by_speaker.values() for s in group), key=lambda s: (s.start, s.end, s.speaker))
 
 
+# Times are compared at microsecond resolution so float noise (1.1 - 1.0 != 0.1) cannot decide a tie.
+_DIGITS = 6
+
+
 def _overlap(word: Word, segment: Segment) -> float:
-    return max(0.0, min(word.end, segment.end) - max(word.start, segment.start))
+    return round(max(0.0, min(word.end, segment.end) - max(word.start, segment.start)), _DIGITS)
 
 
 def _distance(word: Word, segment: Segment) -> float:
     """Gap between the word and the segment; 0 if they touch or overlap."""
-    return max(0.0, segment.start - word.end, word.start - segment.end)
+    return round(max(0.0, segment.start - word.end, word.start - segment.end), _DIGITS)
 
 
 def assign_speaker(
@@ -78,6 +82,7 @@ def assign_speaker(
     overlap: dict[str, float] = {}
     for segment in segments:
         overlap[segment.speaker] = overlap.get(segment.speaker, 0.0) + _overlap(word, segment)
+    overlap = {speaker: round(value, _DIGITS) for speaker, value in overlap.items()}
     best = max(overlap.values())
     if best > 0.0:
         candidates = [speaker for speaker, value in overlap.items() if value == best]
@@ -96,7 +101,8 @@ def assign_speaker(
 def merge_words(words: Sequence[Word], segments: Sequence[Segment]) -> list[SpeakerTurn]:
     """Group `words` into speaker turns using `segments` (see the module docstring for the rules).
 
-    Words are taken in time order (start, then end; ASR output already is). If two turns of
+    Words are taken in time order (start, then end; ASR output already is; words with equal
+    times keep the ASR's order). If two turns of
     one speaker would overlap (only possible when the ASR's word spans overlap), the earlier
     turn's `end` is clamped to the later one's start, so a speaker's turns never overlap.
     """

@@ -42,6 +42,13 @@ LATENCY_PRESETS: dict[str, dict[str, int]] = {
 LOCAL_ATTENTION_CONTEXT = [128, 128]
 
 
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded (bad name or path, no network for a download, bad file).
+
+    Not an episode failure: the worker cannot process anything until its settings are fixed.
+    """
+
+
 def pick_device(setting: str = "auto") -> str:
     """`auto` → `cuda` when torch sees a GPU, else `cpu`; anything else is used as given."""
     if setting != "auto":
@@ -181,7 +188,13 @@ class SpeechModels:
             _quiet_nemo()
         device = pick_device(self.device)
         log.info("loading %s model %s on %s", kind, name, device)
-        model = load_nemo_model(model_class, name, device)
+        try:
+            model = load_nemo_model(model_class, name, device)
+        except Exception as error:  # NeMo/HF raise many kinds; the caller needs one clear line
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise ModelLoadError(
+                f"cannot load {kind} model {name!r} on {device}: {type(error).__name__}: {first_line}"
+            ) from error
         loaded = LoadedModel(name=name, fingerprint=weights_fingerprint(model), model=model)
         if kind == "diar":
             apply_latency_preset(model, self.diar_latency)

@@ -14,7 +14,7 @@ from typing import Any
 from podcastpile import audio as audio_module
 from podcastpile import signal
 from podcastpile.audio import DecodedAudio
-from podcastpile.fetch import DownloadedAudio, download, local_file
+from podcastpile.fetch import MAX_REDIRECTS, DownloadedAudio, download, local_file
 from podcastpile.merge import SpeakerTurn, merge_words
 from podcastpile.models import Diarization, SpeechModels, Transcript
 from podcastpile.result import EpisodeResult, Turn
@@ -27,7 +27,7 @@ def is_url(source: str) -> bool:
 
 
 @contextmanager
-def fetch(source: str, settings: Any, max_redirects: int | None = None) -> Iterator[DownloadedAudio]:
+def fetch(source: str, settings: Any) -> Iterator[DownloadedAudio]:
     """The original bytes of `source` (URL or local path) on disk, hashed; temp files removed on exit."""
     if not is_url(source):
         with local_file(source) as found:
@@ -37,7 +37,7 @@ def fetch(source: str, settings: Any, max_redirects: int | None = None) -> Itera
         source,
         max_bytes=settings.download_max_bytes,
         timeout_seconds=settings.download_timeout_seconds,
-        max_redirects=max_redirects or getattr(settings, "download_max_redirects", 5),
+        max_redirects=MAX_REDIRECTS,
     ) as downloaded:
         yield downloaded
 

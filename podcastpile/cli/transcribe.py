@@ -1,0 +1,70 @@
+"""`ppcli transcribe FILE_OR_URL`: run the speech core on one input, without the queue.
+
+torch and NeMo are imported only when the command runs, so `ppcli --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from podcastpile.cli import app
+from podcastpile.config import SettingsError, load_settings
+from podcastpile.errors import EpisodeError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+@app.command("transcribe")
+def transcribe_command(
+    source: str = typer.Argument(..., help="An audio file path or an http(s) URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+    language: str = typer.Option(
+        "en", "--language", "-l",
+        help="Episode language: English uses ASR_MODEL, anything else ASR_MODEL_MULTILINGUAL.",
+    ),
+) -> None:
+    """Fetch, decode, diarize, transcribe and merge one episode; print its speaker turns."""
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        _fail(str(error))
+    from podcastpile.models import ModelLoadError, SpeechModels
+    from podcastpile.speech import process_source
+
+    models = SpeechModels.from_settings(settings)
+    try:
+        with nullcontext() if as_json else stderr.status("transcribing…"):
+            result = process_source(source, models, settings, language=language)
+    except EpisodeError as error:
+        _fail(f"{source}: {error.code}: {error.reason}")
+    except ModelLoadError as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("speaker")
+    table.add_column("start", justify="right")
+    table.add_column("end", justify="right")
+    table.add_column("text", overflow="fold")
+    for turn in result.turns:
+        table.add_row(turn.speaker, f"{turn.start:.2f}", f"{turn.end:.2f}", turn.text)
+    stdout.print(table)
+    stdout.print(
+        f"{result.duration:.1f} s of {result.audio_format}, {result.num_speakers} speaker(s), "
+        f"{len(result.turns)} turn(s); processed in {result.processing_seconds:.2f} s, "
+        f"RTF {result.rtf:.4f} (ASR {result.asr_model}, diarization {result.diar_model})",
+        highlight=False,
+    )
+
