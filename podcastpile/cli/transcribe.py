@@ -27,7 +27,7 @@ def _fail(message: str) -> None:
 
 @app.command("transcribe")
 def transcribe_command(
-    source: str = typer.Argument(..., help="An audio file path or an http(s) URL."),
+    source: str = typer.Argument(..., metavar="FILE_OR_URL", help="An audio file path or an http(s) URL."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
     language: str = typer.Option(
         "en", "--language", "-l",
