@@ -59,10 +59,10 @@ def read_source(source: str) -> tuple[int | None, Iterator[Entry]]:
 def fetch_feed(url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000) -> bytes:
     """Download a feed (bounded in time and size)."""
     try:
-        with httpx.stream(
-            "GET", url, timeout=timeout, follow_redirects=True, max_redirects=5,
+        with httpx.Client(
+            timeout=timeout, follow_redirects=True, max_redirects=5,
             headers={"User-Agent": USER_AGENT},
-        ) as response:
+        ) as client, client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise SourceError(f"feed {url} answered HTTP {response.status_code}")
             body = bytearray()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
+from tests.processes import run_together
 
 WORKERS = 8
 EPISODES = 2000
@@ -32,14 +31,9 @@ def test_every_episode_claimed_exactly_once(database_url: str) -> None:
     store = EpisodeStore(engine, archive_required=False)
     store.add(NewEpisode(f"https://example.com/{i}.mp3") for i in range(EPISODES))
 
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
-        barrier = manager.Barrier(WORKERS)
-        futures = {
-            f"worker-{n}": pool.submit(claim_until_empty, database_url, f"worker-{n}", barrier)
-            for n in range(WORKERS)
-        }
-        claimed = {worker: future.result(timeout=300) for worker, future in futures.items()}
+    workers = [f"worker-{n}" for n in range(WORKERS)]
+    results = run_together(claim_until_empty, [(database_url, worker) for worker in workers])
+    claimed = dict(zip(workers, results))
 
     counts = Counter(episode for ids in claimed.values() for episode in ids)
     assert len(counts) == EPISODES

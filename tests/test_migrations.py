@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -13,6 +10,7 @@ from sqlalchemy import inspect, text
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.store.engine import alembic_config, current_revision, head_revision
 from podcastpile.store.tables import Base
+from tests.processes import run_together
 
 
 def revisions_oldest_first() -> list[str]:
@@ -89,8 +87,9 @@ def test_downgrade_to_empty_and_back(database_url: str) -> None:
     engine.dispose()
 
 
-def _open_and_add(database_url: str, n: int) -> int:
+def _open_and_add(database_url: str, n: int, barrier) -> int:  # type: ignore[no-untyped-def]
     engine = make_engine(database_url)
+    barrier.wait()
     migrate(engine)
     added = EpisodeStore(engine).add([NewEpisode(f"https://example.com/{n}.mp3")]).added
     engine.dispose()
@@ -99,9 +98,7 @@ def _open_and_add(database_url: str, n: int) -> int:
 
 def test_many_processes_migrating_at_once(database_url: str) -> None:
     """Workers starting together on an empty database must not trip over each other's migration."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(4, mp_context=context) as pool:
-        results = list(pool.map(_open_and_add, [database_url] * 4, range(4)))
+    results = run_together(_open_and_add, [(database_url, n) for n in range(4)])
     assert results == [1, 1, 1, 1]
     engine = make_engine(database_url)
     assert current_revision(engine) == head_revision()

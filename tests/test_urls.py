@@ -24,12 +24,13 @@ from podcastpile.urls import InvalidURL, episode_uid, normalize_url, podcast_uid
 )
 def test_normal_form(raw: str, normal: str) -> None:
     assert normalize_url(raw) == normal
+    assert normalize_url(normal) == normal  # idempotent (normal forms take the fast path)
 
 
 @pytest.mark.parametrize(
     "raw",
     ["", "   ", "example.com/a.mp3", "ftp://example.com/a.mp3", "https://", "https://exa mple.com/a",
-     "https://example.com:99999/a", "javascript:alert(1)", "https://" + "a" * 5000 + ".com/"],
+     "https://example.com:99999/a", "javascript:alert(1)", "https://a..b/x.mp3", "https://a.com/x y.mp3", "https://" + "a" * 5000 + ".com/"],
 )
 def test_invalid(raw: str) -> None:
     with pytest.raises(InvalidURL):

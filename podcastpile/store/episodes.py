@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     Engine,
     String,
+    bindparam,
     case,
     cast,
     delete,
@@ -42,6 +43,49 @@ Clock = Callable[[], datetime]
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
 _episodes = Episode.__table__
 _results = Result.__table__
+
+
+def _claim_statement() -> Any:
+    """UPDATE … RETURNING that leases the `n` oldest ready episodes, built once with bind params.
+
+    On PostgreSQL the candidate rows are locked `FOR UPDATE SKIP LOCKED` in a materialized CTE,
+    so concurrent claimers skip each other's rows instead of waiting or double-claiming.
+    """
+    picked = (
+        select(_episodes.c.id)
+        .where(_episodes.c.status == EpisodeStatus.pending.value)
+        .order_by(_episodes.c.id)
+        .limit(bindparam("n"))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        update(_episodes)
+        .where(_episodes.c.id.in_(select(picked.c.id)))
+        .values(
+            status=EpisodeStatus.assigned.value,
+            worker_id=bindparam("worker_id"),
+            worker_ip=bindparam("worker_ip"),
+            gpu=bindparam("gpu"),
+            lease_token=bindparam("token"),
+            leased_until=bindparam("until"),
+            claimed_at=bindparam("now"),
+            attempts=_episodes.c.attempts + 1,
+            updated_at=bindparam("now"),
+        )
+        .returning(
+            _episodes.c.id,
+            _episodes.c.url,
+            _episodes.c.archive_url,
+            _episodes.c.language,
+            _episodes.c.podcast_id,
+            _episodes.c.attempts,
+        )
+    )
+
+
+_CLAIM = _claim_statement()
 
 
 def utcnow() -> datetime:
@@ -144,12 +188,24 @@ class EpisodeStore:
         max_attempts: int = 3,
         archive_required: bool = True,
         clock: Clock = utcnow,
+        reap_every_seconds: float = 10.0,
     ) -> None:
         self.engine = engine
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
         self.archive_required = archive_required
         self.clock = clock
+        # Returning expired leases is a scan of the leased rows: do it at most this often per
+        # store rather than before every claim.
+        self.reap_every = timedelta(seconds=reap_every_seconds)
+        self._next_reap: datetime | None = None
+        # A single UPDATE is atomic by itself; on PostgreSQL run such statements in autocommit
+        # mode, which saves the BEGIN and COMMIT round trips. SQLite keeps BEGIN IMMEDIATE.
+        self._writer = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
 
     @classmethod
     def open(cls, settings: Any, **kwargs: Any) -> "EpisodeStore":
@@ -256,43 +312,17 @@ class EpisodeStore:
         """
         if n < 1:
             return []
-        self.requeue_expired()
         now = self.clock()
+        if self._next_reap is None or now >= self._next_reap:
+            self.requeue_expired()
+            self._next_reap = now + self.reap_every
         token = uuid.uuid4().hex
-        picked = (
-            select(_episodes.c.id)
-            .where(_episodes.c.status == EpisodeStatus.pending)
-            .order_by(_episodes.c.id)
-            .limit(n)
-            .with_for_update(skip_locked=True)
-            .cte("picked")
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        statement = (
-            update(_episodes)
-            .where(_episodes.c.id.in_(select(picked.c.id)))
-            .values(
-                status=EpisodeStatus.assigned,
-                worker_id=worker_id,
-                worker_ip=worker_ip,
-                gpu=gpu,
-                lease_token=token,
-                leased_until=now + self.lease,
-                claimed_at=now,
-                attempts=_episodes.c.attempts + 1,
-                updated_at=now,
-            )
-            .returning(
-                _episodes.c.id,
-                _episodes.c.url,
-                _episodes.c.archive_url,
-                _episodes.c.language,
-                _episodes.c.podcast_id,
-                _episodes.c.attempts,
-            )
-        )
-        with self.engine.begin() as connection:
-            rows = connection.execute(statement).all()
+        params = {
+            "n": n, "worker_id": worker_id, "worker_ip": worker_ip, "gpu": gpu, "token": token,
+            "until": now + self.lease, "now": now,
+        }
+        with self._writer.begin() as connection:
+            rows = connection.execute(_CLAIM, params).all()
         claims = [
             Claim(
                 episode_id=row.id,
@@ -402,7 +432,7 @@ class EpisodeStore:
                 updated_at=now,
             )
         )
-        with self.engine.begin() as connection:
+        with self._writer.begin() as connection:
             return connection.execute(statement).rowcount
 
     def _leased_update(
@@ -422,7 +452,7 @@ class EpisodeStore:
             .returning(_episodes.c.status)
         )
         if connection is None:
-            with self.engine.begin() as own:
+            with self._writer.begin() as own:
                 row = own.execute(statement).first()
         else:
             row = connection.execute(statement).first()

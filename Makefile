@@ -1,0 +1,41 @@
+# Two commands for a fresh machine (see README):
+#   make demo   set up, then run the main job on embedded defaults (SQLite in ./podcastpile.db)
+#   make test   set up everything the tests need (incl. a private PostgreSQL), run the whole suite
+# Each target installs what it needs into .venv; rerunning skips what is already done.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Core install: the store, the CLI, Prefect. No torch.
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Everything: torch first (a CPU build; otherwise NeMo's resolver pulls a multi-GB CUDA build),
+# then NeMo and the test tools.
+$(VENV)/.all: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[worker,dev]"
+	touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core
+	$(BIN)/ppcli import examples/episodes.jsonl
+	$(BIN)/ppcli list
+	$(BIN)/ppcli stats
+
+test: $(VENV)/.all
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.all
+	$(BIN)/python bench/store_bench.py
+
+clean:
+	rm -rf $(VENV) podcastpile.db podcastpile.db-wal podcastpile.db-shm

@@ -1,0 +1,3 @@
+from podcastpile.cli import main
+
+main()
