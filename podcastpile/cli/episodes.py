@@ -147,15 +147,18 @@ def list_(
     if json_output:
         print(json.dumps([_episode_dict(row) for row in rows], default=str))
         return
-    table = Table("id", "lang", "tries", "worker", "updated (UTC)")
-    table.add_column("status", no_wrap=True)
-    table.add_column("url", overflow="fold")
-    table.add_column("error", overflow="fold")
+    # Only columns that say something for these rows, so the table fits a terminal.
+    columns = {"id": "id", "status": "status", "language": "lang", "attempts": "tries"}
+    if any(row.worker_id for row in rows):
+        columns["worker_id"] = "worker"
+    columns["url"] = "url"
+    if any(row.error for row in rows):
+        columns["error"] = "error"
+    table = Table()
+    for key, title in columns.items():
+        table.add_column(title, overflow="fold", no_wrap=key in ("id", "status"))
     for row in rows:
-        table.add_row(
-            str(row.id), row.language or "", str(row.attempts), row.worker_id or "",
-            f"{row.updated_at:%m-%d %H:%M}", row.status, row.url, row.error or "",
-        )
+        table.add_row(*("" if getattr(row, key) is None else str(getattr(row, key)) for key in columns))
     console.print(table)
     if not rows:
         console.print("no episodes" + (f" with status {status}" if status else ""))
