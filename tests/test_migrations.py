@@ -52,7 +52,8 @@ def test_upgrade_from_each_previous_revision_keeps_rows(database_url: str) -> No
     for previous in revisions[:-1]:
         engine = make_engine(database_url)
         with engine.begin() as connection:  # start from scratch for each previous revision
-            for table in ("results", "episodes", "alembic_version"):
+            # children before parents, so foreign keys never block a drop
+            for table in [t.name for t in reversed(Base.metadata.sorted_tables)] + ["alembic_version"]:
                 connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         migrate(engine, previous)
         assert current_revision(engine) == previous

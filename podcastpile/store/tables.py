@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -111,3 +112,54 @@ class Result(Base):
     )
     payload: Mapped[dict[str, Any]] = mapped_column(_Json)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DatasetShard(Base):
+    """One published shard of an exported dataset: a file per dataset configuration, same name.
+
+    `dataset` is the export destination (an absolute folder or a URL), so one store can feed
+    several datasets. A shard is live until a later generation rewrites it without rows whose
+    result was reprocessed; then `removed_generation` says which generation retired it.
+    """
+
+    __tablename__ = "dataset_shards"
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(String(1024))
+    name: Mapped[str] = mapped_column(String(255))  # e.g. train-g00003-00012
+    generation: Mapped[int] = mapped_column(Integer)
+    episodes: Mapped[int] = mapped_column(Integer)  # rows in the per-episode configuration
+    replaced: Mapped[int] = mapped_column(Integer)  # of those, rows replacing an earlier export
+    audio_seconds: Mapped[float] = mapped_column(Float)
+    files: Mapped[dict[str, Any]] = mapped_column(_Json)  # config -> {path, rows, bytes}
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    removed_generation: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        UniqueConstraint("dataset", "name"),
+        Index("ix_dataset_shards_dataset_removed_generation", "dataset", "removed_generation"),
+    )
+
+
+class DatasetExport(Base):
+    """Which result of an episode a dataset holds, and in which shard.
+
+    `result_created_at` is the exported result's `results.created_at`: reprocessing replaces
+    the results row with a newer one, so a differing timestamp means the export is stale.
+    `shard_id` is NULL while the old row has been taken out and the new one not yet written.
+    """
+
+    __tablename__ = "dataset_exports"
+
+    dataset: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    episode_id: Mapped[int] = mapped_column(
+        _Id, ForeignKey("episodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard_id: Mapped[int | None] = mapped_column(
+        _Id, ForeignKey("dataset_shards.id", ondelete="SET NULL")
+    )
+    generation: Mapped[int] = mapped_column(Integer)
+    result_created_at: Mapped[datetime] = mapped_column(DateTime)
+    exported_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_dataset_exports_shard_id", "shard_id"),)
