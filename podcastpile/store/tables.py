@@ -129,7 +129,8 @@ class DatasetShard(Base):
     name: Mapped[str] = mapped_column(String(255))  # e.g. train-g00003-00012
     generation: Mapped[int] = mapped_column(Integer)
     episodes: Mapped[int] = mapped_column(Integer)  # rows in the per-episode configuration
-    replaced: Mapped[int] = mapped_column(Integer)  # of those, rows replacing an earlier export
+    replaced: Mapped[int] = mapped_column(Integer)  # of those, new rows replacing an earlier export
+    carried: Mapped[int] = mapped_column(Integer)  # of those, rows kept from the shard it rewrote
     audio_seconds: Mapped[float] = mapped_column(Float)
     files: Mapped[dict[str, Any]] = mapped_column(_Json)  # config -> {path, rows, bytes}
     created_at: Mapped[datetime] = mapped_column(DateTime)

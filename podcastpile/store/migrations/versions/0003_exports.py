@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("generation", sa.Integer(), nullable=False),
         sa.Column("episodes", sa.Integer(), nullable=False),
         sa.Column("replaced", sa.Integer(), nullable=False),
+        sa.Column("carried", sa.Integer(), nullable=False),
         sa.Column("audio_seconds", sa.Float(), nullable=False),
         sa.Column("files", _Json, nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),

@@ -1,0 +1,172 @@
+"""The dataset's Parquet schema (explicit and versioned) and the conversion of store rows into it.
+
+Two configurations share one source: `episodes` (one row per episode, turns and words nested)
+is what the exporter builds; `turns` (one row per speaker turn) is derived from an `episodes`
+table by `explode_turns`, so both are always written from the very same rows.
+
+Times are seconds from the start of the audio (float64, as stored: exact round trip); levels
+are dBFS. Bump `SCHEMA_VERSION` on any change a reader could notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"podcastpile.schema_version"
+
+WORD = pa.struct([("word", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
+SEGMENT = pa.struct([("speaker", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
+_LEVELS = [
+    pa.field("rms_dbfs", pa.float64()),
+    pa.field("peak_dbfs", pa.float64()),
+    pa.field("clipped_ratio", pa.float64()),
+    pa.field("speech_ratio", pa.float64()),
+]
+TURN = pa.struct(
+    [
+        pa.field("speaker", pa.string()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("text", pa.string()),
+        pa.field("words", pa.list_(WORD)),
+        *_LEVELS,
+    ]
+)
+_UTC_SECONDS = pa.timestamp("s", tz="UTC")
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+def _schema(fields: list[pa.Field], config: str) -> pa.Schema:
+    return pa.schema(
+        fields, metadata={METADATA_KEY: str(SCHEMA_VERSION).encode(), b"podcastpile.config": config.encode()}
+    )
+
+
+EPISODES_SCHEMA = _schema(
+    [
+        pa.field("episode_id", pa.string(), nullable=False),  # md5 of the normalized episode URL
+        pa.field("podcast_id", pa.string()),
+        pa.field("episode_url", pa.string(), nullable=False),
+        pa.field("archive_url", pa.string()),  # the Internet Archive copy that was processed
+        pa.field("archive_timestamp", _UTC_SECONDS),  # its Wayback capture time
+        pa.field("language", pa.string()),
+        pa.field("duration", pa.float64()),  # seconds of decoded audio
+        pa.field("audio_sha256", pa.string()),
+        pa.field("audio_md5", pa.string()),
+        pa.field("audio_format", pa.string()),
+        pa.field("audio_bytes", pa.int64()),
+        pa.field("num_speakers", pa.int32()),
+        pa.field("text", pa.string()),
+        pa.field("turns", pa.list_(TURN)),
+        pa.field("segments", pa.list_(SEGMENT)),  # raw diarization output
+        *_LEVELS,
+        pa.field("asr_model", pa.string()),
+        pa.field("asr_fingerprint", pa.string()),
+        pa.field("diar_model", pa.string()),
+        pa.field("diar_fingerprint", pa.string()),
+        pa.field("code_version", pa.string()),
+        pa.field("processing_seconds", pa.float64()),
+        pa.field("processed_at", _UTC_MICROS, nullable=False),  # when the result was stored
+    ],
+    "episodes",
+)
+
+# Per-turn rows carry the episode fields a training loader filters or groups by.
+_TURN_EPISODE_COLUMNS = ["episode_id", "podcast_id", "language", "archive_url", "code_version"]
+TURNS_SCHEMA = _schema(
+    [
+        *(EPISODES_SCHEMA.field(name) for name in _TURN_EPISODE_COLUMNS),
+        pa.field("turn_index", pa.int32(), nullable=False),
+        *TURN,
+    ],
+    "turns",
+)
+
+
+def parse_archive_timestamp(value: str | None) -> datetime | None:
+    """A Wayback capture timestamp (`YYYYMMDDhhmmss`, UTC) as an aware datetime; None stays None."""
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+
+
+def episode_record(
+    *,
+    url_hash: str,
+    url: str,
+    podcast_id: str | None,
+    language: str | None,
+    archive_url: str | None,
+    archive_timestamp: str | None,
+    result: Mapping[str, Any],
+    result_created_at: datetime,
+) -> dict[str, Any]:
+    """One `episodes` row from an episode's store columns and its result dict.
+
+    The result's own `language` wins over the episode's (it is what the ASR model was chosen
+    for). Fields a result lacks become nulls rather than failing the export.
+    """
+    levels = {field.name: result.get(field.name) for field in _LEVELS}
+    return {
+        "episode_id": url_hash,
+        "podcast_id": podcast_id,
+        "episode_url": url,
+        "archive_url": archive_url,
+        "archive_timestamp": parse_archive_timestamp(archive_timestamp),
+        "language": result.get("language") or language,
+        "duration": result.get("duration"),
+        "audio_sha256": result.get("sha256"),
+        "audio_md5": result.get("md5"),
+        "audio_format": result.get("audio_format"),
+        "audio_bytes": result.get("audio_bytes"),
+        "num_speakers": result.get("num_speakers"),
+        "text": result.get("text"),
+        "turns": result.get("turns") or [],
+        "segments": result.get("segments") or [],
+        **levels,
+        "asr_model": result.get("asr_model"),
+        "asr_fingerprint": result.get("asr_fingerprint"),
+        "diar_model": result.get("diar_model"),
+        "diar_fingerprint": result.get("diar_fingerprint"),
+        "code_version": result.get("code_version"),
+        "processing_seconds": result.get("processing_seconds"),
+        "processed_at": result_created_at.replace(tzinfo=UTC)
+        if result_created_at.tzinfo is None
+        else result_created_at,
+    }
+
+
+def episodes_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """An `episodes` table from records built by `episode_record` (extra keys are an error)."""
+    return pa.Table.from_pylist(list(records), schema=EPISODES_SCHEMA)
+
+
+def explode_turns(episodes: pa.Table) -> pa.Table:
+    """The `turns` configuration of an `episodes` table: one row per turn, in episode order."""
+    turns = episodes.column("turns").combine_chunks()
+    parents = pc.list_parent_indices(turns)
+    flat = pc.list_flatten(turns)
+    # Position of each turn within its episode: its flat index minus its episode's first index.
+    # (A sliced array's offsets do not start at 0; the flattened values start at offsets[0].)
+    offsets = turns.offsets.to_numpy(zero_copy_only=False)
+    offsets = (offsets - offsets[0])[:-1]
+    parent_indices = parents.to_numpy(zero_copy_only=False)
+    turn_index = np.arange(len(flat), dtype=np.int32) - offsets[parent_indices].astype(np.int32)
+    columns = [episodes.column(name).take(parents) for name in _TURN_EPISODE_COLUMNS]
+    columns.append(pa.array(turn_index, pa.int32()))
+    columns.extend(flat.field(index) for index in range(flat.type.num_fields))
+    return pa.Table.from_arrays(columns, schema=TURNS_SCHEMA)
+
+
+# The dataset's configurations: name → (schema, how to build it from an `episodes` table).
+CONFIGS: dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]] = {
+    "episodes": (EPISODES_SCHEMA, lambda table: table),
+    "turns": (TURNS_SCHEMA, explode_turns),
+}
