@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         3, ge=1, description="Claims (and transient failures) an episode gets before it is failed."
     )
     batch_size: int = Field(16, ge=1, description="Episodes one worker claims per batch flow run.")
+    prefetch: int = Field(
+        2, ge=0, description="Episodes a worker downloads ahead while it transcribes the current one."
+    )
+    work_pool: str = Field("gpu", description="Prefect work pool the batch flows run on.")
     worker_id: str = Field(
         default_factory=socket.gethostname, description="Name this worker reports; default: hostname."
     )
@@ -113,6 +117,9 @@ class Settings(BaseSettings):
     # --- dataset ------------------------------------------------------------------------------
     dataset_dir: str = Field("./dataset", description="Where Parquet shards go: a folder or fsspec URL.")
     shard_max_bytes: int = Field(256_000_000, gt=0, description="Target size of one Parquet shard.")
+    shard_max_rows: int = Field(
+        100_000, gt=0, description="Most episodes in one Parquet shard (bounds the per-turn files too)."
+    )
 
     @field_validator("database_url")
     @classmethod

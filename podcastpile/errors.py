@@ -32,3 +32,18 @@ class TransientError(EpisodeError):
     """May work later: timeouts, 429, 5xx, resets, short reads."""
 
     permanent = False
+
+
+def as_episode_error(error: BaseException) -> EpisodeError:
+    """Classify any exception raised while processing an episode.
+
+    Known failures keep their class. A timeout is transient (the next attempt may be on a
+    faster or less busy worker). Anything else is unexpected (a bug, out of GPU memory): it is
+    treated as transient so the episode is retried, and the attempt limit stops it looping.
+    """
+    if isinstance(error, EpisodeError):
+        return error
+    if isinstance(error, TimeoutError):
+        return TransientError("timeout", f"episode exceeded its time budget: {error}".rstrip(": "))
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    return TransientError("internal", f"{type(error).__name__}: {first_line}".rstrip(": "))

@@ -175,3 +175,10 @@ def test_list_filters(store: EpisodeStore) -> None:
     assert [e.id for e in store.list(status="pending", limit=2)] == [3, 4]
     with pytest.raises(ValueError):
         store.list(status="nonsense")
+
+
+def test_claim_chosen_episodes(store: EpisodeStore) -> None:
+    add(store, 5)
+    claims = store.claim_batch("w", 10, episode_ids=[4, 2, 99])
+    assert [c.episode_id for c in claims] == [2, 4]
+    assert store.claim_batch("w", 10, episode_ids=[2]) == []  # already held

@@ -45,15 +45,18 @@ _episodes = Episode.__table__
 _results = Result.__table__
 
 
-def _claim_statement() -> Any:
+def _claim_statement(by_id: bool = False) -> Any:
     """UPDATE … RETURNING that leases the `n` oldest ready episodes, built once with bind params.
 
     On PostgreSQL the candidate rows are locked `FOR UPDATE SKIP LOCKED` in a materialized CTE,
     so concurrent claimers skip each other's rows instead of waiting or double-claiming.
     """
+    ready = _episodes.c.status == EpisodeStatus.pending.value
+    if by_id:
+        ready = ready & _episodes.c.id.in_(bindparam("ids", expanding=True))
     picked = (
         select(_episodes.c.id)
-        .where(_episodes.c.status == EpisodeStatus.pending.value)
+        .where(ready)
         .order_by(_episodes.c.id)
         .limit(bindparam("n"))
         .with_for_update(skip_locked=True)
@@ -86,6 +89,7 @@ def _claim_statement() -> Any:
 
 
 _CLAIM = _claim_statement()
+_CLAIM_IDS = _claim_statement(by_id=True)
 
 
 def utcnow() -> datetime:
@@ -304,10 +308,17 @@ class EpisodeStore:
     # --- leases -----------------------------------------------------------------------------------
 
     def claim_batch(
-        self, worker_id: str, n: int, *, worker_ip: str | None = None, gpu: str | None = None
+        self,
+        worker_id: str,
+        n: int,
+        *,
+        worker_ip: str | None = None,
+        gpu: str | None = None,
+        episode_ids: list[int] | None = None,
     ) -> list[Claim]:
         """Atomically lease up to `n` ready episodes (oldest first) to `worker_id`.
 
+        `episode_ids` limits the claim to those episodes (an ad-hoc run of chosen episodes).
         Expired leases are returned to the queue first, so a crashed worker's episodes come back.
         """
         if n < 1:
@@ -321,8 +332,11 @@ class EpisodeStore:
             "n": n, "worker_id": worker_id, "worker_ip": worker_ip, "gpu": gpu, "token": token,
             "until": now + self.lease, "now": now,
         }
+        statement = _CLAIM if episode_ids is None else _CLAIM_IDS
+        if episode_ids is not None:
+            params["ids"] = list(episode_ids)
         with self._writer.begin() as connection:
-            rows = connection.execute(_CLAIM, params).all()
+            rows = connection.execute(statement, params).all()
         claims = [
             Claim(
                 episode_id=row.id,
@@ -511,6 +525,13 @@ class EpisodeStore:
             query = query.limit(limit)
         with Session(self.engine.execution_options(**READ_ONLY), expire_on_commit=False) as session:
             return list(session.scalars(query))
+
+    def count(self, status: EpisodeStatus) -> int:
+        """How many episodes have `status` (e.g. how many are ready for workers)."""
+        with self.engine.execution_options(**READ_ONLY).connect() as connection:
+            return connection.execute(
+                select(func.count()).where(_episodes.c.status == status.value)
+            ).scalar_one()
 
     def stats(self) -> Stats:
         """Counts by status, expired leases, hours of audio completed, failures by reason."""

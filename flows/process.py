@@ -1,0 +1,135 @@
+"""The pipeline's flows: a batch of episodes per run on the `gpu` work pool, and one ad-hoc episode.
+
+One flow run per batch, not per episode: a process worker spends seconds starting each run and
+NeMo's import and model loads cost tens of seconds, so models are loaded once per batch and
+every episode's archive → download → diarize → transcribe DAG runs as tasks inside the run.
+Downloads of the next episodes overlap inference of the current one (bounded prefetch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.runtime import flow_run
+
+from podcastpile.config import Settings, load_settings
+from podcastpile.errors import PermanentError, as_episode_error
+from podcastpile.leases import LeaseKeeper
+from podcastpile.store import Claim, LeaseLost, NewEpisode
+from tasks.resources import models_for, store_for
+from tasks.speech import decode_audio, diarize, download_audio, load_models, merge_turns, transcribe
+from tasks.store import claim_episodes, complete_episode, fail_episode, release_episode, start_episode
+
+
+def _worker_name(settings: Settings) -> str:
+    run = flow_run.get_id()
+    return f"{settings.worker_id}/{str(run)[:8]}" if run else settings.worker_id
+
+
+def _process_episode(
+    settings: Settings, models: Any, claim: Claim, download: PrefectFuture
+) -> dict[str, Any]:
+    """One episode's DAG inside the batch; every outcome is recorded, nothing is raised."""
+    logger = get_run_logger()
+    deadline = time.monotonic() + settings.lease_seconds
+
+    def budget() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"over {settings.job_timeout_hours:g} h")
+        return remaining
+
+    outcome: dict[str, Any] = {"episode_id": claim.episode_id, "url": claim.url}
+    stack = None
+    try:
+        if settings.archive_required and not claim.archive_url:
+            raise PermanentError("not-archived", "no Internet Archive copy; refusing the live URL")
+        downloaded, stack = download.result(timeout=budget())
+        start_episode(settings, claim)
+        started = time.perf_counter()
+        decoded = decode_audio.with_options(timeout_seconds=budget())(downloaded)
+        diarization = diarize.with_options(timeout_seconds=budget())(models, decoded)
+        transcript = transcribe.with_options(timeout_seconds=budget())(models, decoded, claim.language)
+        result = merge_turns(downloaded, decoded, diarization, transcript, time.perf_counter() - started)
+        complete_episode(settings, claim, result)
+        outcome.update(status="completed", audio_seconds=result["duration"], speakers=result["num_speakers"])
+    except LeaseLost as error:
+        logger.warning("episode %s: %s; result dropped", claim.episode_id, error)
+        outcome.update(status="lease-lost", reason=str(error))
+    except Exception as raised:  # every failure becomes a recorded state, never a crashed batch
+        error = as_episode_error(raised)
+        try:
+            status = fail_episode(settings, claim, error)
+        except LeaseLost as lost:
+            status, error.reason = "lease-lost", f"{error.reason}; {lost}"
+        logger.warning("episode %s %s: %s", claim.episode_id, status, error)
+        outcome.update(status=str(status), reason=str(error))
+    finally:
+        if stack is not None:
+            stack.close()  # the temporary audio file
+    return outcome
+
+
+@flow(name="process-batch", log_prints=True)
+def process_batch(batch_size: int | None = None, episode_ids: list[int] | None = None) -> dict[str, Any]:
+    """Claim up to `batch_size` ready episodes (default BATCH_SIZE) and process them.
+
+    `episode_ids` restricts the claim to those episodes (used by `ppcli process`). Returns a
+    summary; a table of outcomes is also published as the run's artifact.
+    """
+    settings = load_settings()
+    logger = get_run_logger()
+    size = batch_size or settings.batch_size
+    claims = claim_episodes(settings, size, _worker_name(settings), episode_ids)
+    summary: dict[str, Any] = {"claimed": len(claims), "outcomes": [], "models_loaded": 0}
+    if not claims:
+        logger.info("no episodes ready")
+        return summary
+    started = time.perf_counter()
+    loaded_before = models_for(settings).loaded_count
+    try:
+        models = load_models(settings, sorted({c.language or "" for c in claims}))
+    except Exception:
+        for claim in claims:  # not the episodes' fault: give them back unspent
+            release_episode(settings, claim)
+        raise
+    summary["models_loaded"] = models.loaded_count - loaded_before
+    with LeaseKeeper(store_for(settings), claims, interval=settings.lease_seconds / 4) as keeper:
+        downloads: dict[int, PrefectFuture] = {}
+        for index, claim in enumerate(claims):
+            for ahead in range(index, min(index + 1 + settings.prefetch, len(claims))):
+                if ahead not in downloads:
+                    downloads[ahead] = download_audio.submit(claims[ahead].download_url, settings)
+            summary["outcomes"].append(_process_episode(settings, models, claim, downloads.pop(index)))
+            keeper.drop(claim.episode_id)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+    summary["audio_seconds"] = round(sum(o.get("audio_seconds", 0.0) for o in summary["outcomes"]), 3)
+    summary["by_status"] = dict(Counter(o["status"] for o in summary["outcomes"]))
+    create_table_artifact(
+        key="batch-outcomes",
+        table=[{k: o.get(k, "") for k in ("episode_id", "status", "audio_seconds", "reason", "url")}
+               for o in summary["outcomes"]],
+        description=f"{summary['by_status']} in {summary['wall_seconds']} s",
+    )
+    logger.info("batch done: %s, %.0f s of audio in %.1f s", summary["by_status"], summary["audio_seconds"], summary["wall_seconds"])
+    return summary
+
+
+@flow(name="process-episode", log_prints=True)
+def process_episode(url: str, language: str | None = None, podcast_id: str | None = None) -> dict[str, Any]:
+    """Add one episode by URL (if new) and process it now: for ad-hoc runs from the Prefect UI."""
+    settings = load_settings()
+    store = store_for(settings)
+    summary = store.add([NewEpisode(url, language=language, podcast_id=podcast_id)])
+    if summary.rejected:
+        raise ValueError(summary.rejected[0].reason)
+    episode = store.find(url)
+    assert episode is not None
+    if episode.status != "pending":
+        raise ValueError(f"episode {episode.id} is {episode.status}, not ready to process")
+    return process_batch(batch_size=1, episode_ids=[episode.id])

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the plain-Python core that add retries, timeouts and tags."""

@@ -1,0 +1,84 @@
+"""Fixtures for pipeline tests: tiny models, audio on a loopback server, settings in the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podcastpile.store import EpisodeStore, make_engine, migrate
+from tests.loopback import LoopbackServer, Reply
+
+FIXTURES = Path(os.environ.get("PODCASTPILE_SPEECH_FIXTURES", Path(__file__).parent.parent / "fixtures" / "speech"))
+
+
+@pytest.fixture(scope="session")
+def conversation() -> dict:
+    """Ground truth of the synthetic two-speaker conversation the tiny models were trained on."""
+    info = json.loads((FIXTURES / "conversation.json").read_text())
+    info["wav"] = FIXTURES / "conversation.wav"
+    info["truth"] = [(turn["speaker"], turn["text"]) for turn in info["turns"]]
+    return info
+
+
+class AudioHost:
+    """A loopback podcast host: good files, a 404, a flaky one (500 once, then 200), a non-audio file."""
+
+    def __init__(self, wav: bytes) -> None:
+        self.flaky_failures = 1
+
+        def flaky(request):  # type: ignore[no-untyped-def]
+            if self.flaky_failures > 0:
+                self.flaky_failures -= 1
+                return Reply(500, b"try later")
+            return Reply(200, wav, {"Content-Type": "audio/wav"})
+
+        self.server = LoopbackServer({
+            "/ep/good-*": lambda r: Reply(200, wav, {"Content-Type": "audio/wav"}),
+            "/ep/flaky.wav": flaky,
+            "/ep/not-audio.wav": lambda r: Reply(200, b"\x00\x01garbage" * 500, {"Content-Type": "audio/wav"}),
+        })
+
+    def url(self, name: str) -> str:
+        return self.server.url(f"/ep/{name}")
+
+
+@pytest.fixture
+def audio_host(conversation: dict) -> Iterator[AudioHost]:
+    host = AudioHost(conversation["wav"].read_bytes())
+    with host.server:
+        yield host
+
+
+def pipeline_environment(database_url: str, **extra: str) -> dict[str, str]:
+    """Settings (as environment variables) for a pipeline run on the tiny CPU models."""
+    return {
+        "DATABASE_URL": database_url,
+        "ARCHIVE_REQUIRED": "false",
+        "DIAR_MODEL": str(FIXTURES / "tiny_diar.nemo"),
+        "ASR_MODEL": str(FIXTURES / "tiny_asr.nemo"),
+        "ASR_MODEL_MULTILINGUAL": str(FIXTURES / "tiny_asr.nemo"),
+        "DEVICE": "cpu",
+        "DOWNLOAD_TIMEOUT_SECONDS": "10",
+        "BATCH_SIZE": "8",
+        **extra,
+    }
+
+
+@pytest.fixture
+def pipeline_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Put the pipeline's settings in this process's environment; returns the database URL."""
+    for key, value in pipeline_environment(database_url).items():
+        monkeypatch.setenv(key, value)
+    return database_url
+
+
+@pytest.fixture
+def pipeline_store(pipeline_env: str) -> Iterator[EpisodeStore]:
+    engine = make_engine(pipeline_env)
+    migrate(engine)
+    yield EpisodeStore(engine, archive_required=False)
+    engine.dispose()

@@ -1,0 +1,77 @@
+"""The batch flow run in-process on a Prefect test server: tiny models, loopback audio, both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.process import process_batch, process_episode
+from podcastpile.store import EpisodeStore, NewEpisode
+from tasks import resources
+from tests.pipeline.conftest import AudioHost
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_batch_completes_good_episodes_and_records_failures(
+    pipeline_store: EpisodeStore, audio_host: AudioHost, conversation: dict
+) -> None:
+    names = ["good-1.wav", "missing.wav", "flaky.wav", "not-audio.wav", "good-2.wav"]
+    pipeline_store.add([NewEpisode(audio_host.url(name), language="en") for name in names])
+    resources._models.cache_clear()  # a fresh worker process: nothing loaded yet
+
+    summary = process_batch()
+
+    assert summary["claimed"] == 5
+    assert summary["models_loaded"] == 2  # the diarizer and one ASR model, once for the batch
+    rows = {row.url.rsplit("/", 1)[1]: row for row in pipeline_store.list()}
+    assert {name: rows[name].status for name in names} == {
+        "good-1.wav": "completed", "missing.wav": "failed", "flaky.wav": "completed",
+        "not-audio.wav": "failed", "good-2.wav": "completed",
+    }
+    assert rows["missing.wav"].error_code == "http-404"
+    assert rows["not-audio.wav"].error_code == "not-audio"
+    assert audio_host.server.hits["/ep/flaky.wav"] == 2  # one 500, retried, then 200
+    for name in ["good-1.wav", "flaky.wav", "good-2.wav"]:
+        result = pipeline_store.result(rows[name].id)
+        assert [(t["speaker"], t["text"]) for t in result["turns"]] == conversation["truth"]
+        assert rows[name].audio_sha256 == result["sha256"] and rows[name].lease_token is None
+    assert summary["by_status"] == {"completed": 3, "failed": 2}
+
+
+def test_second_batch_in_the_same_process_reuses_loaded_models(
+    pipeline_store: EpisodeStore, audio_host: AudioHost
+) -> None:
+    pipeline_store.add([NewEpisode(audio_host.url("good-a.wav"))])
+    process_batch()
+    pipeline_store.add([NewEpisode(audio_host.url("good-b.wav"))])
+    assert process_batch()["models_loaded"] == 0
+    assert [row.status for row in pipeline_store.list()] == ["completed", "completed"]
+
+
+def test_transient_failure_requeues_until_attempts_run_out(
+    pipeline_store: EpisodeStore, audio_host: AudioHost
+) -> None:
+    audio_host.flaky_failures = 100  # the host keeps answering 500
+    pipeline_store.add([NewEpisode(audio_host.url("flaky.wav"))])
+    outcome = process_batch()["outcomes"][0]
+    assert outcome["status"] == "pending" and "http-500" in outcome["reason"]  # requeued
+    row = pipeline_store.list()[0]
+    assert (row.status, row.attempts, row.error_code) == ("pending", 1, "http-500")
+
+
+def test_empty_queue_is_a_quiet_no_op(pipeline_store: EpisodeStore) -> None:
+    assert process_batch() == {"claimed": 0, "outcomes": [], "models_loaded": 0}
+
+
+def test_ad_hoc_episode_flow(pipeline_store: EpisodeStore, audio_host: AudioHost, conversation: dict) -> None:
+    summary = process_episode(audio_host.url("good-adhoc.wav"), language="en")
+    assert summary["by_status"] == {"completed": 1}
+    (row,) = pipeline_store.list()
+    assert [(t["speaker"], t["text"]) for t in pipeline_store.result(row.id)["turns"]] == conversation["truth"]
