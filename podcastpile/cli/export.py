@@ -1,0 +1,67 @@
+"""`ppcli export`: write completed episodes not yet in the dataset as new Parquet shards."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.exc import SQLAlchemyError
+
+from podcastpile.cli import app
+from podcastpile.cli.episodes import JsonOption, console, errors, fail, open_store, settings
+from podcastpile.dataset.destination import DestinationError
+from podcastpile.dataset.export import DatasetInconsistent, export_dataset
+from podcastpile.dataset.writer import WriterLimits
+
+
+@app.command("export")
+def export_command(
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Dataset folder or fsspec URL (s3://, hf://); default DATASET_DIR."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Export completed episodes not yet in the dataset; rerunning exports nothing twice."""
+    config = settings()
+    store = open_store()
+    location = out or config.dataset_dir
+    limits = WriterLimits(max_bytes=config.shard_max_bytes, max_rows=config.shard_max_rows)
+    progress = Progress(
+        TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=errors, disable=json_output, transient=True,
+    )
+    task = progress.add_task("export", total=None)
+    try:
+        with progress:
+            summary = export_dataset(
+                store.engine, location, limits=limits,
+                on_start=lambda total: progress.update(task, total=total),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+    except (DestinationError, DatasetInconsistent) as error:
+        fail(str(error))
+    except (OSError, ValueError) as error:  # pyarrow/fsspec I/O and format errors
+        fail(f"{location}: {error}".splitlines()[0])
+    except SQLAlchemyError as error:
+        fail(f"episode database: {error}".splitlines()[0], code=2)
+    if json_output:
+        print(json.dumps(asdict(summary)))
+        return
+    totals = (
+        f"dataset {summary.dataset} holds {summary.dataset_episodes:,} episodes, "
+        f"{summary.dataset_audio_hours:,.2f} hours in {summary.dataset_shards} shard(s)"
+    )
+    if not summary.shards_written and not summary.shards_retired:
+        console.print(f"nothing new to export; {totals}", highlight=False, soft_wrap=True)
+        return
+    console.print(
+        f"generation {summary.generation}: wrote {summary.episodes_written:,} episodes "
+        f"({summary.episodes_replaced:,} replacing reprocessed ones) in {summary.shards_written} "
+        f"shard(s), retired {summary.shards_retired}; {totals}",
+        highlight=False,
+        soft_wrap=True,
+    )

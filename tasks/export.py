@@ -1,0 +1,48 @@
+"""Task over the dataset export: one incremental export run, retried on transient I/O errors.
+
+A retry is safe: the export is idempotent (it continues from what the ledger committed and
+cleans up what an interrupted attempt left in staging).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
+from sqlalchemy.exc import OperationalError
+
+from podcastpile.config import Settings
+from podcastpile.dataset.export import export_dataset
+from podcastpile.dataset.writer import WriterLimits
+from podcastpile.store import make_engine, migrate
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    # Network filesystems and a restarted database fail with these; a bad destination URL or
+    # an inconsistent dataset (RuntimeError subclasses) would only fail again.
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, (OSError, OperationalError))
+
+
+@task(
+    name="export-dataset",
+    retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+    retry_condition_fn=_transient, cache_policy=NONE, tags=["db", "dataset"],
+)
+def export_dataset_task(settings: Settings, out: str | None = None) -> dict[str, Any]:
+    """Export completed episodes not yet in the dataset (`out`, default DATASET_DIR); return the summary."""
+    from dataclasses import asdict
+
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        summary = export_dataset(
+            engine,
+            out or settings.dataset_dir,
+            limits=WriterLimits(max_bytes=settings.shard_max_bytes, max_rows=settings.shard_max_rows),
+        )
+    finally:
+        engine.dispose()
+    return asdict(summary)
