@@ -56,7 +56,7 @@ def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
         "generation": max(generations, default=0),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "episodes": configs["episodes"]["rows"],
-        "audio_hours": round(audio_seconds / 3600.0, 6),
+        "audio_hours": audio_seconds / 3600.0,
         "bytes": sum(config["bytes"] for config in configs.values()),
         "configs": configs,
         "shards": [
@@ -64,7 +64,7 @@ def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
                 "name": shard.name,
                 "generation": shard.generation,
                 "episodes": shard.episodes,
-                "audio_hours": round(shard.audio_seconds / 3600.0, 6),
+                "audio_hours": shard.audio_seconds / 3600.0,
                 "files": shard.files,
             }
             for shard in live

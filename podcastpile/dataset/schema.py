@@ -39,7 +39,7 @@ TURN = pa.struct(
         *_LEVELS,
     ]
 )
-_UTC_SECONDS = pa.timestamp("s", tz="UTC")
+_UTC_MILLIS = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit: ms is what readers get
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
 
 
@@ -55,7 +55,7 @@ EPISODES_SCHEMA = _schema(
         pa.field("podcast_id", pa.string()),
         pa.field("episode_url", pa.string(), nullable=False),
         pa.field("archive_url", pa.string()),  # the Internet Archive copy that was processed
-        pa.field("archive_timestamp", _UTC_SECONDS),  # its Wayback capture time
+        pa.field("archive_timestamp", _UTC_MILLIS),  # its Wayback capture time
         pa.field("language", pa.string()),
         pa.field("duration", pa.float64()),  # seconds of decoded audio
         pa.field("audio_sha256", pa.string()),

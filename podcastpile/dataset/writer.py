@@ -133,7 +133,10 @@ class ShardWriter:
             raise ValueError(f"{len(keys)} keys for {episodes.num_rows} rows")
         start = 0
         while start < episodes.num_rows:
-            room = self.limits.max_rows - self._shard_rows - self._pending_rows
+            room = min(
+                self.limits.max_rows - self._shard_rows - self._pending_rows,
+                self.limits.row_group_rows - self._pending_rows,
+            )
             take = min(room, episodes.num_rows - start)
             piece = episodes.slice(start, take)
             self._pending.append(piece)
