@@ -99,6 +99,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
             release_episode(settings, claim)
         raise
     summary["models_loaded"] = models.loaded_count - loaded_before
+    summary["load_seconds"] = round(time.perf_counter() - started, 3)
     with LeaseKeeper(store_for(settings), claims, interval=settings.lease_seconds / 4) as keeper:
         downloads: dict[int, PrefectFuture] = {}
         for index, claim in enumerate(claims):

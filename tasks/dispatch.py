@@ -22,7 +22,7 @@ from podcastpile.store import EpisodeStatus
 from tasks.resources import store_for
 
 
-@task(name="count-ready-episodes", cache_policy=NONE, tags=["db"])
+@task(name="count-ready-episodes", cache_policy=NONE)
 def count_ready(settings: Settings) -> int:
     """Episodes waiting for a worker."""
     return store_for(settings).count(EpisodeStatus.pending)

@@ -27,7 +27,7 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientError)
 
 
-@task(name="load-models", cache_policy=NONE, tags=["gpu"])
+@task(name="load-models", cache_policy=NONE)
 def load_models(settings: Settings, languages: list[str | None]) -> SpeechModels:
     """The process's models, loaded now for the languages of this batch (a no-op when loaded)."""
     models = models_for(settings)
@@ -39,7 +39,7 @@ def load_models(settings: Settings, languages: list[str | None]) -> SpeechModels
 
 @task(
     name="download-audio", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5, retry_condition_fn=_transient, cache_policy=NONE, tags=["download"],
+    retry_jitter_factor=0.5, retry_condition_fn=_transient, cache_policy=NONE,
 )
 def download_audio(url: str, settings: Settings) -> tuple[DownloadedAudio, ExitStack]:
     """Fetch the audio into a temporary file. Close the returned stack to delete the file."""
@@ -48,19 +48,19 @@ def download_audio(url: str, settings: Settings) -> tuple[DownloadedAudio, ExitS
         return downloaded, stack.pop_all()
 
 
-@task(name="decode-audio", cache_policy=NONE, tags=["cpu"])
+@task(name="decode-audio", cache_policy=NONE)
 def decode_audio(downloaded: DownloadedAudio) -> DecodedAudio:
     """Probe and decode to 16 kHz mono float32."""
     return speech.decode(downloaded)
 
 
-@task(name="diarize", cache_policy=NONE, tags=["gpu"])
+@task(name="diarize", cache_policy=NONE)
 def diarize(models: SpeechModels, decoded: DecodedAudio) -> Diarization:
     """Who speaks when (Sortformer)."""
     return speech.diarize(models, decoded)
 
 
-@task(name="transcribe", cache_policy=NONE, tags=["gpu"])
+@task(name="transcribe", cache_policy=NONE)
 def transcribe(models: SpeechModels, decoded: DecodedAudio, language: str | None) -> Transcript:
     """One ASR pass with word timestamps (Parakeet)."""
     return speech.transcribe(models, decoded, language)

@@ -25,7 +25,7 @@ def _database_hiccup(task: Any, task_run: Any, state: Any) -> bool:
 
 _db = dict(
     retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_jitter_factor=0.5,
-    retry_condition_fn=_database_hiccup, cache_policy=NONE, tags=["db"],
+    retry_condition_fn=_database_hiccup, cache_policy=NONE,
 )
 
 

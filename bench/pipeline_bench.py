@@ -1,0 +1,157 @@
+"""Throughput of the Prefect batch flow against a bare loop over the same core functions.
+
+Both sides claim the same number of episodes from a fresh SQLite store, download each from a
+loopback HTTP server (a few minutes of synthetic two-speaker speech per episode), decode,
+diarize, transcribe and merge with the same tiny NeMo models, and store the result. Each side
+runs in its own fresh process (so each loads the models once, as a worker would); the
+figures come from one run. Target: flow throughput ≥ 0.90× the bare loop.
+
+Usage: python bench/pipeline_bench.py [--episodes 8] [--minutes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FIXTURES = Path(os.environ.get("PODCASTPILE_SPEECH_FIXTURES", ROOT / "tests" / "fixtures" / "speech"))
+
+
+def long_wav(minutes: float) -> bytes:
+    """The committed conversation repeated to about `minutes` of audio, as WAV bytes."""
+    with wave.open(str(FIXTURES / "conversation.wav")) as source:
+        params, frames = source.getparams(), source.readframes(source.getnframes())
+    repeats = max(1, round(minutes * 60 * params.framerate / params.nframes))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as target:
+        target.setparams(params)
+        target.writeframes(frames * repeats)
+    return out.getvalue()
+
+
+def environment(database_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ARCHIVE_REQUIRED": "false",
+        "DIAR_MODEL": str(FIXTURES / "tiny_diar.nemo"),
+        "ASR_MODEL": str(FIXTURES / "tiny_asr.nemo"),
+        "ASR_MODEL_MULTILINGUAL": str(FIXTURES / "tiny_asr.nemo"),
+        "DEVICE": "cpu",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def run_bare() -> dict:
+    """Claim all, then per episode: download → decode → diarize → transcribe → merge → complete."""
+    from podcastpile import speech
+    from podcastpile.config import load_settings
+    from podcastpile.errors import as_episode_error
+    from podcastpile.models import SpeechModels
+    from podcastpile.store import EpisodeStatus, EpisodeStore
+
+    settings = load_settings()
+    store = EpisodeStore.open(settings)
+    started = time.perf_counter()
+    claims = store.claim_batch("bare", 10_000)
+    models = SpeechModels.from_settings(settings)
+    models.diarizer()
+    models.asr("en")
+    loaded = time.perf_counter()
+    for claim in claims:
+        try:
+            result = speech.process_source(claim.download_url, models, settings, claim.language)
+            store.complete(claim.episode_id, claim.lease_token, result.to_dict())
+        except Exception as error:
+            store.fail(claim.episode_id, claim.lease_token, as_episode_error(error))
+    finished = time.perf_counter()
+    return {"seconds": finished - started, "load_seconds": loaded - started,
+            "completed": store.count(EpisodeStatus.completed)}
+
+
+def run_flow() -> dict:
+    """The deployed batch flow, called in-process on a Prefect test server."""
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.process import process_batch
+    from podcastpile.config import load_settings
+    from podcastpile.store import EpisodeStatus, EpisodeStore
+
+    with prefect_test_harness(server_startup_timeout=120):
+        flow(lambda: None, name="warm-up")()  # server and client up before the clock starts
+        started = time.perf_counter()
+        summary = process_batch(batch_size=10_000)
+        seconds = time.perf_counter() - started
+    store = EpisodeStore.open(load_settings())
+    return {"seconds": seconds, "load_seconds": summary["load_seconds"],
+            "completed": store.count(EpisodeStatus.completed), "models_loaded": summary["models_loaded"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--side", choices=["bare", "flow"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:  # a child process: one side of the comparison
+        print(json.dumps(run_bare() if args.side == "bare" else run_flow()))
+        return
+
+    from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
+    from tests.loopback import LoopbackServer, Reply
+
+    body = long_wav(args.minutes)
+    audio_seconds = (len(body) - 44) / 2 / 16000 * args.episodes
+    report: dict = {"episodes": args.episodes, "audio_seconds": round(audio_seconds, 1)}
+    with LoopbackServer({"/ep/*": lambda r: Reply(200, body, {"Content-Type": "audio/wav"})}) as server, \
+            tempfile.TemporaryDirectory() as workdir:
+        for side in ("bare", "flow"):
+            url = f"sqlite:///{workdir}/{side}.db"
+            engine = make_engine(url)
+            migrate(engine)
+            EpisodeStore(engine, archive_required=False).add(
+                NewEpisode(server.url(f"/ep/{side}-{i}.wav"), language="en") for i in range(args.episodes)
+            )
+            engine.dispose()
+            child = subprocess.run(
+                [sys.executable, __file__, "--side", side], env=environment(url),
+                capture_output=True, text=True, check=False,
+            )
+            if child.returncode != 0:
+                raise SystemExit(f"{side} failed:\n{child.stderr[-4000:]}")
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            assert result["completed"] == args.episodes, result
+            report[side] = {
+                "seconds": round(result["seconds"], 2),
+                "model_load_seconds": round(result["load_seconds"], 2),
+                "audio_seconds_per_second": round(audio_seconds / result["seconds"], 1),
+                **({"models_loaded": result["models_loaded"]} if "models_loaded" in result else {}),
+            }
+    bare, flow = report["bare"], report["flow"]
+    report["flow_vs_bare"] = round(bare["seconds"] / flow["seconds"], 3)
+    report["flow_vs_bare_after_load"] = round(
+        (bare["seconds"] - bare["model_load_seconds"]) / (flow["seconds"] - flow["model_load_seconds"]), 3
+    )
+    print(json.dumps(report, indent=2))
+    print(
+        f"flow throughput: {report['flow_vs_bare']:.2f}x the bare loop, "
+        f"{report['flow_vs_bare_after_load']:.2f}x once models are loaded (target >= 0.90)"
+    )
+
+
+if __name__ == "__main__":
+    main()
