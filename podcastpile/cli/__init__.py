@@ -15,6 +15,7 @@ app = typer.Typer(
 from podcastpile.cli import episodes  # noqa: E402,F401  (registers create/import/list/stats)
 from podcastpile.cli import transcribe  # noqa: E402,F401  (registers transcribe)
 from podcastpile.cli import export  # noqa: E402,F401  (registers export)
+from podcastpile.cli import process  # noqa: E402,F401  (registers process)
 
 
 def main() -> None:
