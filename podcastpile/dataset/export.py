@@ -62,7 +62,7 @@ def export_dataset(
     location: str,
     *,
     limits: WriterLimits = WriterLimits(),
-    chunk_size: int = 32,
+    chunk_size: int = 16,
     on_start: ProgressCallback | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> ExportSummary:
@@ -132,6 +132,15 @@ def reconcile(destination: Destination, ledger: ExportLedger) -> int:
     staged = destination.files(STAGING)
     repaired = 0
     shards = ledger.shards()
+    known = {file["path"] for shard in shards for file in shard.files.values()}
+    foreign = sorted(path for path in present if path.endswith(".parquet") and path not in known)
+    if foreign:
+        # Shard names restart at g00001 for a store that never exported here: writing on would
+        # overwrite another dataset's files (say, one exported from a different database).
+        raise DatasetInconsistent(
+            f"{destination.url} holds {len(foreign)} shard file(s) this episode store did not "
+            f"write (e.g. {foreign[0]}); export to an empty location or the store that made them"
+        )
     for shard in shards:
         for file in shard.files.values():
             path = file["path"]

@@ -122,8 +122,8 @@ episodes = load_dataset("path/or/repo")                    # default configurati
 turns = load_dataset("path/or/repo", "turns", streaming=True)
 ```
 
-Shards are zstd Parquet with row groups of at most a few thousand rows, so streaming readers
-fetch bounded pieces. Read the files listed above or in `manifest.json`: an export in
+Shards are zstd Parquet with bounded row groups (by default at most 1,000 episodes or 32 MB
+of Arrow data), so streaming readers fetch bounded pieces. Read the files listed above or in `manifest.json`: an export in
 progress stages files under `.incomplete/` and publishes them only when complete.
 """
     return "\n".join(lines) + "\n" + body

@@ -49,7 +49,7 @@ class WriterLimits:
 
     max_bytes: int = 256_000_000
     max_rows: int = 100_000
-    row_group_bytes: int = 64 * 1024 * 1024  # uncompressed Arrow bytes
+    row_group_bytes: int = 32 * 1024 * 1024  # uncompressed Arrow bytes: ~10-15 MB compressed
     row_group_rows: int = 1_000
     compression_level: int = 3  # zstd's default: most of the ratio at a fraction of the CPU
 

@@ -249,3 +249,19 @@ def test_explode_turns_numbers_turns_within_each_episode_of_a_slice() -> None:
     assert turns.column("turn_index").to_pylist() == [0, 1, 0, 1, 2]
     assert turns.column("episode_id").to_pylist() == [f"{1:032x}"] * 2 + [f"{2:032x}"] * 3
     assert turns.column("text").to_pylist() == [turn["text"] for record in records[1:3] for turn in record["turns"]]
+
+
+def test_refuses_a_folder_holding_shards_it_did_not_write(tmp_path: Path) -> None:
+    """Another store's dataset (or a copy) must not be overwritten by shards of the same name."""
+    from podcastpile.dataset.export import DatasetInconsistent
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'episodes.db'}")
+    migrate(engine)
+    add_completed(EpisodeStore(engine, archive_required=False), ["https://example.com/x.mp3"])
+    foreign = tmp_path / "dataset" / "data" / "episodes" / "train-g00001-00000.parquet"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_bytes(b"not ours")
+    with pytest.raises(DatasetInconsistent, match="did not write"):
+        export_dataset(engine, str(tmp_path / "dataset"))
+    assert foreign.read_bytes() == b"not ours"
+    engine.dispose()
