@@ -15,6 +15,7 @@ from podcastpile.cli.episodes import JsonOption, console, errors, fail, open_sto
 from podcastpile.dataset.destination import DestinationError
 from podcastpile.dataset.export import DatasetInconsistent, export_dataset
 from podcastpile.dataset.writer import WriterLimits
+from podcastpile.store.exports import ExportBusy
 
 
 @app.command("export")
@@ -42,7 +43,7 @@ def export_command(
                 on_start=lambda total: progress.update(task, total=total),
                 on_progress=lambda n: progress.advance(task, n),
             )
-    except (DestinationError, DatasetInconsistent) as error:
+    except (DestinationError, DatasetInconsistent, ExportBusy) as error:
         fail(str(error))
     except (OSError, ValueError) as error:  # pyarrow/fsspec I/O and format errors
         fail(f"{location}: {error}".splitlines()[0])

@@ -71,10 +71,24 @@ def export_dataset(
     `location` is a folder or an fsspec URL. `chunk_size` episodes are read from the store at
     a time (their result dicts are the bulk of memory). `on_start(total)` gets the number of
     episodes to write, `on_progress(n)` is called as each chunk is handed to the writer.
+    Raises `ExportBusy` when another export to the same dataset is running.
     """
     started = time.monotonic()
     destination = open_destination(location)
     ledger = ExportLedger(engine, destination.url)
+    with ledger.exclusive():
+        return _export(destination, ledger, limits, chunk_size, on_start, on_progress, started)
+
+
+def _export(
+    destination: Destination,
+    ledger: ExportLedger,
+    limits: WriterLimits,
+    chunk_size: int,
+    on_start: ProgressCallback | None,
+    on_progress: ProgressCallback | None,
+    started: float,
+) -> ExportSummary:
     generation = ledger.next_generation()
     summary = ExportSummary(dataset=destination.url, generation=generation)
     summary.repaired_files = reconcile(destination, ledger)
@@ -114,8 +128,6 @@ def export_dataset(
                 on_progress(table.num_rows)
 
     live = ledger.shards(live=True)
-    if summary.shards_written == 0 and summary.shards_retired == 0:
-        publish_manifest(destination, ledger.shards())  # first run on an empty store: a card anyway
     summary.dataset_episodes = sum(shard.episodes for shard in live)
     summary.dataset_audio_hours = sum(shard.audio_seconds for shard in live) / 3600.0
     summary.dataset_shards = len(live)

@@ -11,9 +11,13 @@ remembers the `created_at` of the result it holds, so a differing timestamp mark
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
@@ -86,6 +90,10 @@ class NewShard:
     episodes: int
 
 
+class ExportBusy(RuntimeError):
+    """Another export to the same dataset is running."""
+
+
 class ExportLedger:
     """Export bookkeeping for one dataset destination in the episode store."""
 
@@ -93,6 +101,43 @@ class ExportLedger:
         self.engine = engine
         self.dataset = dataset
         self._reader = engine.execution_options(**READ_ONLY)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the dataset's export lock for the block; raise `ExportBusy` if another run has it.
+
+        Two runs at once would write the same shard names and clean up each other's staging.
+        PostgreSQL: a session advisory lock keyed by the dataset (freed if the process dies).
+        SQLite (one machine): an flock on a file beside the database (freed likewise).
+        """
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.md5(self.dataset.encode()).digest()[:8], "big", signed=True)
+            with self.engine.connect() as connection:
+                got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar_one()
+                connection.commit()  # the lock is the session's; do not sit idle in a transaction
+                if not got:
+                    raise ExportBusy(f"another export to {self.dataset} is running")
+                try:
+                    yield
+                finally:
+                    connection.execute(select(func.pg_advisory_unlock(key)))
+                    connection.commit()
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            yield  # a private database: nobody else can export from it
+            return
+        digest = hashlib.md5(self.dataset.encode()).hexdigest()[:12]
+        lock_path = Path(database).with_name(f"{Path(database).name}.export-{digest}.lock")
+        with lock_path.open("a") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ExportBusy(f"another export to {self.dataset} is running") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # --- reading ----------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""`python -m tests.dataset.slow_export DATABASE_URL OUT`: an export that pauses after every
-episode, so a test can kill it (SIGKILL) while a shard is half-written.
+"""`python -m tests.dataset.slow_export DATABASE_URL OUT [PAUSE]`: an export that pauses after every
+episode (PAUSE seconds, default 0.05), so a test can kill it (SIGKILL) while a shard is half-written.
 
 The pause is the export's own progress callback: the exporter itself runs unchanged.
 """
@@ -17,9 +17,10 @@ from podcastpile.store import make_engine
 LIMITS = WriterLimits(max_rows=5, row_group_rows=1)
 
 
-def main(database_url: str, out: str) -> None:
+def main(database_url: str, out: str, pause: str = "0.05") -> None:
     engine = make_engine(database_url)
-    export_dataset(engine, out, limits=LIMITS, chunk_size=1, on_progress=lambda n: time.sleep(0.05))
+    seconds = float(pause)
+    export_dataset(engine, out, limits=LIMITS, chunk_size=1, on_progress=lambda n: time.sleep(seconds))
 
 
 if __name__ == "__main__":

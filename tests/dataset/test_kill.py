@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from podcastpile.dataset.export import export_dataset
+from podcastpile.store.exports import ExportBusy
 from podcastpile.store import EpisodeStore
 from tests.dataset.conftest import add_completed
 from tests.dataset.slow_export import LIMITS
@@ -85,3 +86,37 @@ def test_kill_mid_shard_then_rerun(store: EpisodeStore, database_url: str, tmp_p
     assert {episode.url_hash for episode in store.list(limit=None)} == set(ids)
     assert not list((out / ".incomplete").rglob("*.parquet"))
     assert sum(shard["episodes"] for shard in manifest["shards"]) == EPISODES
+
+
+def test_second_export_to_the_same_dataset_is_refused_until_the_first_dies(
+    store: EpisodeStore, database_url: str, tmp_path: Path
+) -> None:
+    add_completed(store, [f"https://example.com/busy-{n}.mp3" for n in range(EPISODES)])
+    out = tmp_path / "dataset"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.dataset.slow_export", database_url, str(out), "0.5"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _half_written(out):  # the child holds the lock and is writing
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        with pytest.raises(ExportBusy, match="another export"):
+            export_dataset(store.engine, str(out), limits=LIMITS)
+        assert _half_written(out), "the refused run must not touch the running export's files"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    # The dead run's lock went with its process (flock / PostgreSQL session).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            summary = export_dataset(store.engine, str(out), limits=LIMITS)
+            break
+        except ExportBusy:  # PostgreSQL may take a moment to notice the dead session
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert summary.dataset_episodes == EPISODES
