@@ -29,7 +29,7 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 @task(
     name="export-dataset",
     retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
-    retry_condition_fn=_transient, cache_policy=NONE, tags=["db", "dataset"],
+    retry_condition_fn=_transient, cache_policy=NONE,
 )
 def export_dataset_task(settings: Settings, out: str | None = None) -> dict[str, Any]:
     """Export completed episodes not yet in the dataset (`out`, default DATASET_DIR); return the summary."""
