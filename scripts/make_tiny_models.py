@@ -6,13 +6,15 @@
 What it writes into --out:
   conversation.wav   16 kHz mono, two espeak-ng voices joined with sox (three turns, A B A)
   conversation.json  the turns (speaker, start, end, text) the audio was built from
-  tiny_asr.nemo      FastConformer + RNN-T (not TDT: NeMo's TDT loss needs CUDA), d_model 64,
-                     SentencePiece BPE vocabulary, overfit on the conversation
+  tiny_asr.nemo      FastConformer + RNN-T (not TDT: NeMo's fast TDT loss needs CUDA), d_model 64,
+                     local attention, SentencePiece BPE vocabulary, overfit on the conversation's
+                     turns strung together in every order (see train_asr for why)
   tiny_diar.nemo     streaming Sortformer of the same size, overfit on the conversation's turns
 
 Needs the Debian packages espeak-ng and sox, and the worker extra (torch, NeMo).
-Training is a plain PyTorch loop over the models' own forward and loss modules: quick and
-deterministic on a CPU, without a Lightning trainer.
+Training is a plain PyTorch loop over the models' own forward and loss modules, seeded,
+without a Lightning trainer. The full build takes about 5 minutes on 2 CPU cores (NeMo's
+CPU RNN-T loss is the slow part); --quick takes seconds.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ import numpy as np
 
 SAMPLE_RATE = 16_000
 FRAME_SECONDS = 0.08  # Sortformer output frame: 10 ms features x subsampling 8
-GAP_SECONDS = 0.7  # silence between turns, so the turn boundaries are unambiguous
-VERBOSE = False
+GAP_SECONDS = 1.0  # silence between turns, so the turn boundaries are unambiguous
 
 # Two espeak-ng voices far apart in pitch; speaker_0 speaks first (Sortformer labels by arrival).
 VOICES = {"speaker_0": "en-us+m3", "speaker_1": "en-us+f4"}
@@ -52,6 +53,30 @@ def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def speak(text: str, voice: str, path: Path, speed: int = 160) -> None:
+    """espeak-ng → 16 kHz mono 16-bit WAV with espeak's leading/trailing silence trimmed."""
+    raw = path.with_suffix(".raw.wav")
+    _run("espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text)
+    _run("sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(path),
+         "silence", "1", "0.02", "1%", "reverse", "silence", "1", "0.02", "1%", "reverse")
+    raw.unlink()
+
+
+def training_sequences(turns: list[dict]) -> list[list[int]]:
+    """Which turns each training example strings together: every ordering of 1, 2 or 3 turns."""
+    from itertools import permutations
+
+    indices = range(len(turns))
+    return [list(order) for size in (1, 2, 3) for order in permutations(indices, size)]
+
+
+def _turn_samples(wav: Path, turns: list[dict]) -> list[np.ndarray]:
+    import soundfile
+
+    samples, rate = soundfile.read(str(wav), dtype="float32")
+    return [samples[int(t["start"] * rate): int(t["end"] * rate)] for t in turns]
+
+
 def synthesize_conversation(out_dir: Path) -> dict:
     """Speak each turn with its voice, join with silences, write conversation.wav and .json."""
     import soundfile
@@ -69,12 +94,8 @@ def synthesize_conversation(out_dir: Path) -> dict:
              "trim", "0", str(GAP_SECONDS / 2))
         pieces.append(str(lead))
         for index, (speaker, text) in enumerate(CONVERSATION):
-            raw = work / f"turn{index}_raw.wav"
             clip = work / f"turn{index}.wav"
-            _run("espeak-ng", "-v", VOICES[speaker], "-s", "160", "-w", str(raw), text)
-            # Resample to 16 kHz mono 16-bit and trim espeak's own leading/trailing silence.
-            _run("sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(clip),
-                 "silence", "1", "0.02", "1%", "reverse", "silence", "1", "0.02", "1%", "reverse")
+            speak(text, VOICES[speaker], clip)
             seconds = soundfile.info(str(clip)).duration
             turns.append({"speaker": speaker, "start": round(cursor, 3),
                           "end": round(cursor + seconds, 3), "text": text})
@@ -108,15 +129,16 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 64) -> Pa
     return out_dir
 
 
-def _encoder(d_model: int, features: int) -> dict:
+def _encoder(d_model: int, features: int, context: int = -1, kernel: int = 9) -> dict:
+    """A 2-layer FastConformer. `context` limits self-attention to that many frames each side."""
     return {
         "_target_": "nemo.collections.asr.modules.ConformerEncoder",
         "feat_in": features, "feat_out": -1, "n_layers": 2, "d_model": d_model,
         "subsampling": "dw_striding", "subsampling_factor": 8, "subsampling_conv_channels": 32,
         "causal_downsampling": False, "ff_expansion_factor": 2,
-        "self_attention_model": "rel_pos", "n_heads": 2, "att_context_size": [-1, -1],
+        "self_attention_model": "rel_pos", "n_heads": 2, "att_context_size": [context, context],
         "att_context_style": "regular", "xscaling": True, "untie_biases": True,
-        "pos_emb_max_len": 5000, "conv_kernel_size": 9, "conv_norm_type": "batch_norm",
+        "pos_emb_max_len": 5000, "conv_kernel_size": kernel, "conv_norm_type": "batch_norm",
         "conv_context_size": None, "dropout": 0.0, "dropout_pre_encoder": 0.0,
         "dropout_emb": 0.0, "dropout_att": 0.0,
     }
@@ -145,7 +167,10 @@ def asr_config(tokenizer_dir: Path) -> dict:
         "train_ds": dict(dataset), "validation_ds": dict(dataset), "test_ds": dict(dataset),
         "preprocessor": _preprocessor(64),
         "spec_augment": None,
-        "encoder": _encoder(64, 64),
+        # Local attention and a short convolution bound how far the encoder can move evidence
+        # in time (±~1 s), so the model's word timestamps stay near the words; with
+        # full attention it learns the text but emits words seconds away from where they are said.
+        "encoder": _encoder(64, 64, context=4, kernel=5),
         "decoder": {
             "_target_": "nemo.collections.asr.modules.RNNTDecoder",
             "normalization_mode": None, "random_state_sampling": False, "blank_as_pad": True,
@@ -156,7 +181,8 @@ def asr_config(tokenizer_dir: Path) -> dict:
             "log_softmax": None, "preserve_memory": False, "fuse_loss_wer": False,
             "jointnet": {"joint_hidden": 64, "activation": "relu", "dropout": 0.0},
         },
-        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
+        # A tiny model may emit a whole word burst in one frame; let greedy decoding keep it.
+        "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 30}},
         "loss": {"loss_name": "default"},
         "optim": {"name": "adam", "lr": 1e-3},
     }
@@ -213,28 +239,75 @@ def build_asr(tokenizer_dir: Path):
     return EncDecRNNTBPEModel(cfg=OmegaConf.create(asr_config(tokenizer_dir)))
 
 
-def train_asr(model, wav: Path, text: str, steps: int, log=print) -> None:
-    """Overfit the RNN-T model to one utterance with its own forward pass and RNN-T loss."""
+def train_asr(model, wav: Path, turns: list[dict], steps: int, log=print, check_every: int = 0) -> bool:
+    """Train the RNN-T model on the conversation's turns strung together in every order.
+
+    Why not just the conversation: an RNN-T overfit on one utterance memorises the word order
+    in its prediction network and then emits words wherever it likes (seconds late, or in a
+    burst at the start), so its word timestamps are useless for the merge. When turns come in
+    any order, with random silences between them, it has to hear which turn starts, so words
+    come out near where they are spoken. One pass of the model's own forward and RNN-T loss per step.
+
+    With `check_every`, stop as soon as `asr_is_right` passes (checked every that many steps)
+    and return whether it did; a loss near zero alone does not mean the greedy decode is right.
+    """
+    import random
+
     import torch
 
-    signal, length = _waveform(wav)
-    tokens = torch.tensor([model.tokenizer.text_to_ids(text)])
-    token_length = torch.tensor([tokens.shape[1]])
+    rng = random.Random(1)
+    clips = _turn_samples(wav, turns)
+    orders = training_sequences(turns)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for step in range(steps):
+        order = orders[step % len(orders)] if step < len(orders) else rng.choice(orders)
+        pieces = [np.zeros(int(rng.uniform(0.2, 1.0) * SAMPLE_RATE), np.float32)]
+        for index in order:
+            pieces += [clips[index], np.zeros(int(rng.uniform(0.6, 1.4) * SAMPLE_RATE), np.float32)]
+        samples = np.concatenate(pieces)
+        text = " ".join(turns[index]["text"] for index in order)
+        signal, length = torch.from_numpy(samples)[None, :], torch.tensor([len(samples)])
+        tokens = torch.tensor([model.tokenizer.text_to_ids(text)])
         optimizer.zero_grad()
         encoded, encoded_length = model.forward(input_signal=signal, input_signal_length=length)
-        decoder, target_length, _ = model.decoder(targets=tokens, target_length=token_length)
+        decoder, target_length, _ = model.decoder(targets=tokens, target_length=torch.tensor([tokens.shape[1]]))
         joint = model.joint(encoder_outputs=encoded, decoder_outputs=decoder)
         loss = model.loss(log_probs=joint, targets=tokens, input_lengths=encoded_length,
                           target_lengths=target_length)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        if step % 50 == 0 or step == steps - 1 or VERBOSE:
+        if step % 50 == 0 or step == steps - 1:
             log(f"asr step {step}: loss {loss.item():.3f}")
+        if check_every and (step + 1) % check_every == 0:
+            model.eval()
+            if asr_is_right(model, wav, turns, log):
+                return True
+            model.train()
     model.eval()
+    return not check_every
+
+
+def asr_is_right(model, wav: Path, turns: list[dict], log=print) -> bool:
+    """Does the model transcribe the conversation exactly, with each word inside its own turn?
+
+    Uses the project's own merge against the true turns, i.e. what the tests will assert.
+    """
+    import soundfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from podcastpile.merge import merge_words
+    from podcastpile.result import Segment, Word
+
+    samples, _ = soundfile.read(str(wav), dtype="float32")
+    hypothesis = model.transcribe([samples], batch_size=1, timestamps=True, verbose=False)
+    hypothesis = (hypothesis[0] if isinstance(hypothesis, tuple) else hypothesis)[0]
+    words = [Word(word=w["word"], start=w["start"], end=w["end"]) for w in hypothesis.timestamp["word"]]
+    truth = [Segment(speaker=t["speaker"], start=t["start"], end=t["end"]) for t in turns]
+    got = [(turn.speaker, turn.text) for turn in merge_words(words, truth)]
+    log(f"asr check: {got}")
+    return got == [(t["speaker"], t["text"]) for t in turns]
 
 
 def build_diar():
@@ -274,12 +347,34 @@ def train_diar(model, wav: Path, turns: list[dict], steps: int, log=print) -> No
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        if step % 50 == 0 or step == steps - 1 or VERBOSE:
+        if step % 50 == 0 or step == steps - 1:
             log(f"diar step {step}: loss {loss.item():.4f}")
     model.eval()
 
 
-def make_all(out_dir: Path, asr_steps: int, diar_steps: int, log=print) -> dict[str, Path]:
+def diar_is_right(model, wav: Path, turns: list[dict], log=print) -> bool:
+    """Is each true turn at least 80% covered by its speaker's segments, and at most 20% by others'?"""
+    import soundfile
+
+    samples, _ = soundfile.read(str(wav), dtype="float32")
+    lines = model.diarize(audio=[samples], sample_rate=SAMPLE_RATE, batch_size=1, verbose=False)[0]
+    segments = [(float(a), float(b), speaker) for a, b, speaker in (line.split() for line in lines)]
+    log(f"diar check: {segments}")
+    for turn in turns:
+        length = turn["end"] - turn["start"]
+        cover = {}
+        for start, end, speaker in segments:
+            overlap = max(0.0, min(end, turn["end"]) - max(start, turn["start"]))
+            cover[speaker] = cover.get(speaker, 0.0) + overlap
+        own = cover.pop(turn["speaker"], 0.0)
+        if own < 0.8 * length or sum(cover.values()) > 0.2 * length:
+            return False
+    return True
+
+
+def make_all(
+    out_dir: Path, asr_steps: int, diar_steps: int, check_every: int = 0, log=print
+) -> dict[str, Path]:
     """Synthesize the conversation, then build, train and save both models into `out_dir`."""
     import torch
 
@@ -287,14 +382,16 @@ def make_all(out_dir: Path, asr_steps: int, diar_steps: int, log=print) -> dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     info = synthesize_conversation(out_dir)
     wav = out_dir / "conversation.wav"
-    text = " ".join(turn["text"] for turn in info["turns"])
     with tempfile.TemporaryDirectory(prefix="pptok-") as tok:
         tokenizer_dir = train_tokenizer([t for _, t in CONVERSATION] + TOKENIZER_TEXT, Path(tok))
         asr = build_asr(tokenizer_dir)
-        train_asr(asr, wav, text, asr_steps, log)
+        if not train_asr(asr, wav, info["turns"], asr_steps, log, check_every=check_every):
+            raise SystemExit(f"the ASR model did not learn the conversation in {asr_steps} steps")
         asr.save_to(str(out_dir / "tiny_asr.nemo"))
     diar = build_diar()
     train_diar(diar, wav, info["turns"], diar_steps, log)
+    if check_every and not diar_is_right(diar, wav, info["turns"], log):
+        raise SystemExit(f"the Sortformer did not learn the turns in {diar_steps} steps")
     diar.save_to(str(out_dir / "tiny_diar.nemo"))
     return {"asr": out_dir / "tiny_asr.nemo", "diar": out_dir / "tiny_diar.nemo", "wav": wav,
             "json": out_dir / "conversation.json"}
@@ -304,14 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--quick", action="store_true", help="a few steps only (tests this script)")
-    parser.add_argument("--asr-steps", type=int, default=400)
-    parser.add_argument("--diar-steps", type=int, default=150)
+    parser.add_argument("--asr-steps", type=int, default=1000, help="at most; stops when right")
+    parser.add_argument("--diar-steps", type=int, default=80)
     args = parser.parse_args(argv)
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found; install it: apt-get install -y espeak-ng sox")
     asr_steps, diar_steps = (2, 2) if args.quick else (args.asr_steps, args.diar_steps)
-    paths = make_all(args.out, asr_steps, diar_steps)
+    paths = make_all(args.out, asr_steps, diar_steps, check_every=0 if args.quick else 50)
     for name, path in paths.items():
         print(f"{name}: {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
