@@ -207,6 +207,11 @@ class SpeechModels:
             )
         return loaded
 
+    @property
+    def loaded_count(self) -> int:
+        """How many models this holder has loaded so far (each is loaded once)."""
+        return len(self._loaded)
+
     def diarizer(self) -> LoadedModel:
         """The Sortformer model (loaded on first call)."""
         return self._load("diar", self.diar_model)
