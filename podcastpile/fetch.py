@@ -49,7 +49,7 @@ class DownloadedAudio:
     url: str  # after redirects
 
 
-def _status_error(response: httpx.Response, url: str) -> PermanentError | TransientError:
+def _status_error(response: httpx.Response) -> PermanentError | TransientError:
     code = response.status_code
     reason = f"HTTP {code} {response.reason_phrase} from {response.url.host}"
     retry_after = response.headers.get("retry-after")
@@ -77,13 +77,11 @@ def _temporary_path(directory: str | None) -> Path:
     return Path(name)
 
 
-def _stream_to(
-    client: httpx.Client, url: str, path: Path, max_bytes: int, timeout: float
-) -> DownloadedAudio:
+def _stream_to(client: httpx.Client, url: str, path: Path, max_bytes: int) -> DownloadedAudio:
     sha256, md5, received = hashlib.sha256(), hashlib.md5(), 0
     with client.stream("GET", url) as response:
         if response.status_code != 200:
-            raise _status_error(response, url)
+            raise _status_error(response)
         content_type = response.headers.get("content-type")
         declared = response.headers.get("content-length")
         expected = int(declared) if declared and declared.isdigit() else None
@@ -137,7 +135,7 @@ def download(
         )
     try:
         try:
-            downloaded = _stream_to(client, url, path, max_bytes, timeout_seconds)
+            downloaded = _stream_to(client, url, path, max_bytes)
         except httpx.TimeoutException as error:
             raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {url}") from error
         except httpx.TooManyRedirects as error:
