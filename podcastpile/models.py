@@ -40,6 +40,7 @@ LATENCY_PRESETS: dict[str, dict[str, int]] = {
 # Local attention window (encoder frames each side) for long audio, as NVIDIA recommends for
 # Parakeet: full attention needs memory quadratic in length (~20 min fits 80 GB).
 LOCAL_ATTENTION_CONTEXT = [128, 128]
+WARM_UP_SAMPLES = 16_000  # one second at the models' 16 kHz
 
 
 class ModelLoadError(RuntimeError):
@@ -196,8 +197,12 @@ class SpeechModels:
                 f"cannot load {kind} model {name!r} on {device}: {type(error).__name__}: {first_line}"
             ) from error
         loaded = LoadedModel(name=name, fingerprint=weights_fingerprint(model), model=model)
+        # One second of silence through the model: the first call sets up decoding and data
+        # loading (seconds), which would otherwise be billed to the first episode's RTF.
+        warm_up = np.zeros(WARM_UP_SAMPLES, dtype=np.float32)
         if kind == "diar":
             apply_latency_preset(model, self.diar_latency)
+            model.diarize(audio=[warm_up], sample_rate=16_000, batch_size=1, verbose=False)
         else:
             encoder = model.cfg.encoder
             loaded.full_attention = (
@@ -205,6 +210,7 @@ class SpeechModels:
                 list(encoder.get("att_context_size", [-1, -1])),
                 int(encoder.get("subsampling_conv_chunking_factor", 1)),
             )
+            model.transcribe([warm_up], batch_size=1, timestamps=True, verbose=False)
         return loaded
 
     @property
