@@ -72,7 +72,9 @@ class EpisodeResult(SignalLevels):
     diar_model: str
     diar_fingerprint: str
     code_version: str
-    processing_seconds: float = Field(description="Wall time from decode to merge, seconds.")
+    processing_seconds: float = Field(
+        description="Wall time to decode, diarize and transcribe, seconds (not download or model load)."
+    )
     rtf: float = Field(description="Real-time factor: processing_seconds / duration.")
 
     def to_dict(self) -> dict[str, Any]:
