@@ -256,3 +256,14 @@ def test_local_file_is_hashed_and_kept(tmp_path, encoded_audio):
         with local_file(tmp_path / "missing.mp3"):
             pass
     assert caught.value.code == "not-found"
+
+
+def test_flac_with_a_garbled_body_is_undecodable(tmp_path, encoded_audio):
+    body = bytearray(encoded_audio["flac"])
+    cut = len(body) // 10  # keep the stream header, garble every frame after it
+    body[cut:] = np.random.default_rng(1).bytes(len(body) - cut)
+    path = tmp_path / "garbled.flac"
+    path.write_bytes(bytes(body))
+    with pytest.raises(PermanentError) as caught:
+        decode(path)
+    assert caught.value.code == "undecodable" and "flac" in caught.value.reason
