@@ -71,3 +71,16 @@ def test_failures_pass_through_with_their_class(tiny_models, settings):
         with pytest.raises(PermanentError) as caught:
             process_source(server.url("/gone.mp3"), tiny_models, settings)
     assert caught.value.code == "http-410"
+
+
+def test_digital_silence_gives_no_turns(tiny_models, settings, tmp_path):
+    import numpy as np
+    import soundfile
+
+    path = tmp_path / "silence.wav"
+    soundfile.write(str(path), np.zeros(32000, np.float32), 16000, subtype="PCM_16")
+    result = process_source(str(path), tiny_models, settings)
+    assert (result.turns, result.segments, result.text, result.num_speakers) == ([], [], "", 0)
+    assert result.duration == pytest.approx(2.0) and result.speech_ratio == 0.0
+    assert result.rms_dbfs == result.peak_dbfs == -120.0
+    assert EpisodeResult.from_dict(result.to_dict()) == result
