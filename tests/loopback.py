@@ -6,6 +6,7 @@ socket itself for misbehaviour a `Reply` cannot express (a stall, a connection c
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -42,6 +43,15 @@ class Request:
 Handler = Callable[[Request], Reply | None]
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Does not print a traceback when a client hangs up: tests that time out or cap a download do that."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class LoopbackServer:
     """Serve `routes` on 127.0.0.1 on a free port, in a background thread.
 
@@ -52,7 +62,7 @@ class LoopbackServer:
     def __init__(self, routes: dict[str, Handler] | None = None) -> None:
         self.routes: dict[str, Handler] = dict(routes or {})
         self.hits: dict[str, int] = defaultdict(int)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
+        self._server = _QuietHTTPServer(("127.0.0.1", 0), self._make_handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
