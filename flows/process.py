@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import suppress
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -72,7 +73,19 @@ def _process_episode(
     finally:
         if stack is not None:
             stack.close()  # the temporary audio file
+        else:
+            _discard(download)
     return outcome
+
+
+def _discard(download: PrefectFuture) -> None:
+    """Delete an unused download's temporary file once it finishes (it may still be running)."""
+
+    def close(future: PrefectFuture) -> None:
+        if future.state.is_completed():
+            future.result()[1].close()
+
+    download.add_done_callback(close)
 
 
 @flow(name="process-batch", log_prints=True)
@@ -92,22 +105,28 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
         return summary
     started = time.perf_counter()
     loaded_before = models_for(settings).loaded_count
-    try:
-        models = load_models(settings, sorted({c.language or "" for c in claims}))
-    except Exception:
-        for claim in claims:  # not the episodes' fault: give them back unspent
-            release_episode(settings, claim)
-        raise
-    summary["models_loaded"] = models.loaded_count - loaded_before
-    summary["load_seconds"] = round(time.perf_counter() - started, 3)
+    # Keep the leases alive from the claim on: loading models can take a while.
     with LeaseKeeper(store_for(settings), claims, interval=settings.lease_seconds / 4) as keeper:
         downloads: dict[int, PrefectFuture] = {}
-        for index, claim in enumerate(claims):
-            for ahead in range(index, min(index + 1 + settings.prefetch, len(claims))):
-                if ahead not in downloads:
-                    downloads[ahead] = download_audio.submit(claims[ahead].download_url, settings)
-            summary["outcomes"].append(_process_episode(settings, models, claim, downloads.pop(index)))
-            keeper.drop(claim.episode_id)
+        done = 0
+        try:
+            models = load_models(settings, sorted({c.language or "" for c in claims}))
+            summary["models_loaded"] = models.loaded_count - loaded_before
+            summary["load_seconds"] = round(time.perf_counter() - started, 3)
+            for index, claim in enumerate(claims):
+                for ahead in range(index, min(index + 1 + settings.prefetch, len(claims))):
+                    if ahead not in downloads:
+                        downloads[ahead] = download_audio.submit(claims[ahead].download_url, settings)
+                outcome = _process_episode(settings, models, claim, downloads.pop(index))
+                summary["outcomes"].append(outcome)
+                keeper.drop(claim.episode_id)
+                done += 1
+        finally:  # models failed to load, or interrupted: give back what was not finished
+            for claim in claims[done:]:
+                with suppress(Exception):  # best effort: an unreleased lease expires anyway
+                    release_episode(settings, claim)
+            for download in downloads.values():
+                _discard(download)
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
     summary["audio_seconds"] = round(sum(o.get("audio_seconds", 0.0) for o in summary["outcomes"]), 3)
     summary["by_status"] = dict(Counter(o["status"] for o in summary["outcomes"]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def conversation() -> dict:
 
 
 class AudioHost:
-    """A loopback podcast host: good files, a 404, a flaky one (500 once, then 200), a non-audio file."""
+    """A loopback podcast host: good files, a 404, a flaky one (500 once, then 200), a non-audio
+    file, and a slow one."""
 
     def __init__(self, wav: bytes) -> None:
         self.flaky_failures = 1
@@ -36,8 +38,19 @@ class AudioHost:
                 return Reply(500, b"try later")
             return Reply(200, wav, {"Content-Type": "audio/wav"})
 
+        def slow(request):  # type: ignore[no-untyped-def]
+            # A host that trickles: each read arrives well within the read timeout, but the
+            # whole file takes ~8 s, longer than a test's episode budget.
+            def trickle():  # type: ignore[no-untyped-def]
+                step = len(wav) // 8 + 1
+                for start in range(0, len(wav), step):
+                    time.sleep(1.0)
+                    yield wav[start:start + step]
+            return Reply(200, trickle(), {"Content-Type": "audio/wav"})
+
         self.server = LoopbackServer({
             "/ep/good-*": lambda r: Reply(200, wav, {"Content-Type": "audio/wav"}),
+            "/ep/slow.wav": slow,
             "/ep/flaky.wav": flaky,
             "/ep/not-audio.wav": lambda r: Reply(200, b"\x00\x01garbage" * 500, {"Content-Type": "audio/wav"}),
         })

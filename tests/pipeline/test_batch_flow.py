@@ -66,6 +66,19 @@ def test_transient_failure_requeues_until_attempts_run_out(
     assert (row.status, row.attempts, row.error_code) == ("pending", 1, "http-500")
 
 
+def test_episode_over_its_time_budget_is_requeued_not_the_batch(
+    pipeline_store: EpisodeStore, audio_host: AudioHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOB_TIMEOUT_HOURS", str(4 / 3600))  # a 4-second budget (and lease)
+    pipeline_store.add([NewEpisode(audio_host.url("slow.wav")), NewEpisode(audio_host.url("good-after-slow.wav"))])
+    summary = process_batch()
+    slow, good = summary["outcomes"]
+    assert slow["status"] == "pending" and slow["reason"].startswith("timeout")
+    assert good["status"] == "completed"
+    rows = pipeline_store.list()
+    assert [(row.status, row.error_code) for row in rows] == [("pending", "timeout"), ("completed", None)]
+
+
 def test_empty_queue_is_a_quiet_no_op(pipeline_store: EpisodeStore) -> None:
     assert process_batch() == {"claimed": 0, "outcomes": [], "models_loaded": 0}
 
