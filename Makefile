@@ -26,12 +26,24 @@ $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[worker,dev]"
 	touch $@ $(VENV)/.core
 
+# Tools the speech fixtures are built with (scripts/make_tiny_models.py, checked by a test).
+$(VENV)/.sysdeps: | $(BIN)/python
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; \
+	  else \
+	    echo "make test needs espeak-ng and sox: sudo apt-get install espeak-ng sox (or brew install espeak-ng sox)"; \
+	    exit 1; \
+	  fi; \
+	fi
+	touch $@
+
 demo: $(VENV)/.core
 	$(BIN)/ppcli import examples/episodes.jsonl
 	$(BIN)/ppcli list
 	$(BIN)/ppcli stats
 
-test: $(VENV)/.all
+test: $(VENV)/.all $(VENV)/.sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.all
