@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (see README):
-#   make demo   set up, then run the main job on embedded defaults (SQLite in ./podcastpile.db)
+#   make demo   set up, then run the main job on embedded defaults (SQLite, in-process Prefect)
 #   make test   set up everything the tests need (incl. a private PostgreSQL), run the whole suite
 # Each target installs what it needs into .venv; rerunning skips what is already done.
 
@@ -38,10 +38,8 @@ $(VENV)/.sysdeps: | $(BIN)/python
 	fi
 	touch $@
 
-demo: $(VENV)/.core
-	$(BIN)/ppcli import examples/episodes.jsonl
-	$(BIN)/ppcli list
-	$(BIN)/ppcli stats
+demo: $(VENV)/.all
+	bash examples/demo.sh
 
 test: $(VENV)/.all $(VENV)/.sysdeps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -50,4 +48,4 @@ bench: $(VENV)/.all
 	$(BIN)/python bench/store_bench.py
 
 clean:
-	rm -rf $(VENV) podcastpile.db podcastpile.db-wal podcastpile.db-shm
+	rm -rf $(VENV) dataset podcastpile.db podcastpile.db-wal podcastpile.db-shm
