@@ -3,7 +3,6 @@
 # Needs PREFECT_API_URL pointing at the Prefect server. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PODCASTPILE_ROOT="${PODCASTPILE_ROOT:-$(pwd)}"
 pool="${WORK_POOL:-gpu}"
 prefect work-pool create "$pool" --type process --base-job-template deployments/gpu-pool.json --overwrite
 prefect --no-prompt deploy --all

@@ -34,7 +34,6 @@ def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
     with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
         env = {
             **os.environ, **prefect_env, **pipeline_environment(episodes_url),
-            "PODCASTPILE_ROOT": str(ROOT),
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
