@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-FIXTURES = Path(os.environ.get("PODCASTPILE_SPEECH_FIXTURES", ROOT / "tests" / "fixtures" / "speech"))
+from tests.pipeline.conftest import FIXTURES, pipeline_environment  # noqa: E402
 
 
 def long_wav(minutes: float) -> bytes:
@@ -41,14 +41,10 @@ def long_wav(minutes: float) -> bytes:
 
 
 def environment(database_url: str) -> dict[str, str]:
+    """The tests' pipeline settings (tiny models, CPU, live URLs), for a child process."""
     return {
         **os.environ,
-        "DATABASE_URL": database_url,
-        "ARCHIVE_REQUIRED": "false",
-        "DIAR_MODEL": str(FIXTURES / "tiny_diar.nemo"),
-        "ASR_MODEL": str(FIXTURES / "tiny_asr.nemo"),
-        "ASR_MODEL_MULTILINGUAL": str(FIXTURES / "tiny_asr.nemo"),
-        "DEVICE": "cpu",
+        **pipeline_environment(database_url),
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PYTHONPATH": str(ROOT),
