@@ -50,7 +50,6 @@ def store(database_url: str, clock: FakeClock) -> Iterator[EpisodeStore]:
     """A migrated store with archive not required (episodes are claimable at once)."""
     engine = make_engine(database_url)
     migrate(engine)
-    yield EpisodeStore(
-        engine, lease_seconds=600, max_attempts=3, archive_required=False, clock=clock
-    )
-    engine.dispose()
+    store = EpisodeStore(engine, lease_seconds=600, max_attempts=3, archive_required=False, clock=clock)
+    yield store
+    store.close()

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     bindparam,
     case,
+    create_engine,
     cast,
     delete,
     func,
@@ -90,6 +92,26 @@ def _claim_statement(by_id: bool = False) -> Any:
 
 _CLAIM = _claim_statement()
 _CLAIM_IDS = _claim_statement(by_id=True)
+
+
+def _queue_engine(engine: Engine) -> Engine:
+    """The engine for lease changes (claim, start, renew, fail, release, requeue).
+
+    Each is a single UPDATE, atomic by itself. On PostgreSQL they run in autocommit mode (no
+    BEGIN/COMMIT round trips) without waiting for the WAL flush (`synchronous_commit=off`):
+    a server crash can forget the last fraction of a second of lease changes, which only means
+    an episode is leased again; the forgotten lease token fences the old worker out, so nothing
+    is stored twice. Results and imports keep fully durable commits on the main engine.
+    SQLite keeps its `BEGIN IMMEDIATE` transactions.
+    """
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c synchronous_commit=off"},
+        pool_recycle=3600,
+    )
 
 
 def utcnow() -> datetime:
@@ -171,6 +193,7 @@ class Stats:
         return sum(self.by_status.values())
 
 
+@lru_cache(maxsize=1024)  # a few codes repeat across millions of imported rows
 def normalize_language(value: str | None) -> str | None:
     """`en`, `EN_us` → `en`, `en-us`; None stays None; anything else raises ValueError."""
     if value is None or not value.strip():
@@ -205,11 +228,12 @@ class EpisodeStore:
         self._next_reap: datetime | None = None
         # A single UPDATE is atomic by itself; on PostgreSQL run such statements in autocommit
         # mode, which saves the BEGIN and COMMIT round trips. SQLite keeps BEGIN IMMEDIATE.
-        self._writer = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-            if engine.dialect.name == "postgresql"
-            else engine
-        )
+        self._writer = _queue_engine(engine)
+
+    def close(self) -> None:
+        """Close the store's database connections."""
+        self._writer.dispose()
+        self.engine.dispose()
 
     @classmethod
     def open(cls, settings: Any, **kwargs: Any) -> "EpisodeStore":
