@@ -18,6 +18,12 @@ def revisions_oldest_first() -> list[str]:
     return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
+def test_schema_revision_constant_is_the_newest_migration() -> None:
+    from podcastpile.store.engine import SCHEMA_REVISION
+
+    assert SCHEMA_REVISION == head_revision() == revisions_oldest_first()[-1]
+
+
 def test_empty_database_is_brought_to_head(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) is None

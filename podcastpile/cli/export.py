@@ -12,10 +12,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from podcastpile.cli import app
 from podcastpile.cli.episodes import JsonOption, console, errors, fail, open_store, settings
-from podcastpile.dataset.destination import DestinationError
-from podcastpile.dataset.export import DatasetInconsistent, export_dataset
-from podcastpile.dataset.writer import WriterLimits
-from podcastpile.store.exports import ExportBusy
 
 
 @app.command("export")
@@ -27,6 +23,12 @@ def export_command(
     json_output: JsonOption = False,
 ) -> None:
     """Export completed episodes not yet in the dataset; rerunning exports nothing twice."""
+    # Imported here so other commands start without loading pyarrow.
+    from podcastpile.dataset.destination import DestinationError
+    from podcastpile.dataset.export import DatasetInconsistent, export_dataset
+    from podcastpile.dataset.writer import WriterLimits
+    from podcastpile.store.exports import ExportBusy
+
     config = settings()
     store = open_store()
     location = out or config.dataset_dir
