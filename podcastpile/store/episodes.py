@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from itertools import islice
 from typing import Any
@@ -260,23 +261,37 @@ class EpisodeStore:
         """Add episodes; one already present (same normalized URL) is counted, not duplicated.
 
         Input is consumed in chunks, each committed on its own, so memory stays flat and an
-        interrupted import keeps what it committed (rerunning it adds only the rest).
+        interrupted import keeps what it committed (rerunning it adds only the rest). While the
+        database writes one chunk, the next is parsed and normalized (at most two in memory).
         """
         summary = AddSummary()
         iterator = iter(episodes)
-        while chunk := list(islice(iterator, chunk_size)):
-            rows, chunk_summary = self._prepare(chunk)
-            if rows:
-                insert_rows = (
-                    _copy_insert if self.engine.dialect.name == "postgresql" else _sqlite_insert
-                )
-                with self.engine.begin() as connection:
-                    added = insert_rows(connection, rows, self.initial_status, self.clock())
-                chunk_summary.added += added
-                chunk_summary.present += len(rows) - added
-            summary.merge(chunk_summary)
-            if on_progress:
-                on_progress(len(chunk))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-add") as writer:
+            pending: Future[AddSummary] | None = None
+            while chunk := list(islice(iterator, chunk_size)):
+                rows, chunk_summary = self._prepare(chunk)
+                if pending is not None:
+                    summary.merge(pending.result())
+                pending = writer.submit(self._insert_chunk, rows, chunk_summary, len(chunk), on_progress)
+            if pending is not None:
+                summary.merge(pending.result())
+        return summary
+
+    def _insert_chunk(
+        self,
+        rows: list["_Row"],
+        summary: AddSummary,
+        size: int,
+        on_progress: Callable[[int], None] | None,
+    ) -> AddSummary:
+        if rows:
+            insert_rows = _copy_insert if self.engine.dialect.name == "postgresql" else _sqlite_insert
+            with self.engine.begin() as connection:
+                added = insert_rows(connection, rows, self.initial_status, self.clock())
+            summary.added += added
+            summary.present += len(rows) - added
+        if on_progress:
+            on_progress(size)
         return summary
 
     def _prepare(self, chunk: list[NewEpisode]) -> tuple[list["_Row"], AddSummary]:
@@ -609,16 +624,31 @@ def _sqlite_insert(connection: Any, rows: list[_Row], status: str, now: datetime
 
 
 def _copy_insert(connection: Any, rows: list[_Row], status: str, now: datetime) -> int:
-    """PostgreSQL: COPY the rows into a temporary table, then insert the new ones in one statement.
+    """PostgreSQL: COPY, the fastest way in. Returns how many rows were new.
 
-    COPY is the fastest way into PostgreSQL; INSERT ... ON CONFLICT DO NOTHING keeps concurrent
-    importers from ever creating duplicates, and its row count is exactly the rows added.
+    The chunk is first COPYed straight into `episodes` (inside a savepoint): right for a fresh
+    import, where no URL is known yet. At the first URL already there the COPY stops, the
+    savepoint is rolled back and the rows are COPYed into a temporary table and merged with
+    INSERT ... ON CONFLICT DO NOTHING instead, whose row count is exactly the rows added.
     """
+    import psycopg
+
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        with connection.begin_nested():
+            with cursor.copy(
+                "COPY episodes (url_hash, url, podcast_id, language, status, attempts,"
+                " archive_attempts, created_at, updated_at) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row((*row, str(status), 0, 0, now, now))
+        return len(rows)
+    except psycopg.errors.UniqueViolation:
+        pass  # some are already there: merge below
     connection.exec_driver_sql(
         "CREATE TEMPORARY TABLE import_rows (url_hash text, url text, podcast_id text, language text)"
         " ON COMMIT DROP"
     )
-    cursor = connection.connection.driver_connection.cursor()
     with cursor.copy("COPY import_rows (url_hash, url, podcast_id, language) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(row)
