@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,33 @@ def _quiet_nemo() -> None:
     from nemo.utils import logging as nemo_logging
 
     nemo_logging.setLevel(logging.ERROR)
+
+
+@contextmanager
+def _no_streaming_progress_bar() -> Iterator[None]:
+    """Silence the Sortformer's "Streaming Steps" tqdm bar for the duration of the block.
+
+    NeMo 3.0's streaming forward draws it with `tqdm(..., disable=self.training)`, ignoring
+    diarize(verbose=False), and an explicit `disable` argument beats tqdm's TQDM_DISABLE, so
+    the only switch is the module's own `tqdm` name: swapped here for one that forces
+    `disable=True`, and put back after. If another thread already swapped it, leave it to that one.
+    """
+    from nemo.collections.asr.models import sortformer_diar_models as module
+
+    original = module.tqdm
+    if getattr(original, "_podcastpile_quiet", False):
+        yield
+        return
+
+    def quiet_tqdm(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **{**kwargs, "disable": True})
+
+    quiet_tqdm._podcastpile_quiet = True  # type: ignore[attr-defined]
+    module.tqdm = quiet_tqdm
+    try:
+        yield
+    finally:
+        module.tqdm = original
 
 
 def load_nemo_model(model_class: Any, name: str, device: str) -> Any:
@@ -202,7 +231,8 @@ class SpeechModels:
         warm_up = np.zeros(WARM_UP_SAMPLES, dtype=np.float32)
         if kind == "diar":
             apply_latency_preset(model, self.diar_latency)
-            model.diarize(audio=[warm_up], sample_rate=16_000, batch_size=1, verbose=False)
+            with self._progress_bars_off():
+                model.diarize(audio=[warm_up], sample_rate=16_000, batch_size=1, verbose=False)
         else:
             encoder = model.cfg.encoder
             loaded.full_attention = (
@@ -212,6 +242,10 @@ class SpeechModels:
             )
             model.transcribe([warm_up], batch_size=1, timestamps=True, verbose=False)
         return loaded
+
+    def _progress_bars_off(self) -> AbstractContextManager[None]:
+        """No Sortformer progress bar on stderr when `quiet` (a no-op context otherwise)."""
+        return _no_streaming_progress_bar() if self.quiet else nullcontext()
 
     @property
     def loaded_count(self) -> int:
@@ -231,9 +265,10 @@ class SpeechModels:
     def diarize(self, audio: DecodedAudio) -> Diarization:
         """Speaker segments of the whole episode, sorted by start."""
         loaded = self.diarizer()
-        output = loaded.model.diarize(
-            audio=[audio.samples], sample_rate=audio.sample_rate, batch_size=1, verbose=False
-        )
+        with self._progress_bars_off():
+            output = loaded.model.diarize(
+                audio=[audio.samples], sample_rate=audio.sample_rate, batch_size=1, verbose=False
+            )
         segments = sorted(parse_diarization_lines(output[0]), key=lambda s: (s.start, s.end, s.speaker))
         return Diarization(segments=segments, model=loaded.name, fingerprint=loaded.fingerprint)
 
