@@ -32,8 +32,15 @@ def _worker_name(settings: Settings) -> str:
     return f"{settings.worker_id}/{str(run)[:8]}" if run else settings.worker_id
 
 
+def _allowed_url(settings: Settings, claim: Claim) -> str | None:
+    """The URL to download: the archived copy; the live URL only when archives are not required."""
+    if claim.archive_url:
+        return claim.archive_url
+    return None if settings.archive_required else claim.url
+
+
 def _process_episode(
-    settings: Settings, models: Any, claim: Claim, download: PrefectFuture
+    settings: Settings, models: Any, claim: Claim, download: PrefectFuture | None
 ) -> dict[str, Any]:
     """One episode's DAG inside the batch; every outcome is recorded, nothing is raised."""
     logger = get_run_logger()
@@ -48,7 +55,7 @@ def _process_episode(
     outcome: dict[str, Any] = {"episode_id": claim.episode_id, "url": claim.url}
     stack = None
     try:
-        if settings.archive_required and not claim.archive_url:
+        if download is None:
             raise PermanentError("not-archived", "no Internet Archive copy; refusing the live URL")
         downloaded, stack = download.result(timeout=budget())
         start_episode(settings, claim)
@@ -73,7 +80,7 @@ def _process_episode(
     finally:
         if stack is not None:
             stack.close()  # the temporary audio file
-        else:
+        elif download is not None:
             _discard(download)
     return outcome
 
@@ -107,7 +114,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     loaded_before = models_for(settings).loaded_count
     # Keep the leases alive from the claim on: loading models can take a while.
     with LeaseKeeper(store_for(settings), claims, interval=settings.lease_seconds / 4) as keeper:
-        downloads: dict[int, PrefectFuture] = {}
+        downloads: dict[int, PrefectFuture | None] = {}
         done = 0
         try:
             models = load_models(settings, sorted({c.language or "" for c in claims}))
@@ -116,7 +123,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
             for index, claim in enumerate(claims):
                 for ahead in range(index, min(index + 1 + settings.prefetch, len(claims))):
                     if ahead not in downloads:
-                        downloads[ahead] = download_audio.submit(claims[ahead].download_url, settings)
+                        url = _allowed_url(settings, claims[ahead])
+                        downloads[ahead] = download_audio.submit(url, settings) if url else None
                 outcome = _process_episode(settings, models, claim, downloads.pop(index))
                 summary["outcomes"].append(outcome)
                 keeper.drop(claim.episode_id)
@@ -126,7 +134,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
                 with suppress(Exception):  # best effort: an unreleased lease expires anyway
                     release_episode(settings, claim)
             for download in downloads.values():
-                _discard(download)
+                if download is not None:
+                    _discard(download)
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
     summary["audio_seconds"] = round(sum(o.get("audio_seconds", 0.0) for o in summary["outcomes"]), 3)
     summary["by_status"] = dict(Counter(o["status"] for o in summary["outcomes"]))

@@ -88,3 +88,13 @@ def test_ad_hoc_episode_flow(pipeline_store: EpisodeStore, audio_host: AudioHost
     assert summary["by_status"] == {"completed": 1}
     (row,) = pipeline_store.list()
     assert [(t["speaker"], t["text"]) for t in pipeline_store.result(row.id)["turns"]] == conversation["truth"]
+
+
+def test_unarchived_episode_is_never_downloaded_when_archives_are_required(
+    pipeline_store: EpisodeStore, audio_host: AudioHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline_store.add([NewEpisode(audio_host.url("good-live.wav"))])  # made ready without a capture
+    monkeypatch.setenv("ARCHIVE_REQUIRED", "true")
+    (outcome,) = process_batch()["outcomes"]
+    assert outcome["status"] == "failed" and outcome["reason"].startswith("not-archived")
+    assert audio_host.server.hits["/ep/good-live.wav"] == 0
