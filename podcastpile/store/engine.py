@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,23 +107,43 @@ def _is_current(engine: Engine) -> bool:
     return version == SCHEMA_REVISION
 
 
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Hold an exclusive flock on `<database>.migrate.lock` (SQLite files only; else a no-op)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{Path(database).expanduser()}.migrate.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the database to `revision` (default: newest). Safe when many processes start at once.
 
-    The upgrade runs in one transaction holding a lock (PostgreSQL advisory lock; SQLite's write
-    lock), so concurrent starters wait and then find nothing left to do.
+    The upgrade runs in one transaction holding a lock (PostgreSQL: an advisory lock; SQLite: a
+    file lock beside the database, taken before the first connection, because a brand-new SQLite
+    file is also switched to WAL then and concurrent switchers can fail with "database is locked"
+    without waiting), so concurrent starters wait and then find nothing left to do.
     """
     try:
-        if revision == "head" and _is_current(engine):
-            return
-        from alembic import command
+        with _sqlite_file_lock(engine):
+            if revision == "head" and _is_current(engine):
+                return
+            from alembic import command
 
-        with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
-            config = alembic_config()
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
+                config = alembic_config()
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
     except OperationalError as error:
         first_line = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
         raise StoreUnavailable(
