@@ -14,7 +14,7 @@ from podcastpile.store import EpisodeStore, LeaseLost, NewEpisode, make_engine, 
 def short_lease_store(database_url: str):  # type: ignore[no-untyped-def]
     engine = make_engine(database_url)
     migrate(engine)
-    yield EpisodeStore(engine, lease_seconds=1.0, archive_required=False, reap_every_seconds=0)
+    yield EpisodeStore(engine, lease_seconds=2.0, archive_required=False, reap_every_seconds=0)
     engine.dispose()
 
 
@@ -23,7 +23,7 @@ def test_keeper_renews_leases_past_their_first_deadline(short_lease_store: Episo
     store.add([NewEpisode("https://example.com/kept.mp3"), NewEpisode("https://example.com/unkept.mp3")])
     kept, unkept = store.claim_batch("w", 2)
     with LeaseKeeper(store, [kept], interval=0.2) as keeper:
-        time.sleep(1.6)  # longer than the lease
+        time.sleep(3.0)  # longer than the lease
         store.complete(kept.episode_id, kept.lease_token, {"duration": 1.0})
         keeper.drop(kept.episode_id)
     assert keeper.lost == set()
@@ -35,7 +35,7 @@ def test_keeper_reports_a_lease_taken_by_another_worker(short_lease_store: Episo
     store = short_lease_store
     store.add([NewEpisode("https://example.com/a.mp3")])
     (claim,) = store.claim_batch("slow", 1)
-    time.sleep(1.1)  # expired before the keeper ever ran
+    time.sleep(2.1)  # expired before the keeper ever ran
     (other,) = store.claim_batch("fast", 1)
     assert other.episode_id == claim.episode_id
     keeper = LeaseKeeper(store, [claim], interval=60)
