@@ -170,31 +170,12 @@ class ExportLedger:
         Episodes whose stale row still sits in a live shard are left out until `retire` takes
         it out, so no episode is ever in the dataset twice.
         """
-        exported = _exports.alias("exported")
-        query = (
-            select(
-                _episodes.c.id, _episodes.c.url_hash, _episodes.c.url, _episodes.c.podcast_id,
-                _episodes.c.language, _episodes.c.archive_url, _episodes.c.archive_timestamp,
-                _results.c.payload, _results.c.created_at,
-                exported.c.episode_id.is_not(None).label("previously_exported"),
-            )
-            .join(_results, _results.c.episode_id == _episodes.c.id)
-            .outerjoin(
-                exported,
-                and_(exported.c.episode_id == _episodes.c.id, exported.c.dataset == self.dataset),
-            )
-            .where(
-                _episodes.c.status == EpisodeStatus.completed.value,
-                or_(
-                    exported.c.episode_id.is_(None),
-                    and_(
-                        exported.c.shard_id.is_(None),
-                        exported.c.result_created_at != _results.c.created_at,
-                    ),
-                ),
-            )
-            .order_by(_episodes.c.id)
-        )
+        query = self._needing_export(
+            _episodes.c.id, _episodes.c.url_hash, _episodes.c.url, _episodes.c.podcast_id,
+            _episodes.c.language, _episodes.c.archive_url, _episodes.c.archive_timestamp,
+            _results.c.payload, _results.c.created_at,
+            previously_exported=True, still_in_live_shard=False,
+        ).order_by(_episodes.c.id)
         after = 0
         while True:
             with self._reader.connect() as connection:
@@ -216,10 +197,29 @@ class ExportLedger:
             ]
 
     def count_pending(self) -> int:
-        """How many episodes `pending` would yield now (for a progress bar's total)."""
+        """How many episodes this export run will write: those `pending` yields now, plus the
+        reprocessed ones still in a live shard, which `pending` yields once they are retired
+        (for a progress bar's total)."""
+        query = self._needing_export(func.count(), previously_exported=False, still_in_live_shard=True)
+        with self._reader.connect() as connection:
+            return connection.execute(query).scalar_one()
+
+    def _needing_export(
+        self, *columns: Any, previously_exported: bool, still_in_live_shard: bool
+    ) -> Any:
+        """SELECT `columns` over completed episodes whose current result the dataset lacks.
+
+        `still_in_live_shard=False` leaves out episodes whose stale row still sits in a live
+        shard; `previously_exported` adds a boolean column saying whether it was exported before.
+        """
         exported = _exports.alias("exported")
-        query = (
-            select(func.count())
+        stale = exported.c.result_created_at != _results.c.created_at
+        if not still_in_live_shard:
+            stale = and_(exported.c.shard_id.is_(None), stale)
+        if previously_exported:
+            columns = (*columns, exported.c.episode_id.is_not(None).label("previously_exported"))
+        return (
+            select(*columns)
             .select_from(_episodes)
             .join(_results, _results.c.episode_id == _episodes.c.id)
             .outerjoin(
@@ -228,14 +228,9 @@ class ExportLedger:
             )
             .where(
                 _episodes.c.status == EpisodeStatus.completed.value,
-                or_(
-                    exported.c.episode_id.is_(None),
-                    exported.c.result_created_at != _results.c.created_at,
-                ),
+                or_(exported.c.episode_id.is_(None), stale),
             )
         )
-        with self._reader.connect() as connection:
-            return connection.execute(query).scalar_one()
 
     def stale_shards(self) -> list[ShardRecord]:
         """Live shards holding a row whose episode has since been reprocessed (and completed)."""
