@@ -18,8 +18,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
-from podcastpile.config import Settings, load_settings
-from podcastpile.errors import PermanentError, as_episode_error
+from podcastpile.archive.wayback import digest_matches
+from podcastpile.config import ArchiveMode, Settings, load_settings
+from podcastpile.errors import PermanentError, TransientError, as_episode_error
 from podcastpile.leases import LeaseKeeper
 from podcastpile.store import Claim, LeaseLost, NewEpisode
 from tasks.resources import models_for, store_for
@@ -33,10 +34,12 @@ def _worker_name(settings: Settings) -> str:
 
 
 def _allowed_url(settings: Settings, claim: Claim) -> str | None:
-    """The URL to download: the archived copy; the live URL only when archives are not required."""
+    """The URL to download: the archived copy. The original URL only with ARCHIVE_MODE=off, or
+    =prefer once archiving failed for good (an episode of that mode is ready without a copy only
+    then); with `required` never, whatever state the episode is in."""
     if claim.archive_url:
         return claim.archive_url
-    return None if settings.archive_required else claim.url
+    return None if settings.archive_mode == ArchiveMode.required else claim.url
 
 
 def _process_episode(
@@ -58,7 +61,15 @@ def _process_episode(
         if download is None:
             raise PermanentError("not-archived", "no Internet Archive copy; refusing the live URL")
         downloaded, stack = download.result(timeout=budget())
-        start_episode(settings, claim)
+        if claim.archive_digest and not digest_matches(downloaded.sha1, claim.archive_digest):
+            raise TransientError(
+                "archive-digest-mismatch",
+                f"downloaded bytes (sha1 {downloaded.sha1}) do not match the capture's CDX digest {claim.archive_digest}",
+            )
+        first = start_episode(settings, claim, downloaded.sha256)
+        if first is not None:
+            outcome.update(status="duplicate", reason=f"same audio as episode {first}")
+            return outcome
         started = time.perf_counter()
         decoded = decode_audio.with_options(timeout_seconds=budget())(downloaded)
         diarization = diarize.with_options(timeout_seconds=budget())(models, decoded)
@@ -159,6 +170,11 @@ def process_episode(url: str, language: str | None = None, podcast_id: str | Non
         raise ValueError(summary.rejected[0].reason)
     episode = store.find(url)
     assert episode is not None
+    if episode.status in ("archive_pending", "archiving"):
+        from flows.archive import archive_flow
+
+        archive_flow(episode_ids=[episode.id])
+        episode = store.get(episode.id)
     if episode.status != "pending":
         raise ValueError(f"episode {episode.id} is {episode.status}, not ready to process")
     return process_batch(batch_size=1, episode_ids=[episode.id])

@@ -11,6 +11,7 @@ import socket
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,14 @@ class DiarizationLatency(StrEnum):
     high = "high"
     low = "low"
     ultra_low = "ultra-low"
+
+
+class ArchiveMode(StrEnum):
+    """How episodes relate to the Internet Archive (see the README's archive section)."""
+
+    required = "required"  # only archived copies are ever downloaded (the seed's rule)
+    prefer = "prefer"  # archive first; after a permanent archive failure, download the original
+    off = "off"  # no archiving: download the original URL
 
 
 class Settings(BaseSettings):
@@ -67,10 +76,16 @@ class Settings(BaseSettings):
     )
 
     # --- Internet Archive -------------------------------------------------------------------------
-    archive_required: bool = Field(
-        True,
-        description="Download only archived copies (web.archive.org/web/<ts>id_/<url>). "
-        "When false, new episodes are ready at once and the live URL is downloaded.",
+    archive_mode: ArchiveMode = Field(
+        ArchiveMode.required,
+        description="required: download only archived copies (web.archive.org/web/<ts>id_/<url>); "
+        "prefer: archive first, download the original after a permanent archive failure; "
+        "off: no archiving, download the original.",
+    )
+    archive_required: bool | None = Field(
+        None,
+        description="Old name, kept for existing .env files: true = ARCHIVE_MODE=required, "
+        "false = off. Ignored when ARCHIVE_MODE is set.",
     )
     ia_access_key: SecretStr | None = Field(None, description="archive.org S3-style access key.")
     ia_secret_key: SecretStr | None = Field(None, description="archive.org S3-style secret key.")
@@ -84,6 +99,15 @@ class Settings(BaseSettings):
     )
     archive_reuse_days: float = Field(
         3650.0, ge=0, description="Reuse an existing capture younger than this many days."
+    )
+    spn_poll_seconds: float = Field(
+        5.0, gt=0, description="Seconds between status polls of a submitted capture job."
+    )
+    archive_max_attempts: int = Field(
+        5, ge=1, description="Transient archive failures an episode gets before it is failed."
+    )
+    archive_batch_size: int = Field(
+        50, ge=1, description="Episodes one archive flow run takes at a time."
     )
 
     # --- download -----------------------------------------------------------------------------
@@ -149,6 +173,19 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_archive_required(cls, data: Any) -> Any:
+        # ARCHIVE_REQUIRED predates ARCHIVE_MODE; an old .env with ARCHIVE_REQUIRED=false must
+        # not silently start archiving (and waiting for captures) after an upgrade.
+        if isinstance(data, dict):
+            lowered = {str(key).lower(): value for key, value in data.items()}
+            legacy = lowered.get("archive_required")
+            if legacy is not None and lowered.get("archive_mode") is None:
+                required = str(legacy).strip().lower() in ("1", "true", "yes", "on")
+                data = {**data, "archive_mode": ArchiveMode.required if required else ArchiveMode.off}
+        return data
+
     @model_validator(mode="after")
     def _check_auth(self) -> "Settings":
         if self.worker_auth_enabled and not (
@@ -158,6 +195,11 @@ class Settings(BaseSettings):
         if bool(self.ia_access_key) != bool(self.ia_secret_key):
             raise ValueError("set both IA_ACCESS_KEY and IA_SECRET_KEY, or neither")
         return self
+
+    @property
+    def archives(self) -> bool:
+        """New episodes wait for an Internet Archive capture before they are processed."""
+        return self.archive_mode != ArchiveMode.off
 
     @property
     def lease_seconds(self) -> float:

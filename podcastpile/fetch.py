@@ -45,6 +45,7 @@ class DownloadedAudio:
     sha256: str
     md5: str
     bytes: int
+    sha1: str  # hex; the Wayback Machine's CDX digest is this SHA-1 in base32
     content_type: str | None
     url: str  # after redirects
 
@@ -78,7 +79,7 @@ def _temporary_path(directory: str | None) -> Path:
 
 
 def _stream_to(client: httpx.Client, url: str, path: Path, max_bytes: int) -> DownloadedAudio:
-    sha256, md5, received = hashlib.sha256(), hashlib.md5(), 0
+    sha256, md5, sha1, received = hashlib.sha256(), hashlib.md5(), hashlib.sha1(), 0
     with client.stream("GET", url) as response:
         if response.status_code != 200:
             raise _status_error(response)
@@ -96,6 +97,7 @@ def _stream_to(client: httpx.Client, url: str, path: Path, max_bytes: int) -> Do
                     raise PermanentError("too-large", f"body passed the cap of {max_bytes} bytes")
                 sha256.update(chunk)
                 md5.update(chunk)
+                sha1.update(chunk)
                 out.write(chunk)
         # httpx already raises on a body cut short of Content-Length; this catches an encoded body.
         if expected is not None and "content-encoding" not in response.headers and received != expected:
@@ -103,7 +105,7 @@ def _stream_to(client: httpx.Client, url: str, path: Path, max_bytes: int) -> Do
         if received == 0:
             raise PermanentError("empty-body", f"HTTP 200 with an empty body from {response.url.host}")
         return DownloadedAudio(
-            path=path, sha256=sha256.hexdigest(), md5=md5.hexdigest(), bytes=received,
+            path=path, sha256=sha256.hexdigest(), md5=md5.hexdigest(), sha1=sha1.hexdigest(), bytes=received,
             content_type=content_type, url=str(response.url),
         )
 
@@ -162,13 +164,14 @@ def local_file(path: str | Path) -> Iterator[DownloadedAudio]:
     source = Path(path)
     if not source.is_file():
         raise PermanentError("not-found", f"no such file: {source}")
-    sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
+    sha256, md5, sha1, size = hashlib.sha256(), hashlib.md5(), hashlib.sha1(), 0
     with source.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             sha256.update(chunk)
             md5.update(chunk)
+            sha1.update(chunk)
             size += len(chunk)
     if size == 0:
         raise PermanentError("empty-body", f"empty file: {source}")
-    yield DownloadedAudio(path=source, sha256=sha256.hexdigest(), md5=md5.hexdigest(), bytes=size,
+    yield DownloadedAudio(path=source, sha256=sha256.hexdigest(), md5=md5.hexdigest(), sha1=sha1.hexdigest(), bytes=size,
                           content_type=None, url=source.resolve().as_uri())

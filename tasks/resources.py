@@ -25,7 +25,7 @@ def store_for(settings: Settings) -> EpisodeStore:
     """The process's store for these settings (one engine and connection pool per database)."""
     return _store(
         settings.database_url, settings.lease_seconds, settings.max_attempts,
-        settings.archive_required,
+        settings.archives,
     )
 
 

@@ -38,9 +38,10 @@ def claim_episodes(
 
 
 @task(name="start-episode", **_db)
-def start_episode(settings: Settings, claim: Claim) -> None:
-    """Mark the episode as processing."""
-    store_for(settings).start(claim.episode_id, claim.lease_token)
+def start_episode(settings: Settings, claim: Claim, sha256: str | None = None) -> int | None:
+    """Mark the episode as processing; returns the id of an episode with the same audio, if any
+    (this one is then a duplicate and must not be processed)."""
+    return store_for(settings).start(claim.episode_id, claim.lease_token, sha256)
 
 
 @task(name="complete-episode", **_db)

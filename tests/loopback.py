@@ -53,16 +53,16 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    """Serve `routes` on 127.0.0.1 on a free port, in a background thread.
+    """Serve `routes` on 127.0.0.1 on `port` (default: a free one), in a background thread.
 
     Use as a context manager. `hits[path]` counts requests per path.
     A route key is an exact path, or a prefix ending in `*`.
     """
 
-    def __init__(self, routes: dict[str, Handler] | None = None) -> None:
+    def __init__(self, routes: dict[str, Handler] | None = None, port: int = 0) -> None:
         self.routes: dict[str, Handler] = dict(routes or {})
         self.hits: dict[str, int] = defaultdict(int)
-        self._server = _QuietHTTPServer(("127.0.0.1", 0), self._make_handler())
+        self._server = _QuietHTTPServer(("127.0.0.1", port), self._make_handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from podcastpile.config import DiarizationLatency, SettingsError, load_settings
+from podcastpile.config import ArchiveMode, DiarizationLatency, SettingsError, load_settings
 
 SEED_SETTINGS = [
     "DATABASE_URL", "HOST", "PORT", "WORKER_AUTH_ENABLED", "WORKER_PASSWORD", "JOB_TIMEOUT_HOURS",
@@ -15,7 +15,7 @@ SEED_SETTINGS = [
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SEED_SETTINGS + ["MAX_ATTEMPTS", "DIAR_LATENCY", "IA_ACCESS_KEY", "IA_SECRET_KEY"]:
+    for name in SEED_SETTINGS + ["MAX_ATTEMPTS", "DIAR_LATENCY", "IA_ACCESS_KEY", "IA_SECRET_KEY", "ARCHIVE_MODE", "ARCHIVE_REQUIRED"]:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -29,7 +29,7 @@ def test_seed_defaults() -> None:
     assert settings.job_timeout_hours == 2
     assert settings.lease_seconds == 7200
     assert settings.diar_latency is DiarizationLatency.very_high
-    assert settings.archive_required is True
+    assert settings.archive_mode is ArchiveMode.required and settings.archives
 
 
 def test_environment_and_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,3 +81,16 @@ def test_auth_with_password_is_fine() -> None:
     settings = load_settings(env_file=None, worker_auth_enabled=True, worker_password="s3cret")
     assert settings.worker_password is not None
     assert settings.worker_password.get_secret_value() == "s3cret"
+
+
+def test_archive_mode_and_its_old_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVE_REQUIRED", "false")  # an old .env: must not start archiving
+    assert load_settings(env_file=None).archive_mode is ArchiveMode.off
+    monkeypatch.setenv("ARCHIVE_REQUIRED", "true")
+    assert load_settings(env_file=None).archive_mode is ArchiveMode.required
+    monkeypatch.setenv("ARCHIVE_MODE", "prefer")  # the new name wins
+    settings = load_settings(env_file=None)
+    assert settings.archive_mode is ArchiveMode.prefer and settings.archives
+    monkeypatch.setenv("ARCHIVE_MODE", "sometimes")
+    with pytest.raises(SettingsError, match="ARCHIVE_MODE"):
+        load_settings(env_file=None)

@@ -16,6 +16,7 @@ from podcastpile.cli import episodes  # noqa: E402,F401  (registers create/impor
 from podcastpile.cli import transcribe  # noqa: E402,F401  (registers transcribe)
 from podcastpile.cli import export  # noqa: E402,F401  (registers export)
 from podcastpile.cli import process  # noqa: E402,F401  (registers process)
+from podcastpile.cli import archive  # noqa: E402,F401  (registers archive)
 
 
 def main() -> None:

@@ -166,8 +166,12 @@ def list_(
 
 @app.command()
 def stats(json_output: JsonOption = False) -> None:
-    """Counts by status, hours of audio done, failures by reason."""
-    result = open_store().stats()
+    """Counts by status, the archive stage, hours of audio done, failures by reason."""
+    from podcastpile.cli.archive import archive_stats, archive_table
+
+    store = open_store()
+    result = store.stats()
+    archive = archive_stats(store)
     if json_output:
         print(json.dumps({
             "total": result.total,
@@ -175,6 +179,7 @@ def stats(json_output: JsonOption = False) -> None:
             "expired_leases": result.expired_leases,
             "audio_hours_done": round(result.audio_hours_done, 3),
             "failures_by_reason": result.failures_by_reason,
+            "archive": archive,
         }))
         return
     table = Table("status", "episodes", title="Episodes")
@@ -182,6 +187,7 @@ def stats(json_output: JsonOption = False) -> None:
         table.add_row(name, f"{count:,}")
     table.add_row("[b]total[/b]", f"[b]{result.total:,}[/b]")
     console.print(table)
+    console.print(archive_table(archive))
     console.print(f"leases past their deadline: {result.expired_leases:,}")
     console.print(f"audio done: {result.audio_hours_done:,.2f} hours")
     if result.failures_by_reason:
@@ -194,7 +200,8 @@ def stats(json_output: JsonOption = False) -> None:
 def _episode_dict(row: Any) -> dict[str, Any]:
     keys = [
         "id", "url", "podcast_id", "language", "status", "attempts", "worker_id", "leased_until",
-        "archive_url", "archive_timestamp", "duration_seconds", "audio_sha256", "error_code",
+        "archive_url", "archive_timestamp", "archive_reused", "archive_error", "duration_seconds",
+        "audio_sha256", "duplicate_of", "error_code",
         "error", "created_at", "updated_at", "completed_at",
     ]
     return {key: getattr(row, key) for key in keys}

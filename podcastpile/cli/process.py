@@ -1,5 +1,9 @@
 """`ppcli process URL...`: run the pipeline's own Prefect flows on this machine, no worker needed.
 
+By default it follows the archive rule: the URLs are captured by the Internet Archive first
+(or an existing capture is reused), then only the archived copies are downloaded and
+processed. `--live` downloads the original URLs instead.
+
 Embedded defaults: the episode store from DATABASE_URL (SQLite by default) and, unless
 PREFECT_API_URL names a server, Prefect's temporary local server. Prefect is imported only when
 this command runs, so the rest of `ppcli` stays light.
@@ -10,17 +14,29 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+from datetime import timedelta
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from podcastpile.cli import app
-from podcastpile.cli.episodes import console, errors, fail, open_store
-from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode
+from podcastpile.cli.archive import archive_state
+from podcastpile.cli.episodes import console, errors, fail, open_store, settings
+from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
+from podcastpile.store.episodes import utcnow
+from podcastpile.store.tables import ARCHIVE_WAITING, Episode
+from podcastpile.urls import InvalidURL, normalize_url
 
-DONE = {EpisodeStatus.completed.value, EpisodeStatus.failed.value}
+DONE = {EpisodeStatus.completed.value, EpisodeStatus.failed.value, EpisodeStatus.duplicate.value}
+SUCCEEDED = {EpisodeStatus.completed.value, EpisodeStatus.duplicate.value}
+WAITING = {status.value for status in ARCHIVE_WAITING}
+# Wait this long at most for an episode whose archiving backs off (or waits for a quota reset);
+# past it, the command reports the episode as deferred rather than sitting for hours.
+MAX_WAIT = timedelta(minutes=15)
+EXIT_MODEL_LOAD = 3
 
 
 @app.command()
@@ -29,26 +45,28 @@ def process(
     language: Annotated[str | None, typer.Option(help="Language of these episodes, e.g. en.")] = None,
     live: Annotated[
         bool,
-        typer.Option(help="Download the live URLs instead of Internet Archive copies (ARCHIVE_REQUIRED=false)."),
+        typer.Option(help="Download the original URLs, not Internet Archive copies (ARCHIVE_MODE=off)."),
     ] = False,
     out: Annotated[str | None, typer.Option(help="Also export the results as Parquet to this folder.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Process episodes now on this machine through the same Prefect flows the GPU workers run."""
+    """Archive, download, diarize and transcribe episodes now, through the Prefect flows the workers run."""
     if live:
-        os.environ["ARCHIVE_REQUIRED"] = "false"  # the flows read their settings from the environment
+        os.environ["ARCHIVE_MODE"] = "off"  # the flows read their settings from the environment
+    config = settings()
+    # Validate everything before writing anything: a command that refuses adds nothing.
+    try:
+        for url in urls:
+            normalize_url(url)
+        normalize_language(language)
+    except (InvalidURL, ValueError) as error:
+        fail(str(error))
+    _load_models(config, language)
     store = open_store()
-    summary = store.add([NewEpisode(url, language=language) for url in urls])
-    if summary.rejected:
-        fail("; ".join(f"{item.url}: {item.reason}" for item in summary.rejected))
-    episodes = [store.find(url) for url in urls]
-    ids = sorted({episode.id for episode in episodes if episode is not None})
-    waiting = [e.id for e in episodes if e is not None and e.status in ("archive_pending", "archiving")]
-    if waiting:
-        fail(
-            f"episodes {waiting} wait for an Internet Archive capture, and the archiving flow is not "
-            "built yet; use --live (or ARCHIVE_REQUIRED=false) to download the live URLs"
-        )
+    store.add([NewEpisode(url, language=language) for url in urls])
+    ids = sorted({episode.id for episode in (store.find(url) for url in urls) if episode is not None})
+    if live:
+        store.skip_archive(ids)
     _run_flows(store, ids, quiet=json_output)
     rows = [store.get(episode_id) for episode_id in ids]
     if out:
@@ -56,40 +74,99 @@ def process(
     if json_output:
         print(json.dumps([
             {"id": row.id, "url": row.url, "status": row.status, "error": row.error,
-             "result": store.result(row.id)} for row in rows
+             "archive_url": row.archive_url, "archive_timestamp": row.archive_timestamp,
+             "archive": archive_state(row), "result": store.result(row.id)} for row in rows
         ]))
     else:
+        for row in rows:
+            console.print(f"episode {row.id} audio source: {archive_state(row)}", markup=False, highlight=False)
         _print_results(store, rows)
-    if any(row.status != EpisodeStatus.completed for row in rows):
+    if any(row.status not in SUCCEEDED for row in rows):
         raise typer.Exit(1)
 
 
+def _load_models(config: object, language: str | None) -> None:
+    """Load the models before touching any episode: a missing model is one line, exit 3."""
+    from podcastpile.models import ModelLoadError
+    from tasks.resources import models_for
+
+    models = models_for(config)  # type: ignore[arg-type]  # the batch flow reuses these
+    try:
+        models.diarizer()
+        models.asr(language)
+    except ModelLoadError as error:
+        fail(str(error), code=EXIT_MODEL_LOAD)
+
+
+def _next_step(rows: dict[int, Episode]) -> tuple[str, list[int]]:
+    """What to do next for these episodes: archive some, process some, wait, or stop."""
+    now = utcnow()
+    archivable = [
+        i for i, row in rows.items() if row.status in WAITING
+        and not (row.archive_not_before and row.archive_not_before > now)
+        and not (row.leased_until and row.leased_until > now)
+    ]
+    if archivable:
+        return "archive", archivable
+    ready = [i for i, row in rows.items() if row.status == EpisodeStatus.pending.value]
+    if ready:
+        return "process", ready
+    # Held by another process (its archive run or batch), or backing off briefly: wait.
+    waiting = [
+        i for i, row in rows.items() if row.status not in DONE
+        and not (row.archive_not_before and row.archive_not_before > now + MAX_WAIT)
+    ]
+    return ("wait", waiting) if waiting else ("stop", [])
+
+
 def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
-    """Run batch flows over `ids` until none is ready (transient failures get their retries)."""
+    """Run archive and batch flows over `ids` until each is done (or deferred for long)."""
     # Our own summary reports each episode; Prefect's per-task failure logs would repeat it.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.process import process_batch  # Prefect and the flows load only for this command
+    from flows.archive import archive_flow  # Prefect and the flows load only for this command
+    from flows.process import process_batch
 
     progress = Progress(
-        TextColumn("processing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=errors, disable=quiet, transient=True,
+        SpinnerColumn(), TextColumn("{task.fields[episode]}"), TextColumn("{task.description}", markup=False),
+        TimeElapsedColumn(), console=errors, disable=quiet or not errors.is_terminal, transient=True,
     )
+    lines = {i: progress.add_task("", episode=f"episode {i}") for i in ids[:20]}
     stop = threading.Event()
+    shown: dict[int, str] = {}
 
-    def watch() -> None:  # the flow runs in this thread; the bar follows the store
+    def describe(row: Episode) -> str:
+        if row.status in WAITING or (row.status == EpisodeStatus.pending.value and row.id not in started):
+            return archive_state(row)
+        return {"assigned": "claimed for processing", "processing": "processing"}.get(row.status, row.status)
+
+    def watch() -> None:  # the flows run in this thread; the lines follow the store
         while not stop.wait(0.5):
-            done = sum(1 for i in ids if store.get(i).status in DONE)
-            progress.update(task, completed=done)
+            for i in ids:
+                text = describe(store.get(i))
+                if i in lines:
+                    progress.update(lines[i], description=text)
+                kind = text.split(",")[0].split(" (job")[0]  # one log line per change, not per second
+                if not quiet and not errors.is_terminal and shown.get(i) != kind:
+                    errors.print(f"episode {i}: {text}", markup=False, highlight=False)
+                shown[i] = kind
 
+    started: set[int] = set()
     with progress:
-        task = progress.add_task("episodes", total=len(ids))
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
             while True:
-                ready = [i for i in ids if store.get(i).status == EpisodeStatus.pending]
-                if not ready or not process_batch(batch_size=len(ready), episode_ids=ready)["claimed"]:
+                step, chosen = _next_step({i: store.get(i) for i in ids})
+                if step == "archive":
+                    archive_flow(episode_ids=chosen)
+                elif step == "process":
+                    started.update(chosen)
+                    if not process_batch(batch_size=len(chosen), episode_ids=chosen)["claimed"]:
+                        time.sleep(1.0)  # taken by another process meanwhile
+                elif step == "wait":
+                    time.sleep(1.0)
+                else:
                     break
         finally:
             stop.set()

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from podcastpile.errors import EpisodeError
 from podcastpile.store.engine import READ_ONLY, make_engine, migrate
-from podcastpile.store.tables import LEASED, Episode, EpisodeStatus, Result
+from podcastpile.store.tables import ARCHIVE_WAITING, LEASED, Episode, EpisodeStatus, Result
 from podcastpile.urls import InvalidURL, normalize_url, url_hash
 
 Clock = Callable[[], datetime]
@@ -84,6 +84,7 @@ def _claim_statement(by_id: bool = False) -> Any:
             _episodes.c.id,
             _episodes.c.url,
             _episodes.c.archive_url,
+            _episodes.c.archive_digest,
             _episodes.c.language,
             _episodes.c.podcast_id,
             _episodes.c.attempts,
@@ -173,6 +174,7 @@ class Claim:
     lease_token: str
     leased_until: datetime
     attempts: int
+    archive_digest: str | None = None  # CDX digest of the archived bytes, when known
 
     @property
     def download_url(self) -> str:
@@ -245,7 +247,7 @@ class EpisodeStore:
             engine,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
-            archive_required=settings.archive_required,
+            archive_required=settings.archives,
             **kwargs,
         )
 
@@ -344,6 +346,24 @@ class EpisodeStore:
             self.get(episode_id)  # raises UnknownEpisode
             raise ValueError(f"episode {episode_id} is not waiting for an archive capture")
 
+    def skip_archive(self, episode_ids: list[int]) -> int:
+        """Make episodes waiting for a capture ready at once, for a live download (`--live`).
+
+        Episodes an archive run holds right now are left alone. Returns how many changed.
+        """
+        now = self.clock()
+        with self._writer.begin() as connection:
+            return connection.execute(
+                update(_episodes)
+                .where(
+                    _episodes.c.id.in_(list(episode_ids)),
+                    _episodes.c.status.in_([s.value for s in ARCHIVE_WAITING]),
+                    (_episodes.c.leased_until.is_(None)) | (_episodes.c.leased_until < now),
+                )
+                .values(status=EpisodeStatus.pending, archive_job_id=None, archive_not_before=None,
+                        lease_token=None, leased_until=None, updated_at=now)
+            ).rowcount
+
     # --- leases -----------------------------------------------------------------------------------
 
     def claim_batch(
@@ -386,14 +406,43 @@ class EpisodeStore:
                 lease_token=token,
                 leased_until=now + self.lease,
                 attempts=row.attempts,
+                archive_digest=row.archive_digest,
             )
             for row in rows
         ]
         return sorted(claims, key=lambda claim: claim.episode_id)
 
-    def start(self, episode_id: int, lease_token: str) -> None:
-        """Note that the worker began processing (assigned → processing)."""
-        self._leased_update(episode_id, lease_token, {"status": EpisodeStatus.processing})
+    def start(self, episode_id: int, lease_token: str, sha256: str | None = None) -> int | None:
+        """Note that the worker began processing (assigned → processing).
+
+        With the audio's `sha256`: if another episode already holds the same audio (completed,
+        or being processed under a lower id), this one is marked `duplicate` of it and its
+        lease ends; returns that episode's id (else None) so the caller skips the work.
+        """
+        if sha256 is None:
+            self._leased_update(episode_id, lease_token, {"status": EpisodeStatus.processing})
+            return None
+        with self.engine.begin() as connection:
+            self._leased_update(
+                episode_id, lease_token,
+                {"status": EpisodeStatus.processing, "audio_sha256": sha256}, connection,
+            )
+            first = connection.execute(
+                select(func.min(_episodes.c.id)).where(
+                    _episodes.c.audio_sha256 == sha256,
+                    _episodes.c.id != episode_id,
+                    (_episodes.c.status == EpisodeStatus.completed.value)
+                    | ((_episodes.c.status == EpisodeStatus.processing.value) & (_episodes.c.id < episode_id)),
+                )
+            ).scalar()
+            if first is None:
+                return None
+            self._leased_update(episode_id, lease_token, {
+                "status": EpisodeStatus.duplicate, "duplicate_of": first, "lease_token": None,
+                "leased_until": None, "error_code": "duplicate",
+                "error": f"same audio (sha256) as episode {first}",
+            }, connection)
+        return int(first)
 
     def renew(self, episode_id: int, lease_token: str) -> datetime:
         """Extend the lease by the lease length from now; return the new deadline."""

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -37,6 +38,10 @@ class EpisodeStatus(StrEnum):
     processing = "processing"  # the worker said it started
     completed = "completed"
     failed = "failed"  # permanent failure, or attempts used up; see error_code / error
+    duplicate = "duplicate"  # same audio (sha256) as an earlier episode, see duplicate_of
+
+
+ARCHIVE_WAITING = (EpisodeStatus.archive_pending, EpisodeStatus.archiving)
 
 
 LEASED = (EpisodeStatus.assigned, EpisodeStatus.processing)
@@ -70,6 +75,13 @@ class Episode(Base):
     archive_job_id: Mapped[str | None] = mapped_column(String(64))
     archive_attempts: Mapped[int] = mapped_column(Integer, default=0)
     archived_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Not before this time: a transient archive failure backs off, a quota error waits for the reset.
+    archive_not_before: Mapped[datetime | None] = mapped_column(DateTime)
+    archive_submitted_at: Mapped[datetime | None] = mapped_column(DateTime)
+    archive_digest: Mapped[str | None] = mapped_column(String(64))  # CDX: base32 SHA-1 of the bytes
+    archive_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    archive_reused: Mapped[bool | None] = mapped_column(Boolean)  # an existing capture was reused
+    archive_error: Mapped[str | None] = mapped_column(Text)  # why there is no archived copy (prefer mode)
 
     # Lease: who holds the episode and until when. `lease_token` fences late workers out.
     worker_id: Mapped[str | None] = mapped_column(String(255))
@@ -89,6 +101,7 @@ class Episode(Base):
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    duplicate_of: Mapped[int | None] = mapped_column(_Id)
 
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
@@ -99,7 +112,45 @@ class Episode(Base):
         Index("ix_episodes_status_id", "status", "id"),
         # finding expired leases
         Index("ix_episodes_status_leased_until", "status", "leased_until"),
+        # identical audio under another URL
+        Index("ix_episodes_audio_sha256", "audio_sha256"),
     )
+
+
+class ArchiveSubmission(Base):
+    """One Save Page Now submission: the log the per-minute rate window is counted over.
+
+    Shared by every archive run on every machine (they share the store), so the limit holds
+    across all of them. Rows older than a day are pruned.
+    """
+
+    __tablename__ = "archive_submissions"
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    episode_id: Mapped[int | None] = mapped_column(_Id)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_archive_submissions_submitted_at", "submitted_at"),)
+
+
+class ArchiveDay(Base):
+    """Captures and captured bytes per UTC day, against the account's daily quota."""
+
+    __tablename__ = "archive_days"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD, UTC
+    captures: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ArchivePause(Base):
+    """A pause of all submissions: the service said Retry-After, or a daily quota is used up."""
+
+    __tablename__ = "archive_pauses"
+
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[datetime] = mapped_column(DateTime)
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Result(Base):

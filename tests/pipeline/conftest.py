@@ -12,6 +12,7 @@ import pytest
 
 from podcastpile.store import EpisodeStore, make_engine, migrate
 from tests.loopback import LoopbackServer, Reply
+from tests.wayback import with_ad
 
 FIXTURES = Path(os.environ.get("PODCASTPILE_SPEECH_FIXTURES", Path(__file__).parent.parent / "fixtures" / "speech"))
 
@@ -27,16 +28,24 @@ def conversation() -> dict:
 
 class AudioHost:
     """A loopback podcast host: good files, a 404, a flaky one (500 once, then 200), a non-audio
-    file, and a slow one."""
+    file, and a slow one.
+
+    Every path serves the conversation with its own path in a RIFF JUNK chunk: the same
+    samples, but different files, as different episodes are (identical bytes would make all
+    but the first a duplicate). `/ep/copy-*` all serve one identical file.
+    """
 
     def __init__(self, wav: bytes) -> None:
         self.flaky_failures = 1
+
+        def own(request):  # type: ignore[no-untyped-def]
+            return Reply(200, with_ad(wav, request.path.encode()), {"Content-Type": "audio/wav"})
 
         def flaky(request):  # type: ignore[no-untyped-def]
             if self.flaky_failures > 0:
                 self.flaky_failures -= 1
                 return Reply(500, b"try later")
-            return Reply(200, wav, {"Content-Type": "audio/wav"})
+            return own(request)
 
         def slow(request):  # type: ignore[no-untyped-def]
             # A host that trickles: each read arrives well within the read timeout, but the
@@ -49,7 +58,8 @@ class AudioHost:
             return Reply(200, trickle(), {"Content-Type": "audio/wav"})
 
         self.server = LoopbackServer({
-            "/ep/good-*": lambda r: Reply(200, wav, {"Content-Type": "audio/wav"}),
+            "/ep/good-*": own,
+            "/ep/copy-*": lambda r: Reply(200, wav, {"Content-Type": "audio/wav"}),
             "/ep/slow.wav": slow,
             "/ep/flaky.wav": flaky,
             "/ep/not-audio.wav": lambda r: Reply(200, b"\x00\x01garbage" * 500, {"Content-Type": "audio/wav"}),
@@ -70,7 +80,7 @@ def pipeline_environment(database_url: str, **extra: str) -> dict[str, str]:
     """Settings (as environment variables) for a pipeline run on the tiny CPU models."""
     return {
         "DATABASE_URL": database_url,
-        "ARCHIVE_REQUIRED": "false",
+        "ARCHIVE_MODE": "off",
         "DIAR_MODEL": str(FIXTURES / "tiny_diar.nemo"),
         "ASR_MODEL": str(FIXTURES / "tiny_asr.nemo"),
         "ASR_MODEL_MULTILINGUAL": str(FIXTURES / "tiny_asr.nemo"),

@@ -94,7 +94,7 @@ def test_unarchived_episode_is_never_downloaded_when_archives_are_required(
     pipeline_store: EpisodeStore, audio_host: AudioHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipeline_store.add([NewEpisode(audio_host.url("good-live.wav"))])  # made ready without a capture
-    monkeypatch.setenv("ARCHIVE_REQUIRED", "true")
+    monkeypatch.setenv("ARCHIVE_MODE", "required")
     (outcome,) = process_batch()["outcomes"]
     assert outcome["status"] == "failed" and outcome["reason"].startswith("not-archived")
     assert audio_host.server.hits["/ep/good-live.wav"] == 0

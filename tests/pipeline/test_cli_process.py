@@ -15,7 +15,7 @@ from tests.pipeline.conftest import AudioHost, pipeline_environment
 def ppcli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     environment.update(env, COLUMNS="200")
-    environment.pop("ARCHIVE_REQUIRED", None)  # the command's flags decide
+    environment.pop("ARCHIVE_MODE", None)  # the command's flags decide
     return subprocess.run([sys.executable, "-m", "podcastpile.cli", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=600)
 

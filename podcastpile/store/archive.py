@@ -1,0 +1,370 @@
+"""The store's side of the archive stage: who is archiving which episode, and the shared limits.
+
+Archive runs claim episodes waiting for a capture with the same lease discipline as the GPU
+workers (a lease token fences a run that lost its episode; an expired lease makes the episode
+claimable again, so a crashed run loses nothing). The Save Page Now job id is stored before
+anyone polls it, so a restarted run resumes polling instead of submitting again.
+
+Limits shared by every run on every machine live here too, because every run shares the
+store: the per-minute submission window (a log of submissions, counted under a lock), the
+bytes captured per UTC day, and pauses (Retry-After, exhausted daily quotas).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+
+from podcastpile.store.episodes import EpisodeStore, LeaseLost
+from podcastpile.store.tables import (
+    ARCHIVE_WAITING,
+    ArchiveDay,
+    ArchivePause,
+    ArchiveSubmission,
+    Episode,
+    EpisodeStatus,
+)
+
+_episodes = Episode.__table__
+_submissions = ArchiveSubmission.__table__
+_days = ArchiveDay.__table__
+_pauses = ArchivePause.__table__
+_RATE_LOCK_ID = 0x73_70_6E_32  # "spn2": one submission window per database
+# Submissions reach the service a little after they are counted here; a window this much
+# longer than the nominal one keeps the service's own count within the limit.
+WINDOW_MARGIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ArchiveClaim:
+    """An episode handed to an archive run. `job_id` is set when a capture was already submitted."""
+
+    episode_id: int
+    url: str
+    job_id: str | None
+    submitted_at: datetime | None
+    attempts: int
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class Capture:
+    """An Internet Archive capture of an episode's audio."""
+
+    timestamp: str  # 14 digits, UTC
+    url: str  # the id_ playback URL of the original bytes
+    digest: str | None = None  # CDX digest: base32 SHA-1 of the bytes
+    length: int | None = None  # bytes, as CDX reports them
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The answer to asking for a submission slot: go now, or wait (and why)."""
+
+    granted: bool
+    wait_seconds: float = 0.0
+    reason: str = ""
+    until: datetime | None = None  # for a quota: when it resets
+
+
+@dataclass(frozen=True)
+class ArchiveStats:
+    """The archive stage at a glance, for `ppcli stats`."""
+
+    waiting: int
+    submitted: int
+    archived_new: int
+    archived_reused: int
+    deferred: dict[str, int]  # error code -> episodes waiting for a quota reset or a backoff
+    deferred_until: datetime | None  # the earliest time a deferred episode becomes eligible
+    bytes_today: int
+    captures_today: int
+    daily_bytes: int
+    pauses: dict[str, datetime]  # reason -> until
+
+
+def next_utc_midnight(now: datetime) -> datetime:
+    """When IA's daily quotas reset (UTC days)."""
+    return datetime(now.year, now.month, now.day) + timedelta(days=1)
+
+
+class ArchiveQueue:
+    """Archive-stage operations over an `EpisodeStore`'s database."""
+
+    def __init__(
+        self,
+        store: EpisodeStore,
+        *,
+        max_attempts: int = 5,
+        lease_seconds: float = 600.0,
+        fallback_to_live: bool = False,
+    ) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.lease = timedelta(seconds=lease_seconds)
+        # ARCHIVE_MODE=prefer: a permanent archive failure makes the episode ready for a live download.
+        self.fallback_to_live = fallback_to_live
+
+    @property
+    def clock(self) -> Any:
+        return self.store.clock
+
+    # --- claims ---------------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, n: int, *, episode_ids: list[int] | None = None) -> list[ArchiveClaim]:
+        """Lease up to `n` episodes waiting for a capture (oldest first), skipping deferred ones."""
+        now = self.clock()
+        token = uuid.uuid4().hex
+        eligible = and_(
+            _episodes.c.status.in_([s.value for s in ARCHIVE_WAITING]),
+            or_(_episodes.c.leased_until.is_(None), _episodes.c.leased_until < now),
+            or_(_episodes.c.archive_not_before.is_(None), _episodes.c.archive_not_before <= now),
+        )
+        if episode_ids is not None:
+            eligible = and_(eligible, _episodes.c.id.in_(list(episode_ids)))
+        picked = (
+            select(_episodes.c.id).where(eligible).order_by(_episodes.c.id).limit(n)
+            .with_for_update(skip_locked=True).cte("picked")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        statement = (
+            update(_episodes)
+            .where(_episodes.c.id.in_(select(picked.c.id)))
+            .values(lease_token=token, leased_until=now + self.lease, worker_id=worker_id, updated_at=now)
+            .returning(
+                _episodes.c.id, _episodes.c.url, _episodes.c.archive_job_id,
+                _episodes.c.archive_submitted_at, _episodes.c.archive_attempts,
+            )
+        )
+        with self.store._writer.begin() as connection:
+            rows = connection.execute(statement).all()
+        claims = [
+            ArchiveClaim(row.id, row.url, row.archive_job_id, row.archive_submitted_at,
+                         row.archive_attempts, token)
+            for row in rows
+        ]
+        return sorted(claims, key=lambda claim: claim.episode_id)
+
+    def renew(self, claim: ArchiveClaim) -> None:
+        """Extend the claim's lease (a long poll keeps its episodes)."""
+        self._update(claim, leased_until=self.clock() + self.lease)
+
+    def release(self, claim: ArchiveClaim) -> None:
+        """Give the episode back as it is; a submitted job id stays, so the next run polls it."""
+        self._update(claim, lease_token=None, leased_until=None)
+
+    # --- outcomes -------------------------------------------------------------------------------
+
+    def submitted(self, claim: ArchiveClaim, job_id: str) -> ArchiveClaim:
+        """Record a Save Page Now job before anyone polls it; returns the updated claim."""
+        now = self.clock()
+        self._update(
+            claim, status=EpisodeStatus.archiving.value, archive_job_id=job_id[:64],
+            archive_submitted_at=now,
+        )
+        return ArchiveClaim(claim.episode_id, claim.url, job_id, now, claim.attempts, claim.lease_token)
+
+    def archived(self, claim: ArchiveClaim, capture: Capture, *, reused: bool) -> None:
+        """Store the capture and make the episode ready for the GPU workers.
+
+        A new capture's bytes count against today's quota.
+        """
+        now = self.clock()
+        with self.store.engine.begin() as connection:
+            self._update(
+                claim, connection=connection,
+                status=EpisodeStatus.pending.value, archive_timestamp=capture.timestamp,
+                archive_url=capture.url, archive_digest=capture.digest, archive_bytes=capture.length,
+                archive_reused=reused, archived_at=now, archive_job_id=None, archive_not_before=None,
+                archive_error=None, error_code=None, error=None, lease_token=None, leased_until=None,
+                worker_id=None,
+            )
+            if not reused:
+                self._count_capture(connection, now, capture.length or 0)
+
+    def retry_later(self, claim: ArchiveClaim, code: str, reason: str, delay_seconds: float) -> EpisodeStatus:
+        """A transient failure: count an attempt and back off, or give up after `max_attempts`."""
+        attempts = claim.attempts + 1
+        if attempts >= self.max_attempts:
+            return self.give_up(
+                claim, code, f"{reason} (archive attempt {attempts} of {self.max_attempts})",
+                attempts=attempts,
+            )
+        self._update(
+            claim, status=EpisodeStatus.archive_pending.value, archive_attempts=attempts,
+            archive_job_id=None, archive_not_before=self.clock() + timedelta(seconds=delay_seconds),
+            error_code=code[:64], error=reason, lease_token=None, leased_until=None,
+        )
+        return EpisodeStatus.archive_pending
+
+    def defer(self, claim: ArchiveClaim, code: str, reason: str, until: datetime) -> None:
+        """A quota is used up: wait until it resets. Not a failure, and no attempt is counted."""
+        self._update(
+            claim, status=EpisodeStatus.archive_pending.value, archive_job_id=None,
+            archive_not_before=until, error_code=code[:64], error=reason,
+            lease_token=None, leased_until=None,
+        )
+
+    def give_up(self, claim: ArchiveClaim, code: str, reason: str, *, attempts: int | None = None) -> EpisodeStatus:
+        """No capture can be had. ARCHIVE_MODE=prefer: ready for a live download; else failed."""
+        values: dict[str, Any] = dict(
+            archive_job_id=None, archive_not_before=None, lease_token=None, leased_until=None,
+            archive_error=f"{code}: {reason}",
+        )
+        if attempts is not None:
+            values["archive_attempts"] = attempts
+        if self.fallback_to_live:
+            self._update(claim, status=EpisodeStatus.pending.value, error_code=None, error=None, **values)
+            return EpisodeStatus.pending
+        self._update(claim, status=EpisodeStatus.failed.value, error_code=code[:64], error=reason, **values)
+        return EpisodeStatus.failed
+
+    def _update(self, claim: ArchiveClaim, connection: Any = None, **values: Any) -> None:
+        """Update the claimed episode only while `claim` still holds its lease."""
+        now = self.clock()
+        statement = (
+            update(_episodes)
+            .where(
+                _episodes.c.id == claim.episode_id,
+                _episodes.c.lease_token == claim.lease_token,
+                _episodes.c.status.in_([s.value for s in ARCHIVE_WAITING]),
+                _episodes.c.leased_until >= now,
+            )
+            .values(updated_at=now, **values)
+        )
+        if connection is None:
+            with self.store._writer.begin() as own:
+                count = own.execute(statement).rowcount
+        else:
+            count = connection.execute(statement).rowcount
+        if count != 1:
+            raise LeaseLost(f"archive run no longer holds episode {claim.episode_id}")
+
+    # --- shared limits --------------------------------------------------------------------------
+
+    def reserve_submission(
+        self, episode_id: int, *, per_minute: float, daily_bytes: int
+    ) -> Reservation:
+        """Take a Save Page Now submission slot if every limit allows one now.
+
+        Limits, checked under one lock for all runs sharing this database: pauses (Retry-After,
+        an exhausted daily quota), today's captured bytes, and at most `per_minute` submissions
+        in any window of 60 s (one per 60/per_minute s when the rate is below one a minute).
+        A granted slot is recorded at once, so it counts even if the submission then fails.
+        """
+        now = self.clock()
+        allowed, window = (int(per_minute), 60.0) if per_minute >= 1 else (1, 60.0 / per_minute)
+        window += WINDOW_MARGIN_SECONDS
+        with self.store.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_RATE_LOCK_ID})")
+            pause = connection.execute(
+                select(_pauses.c.reason, _pauses.c.until).where(_pauses.c.until > now)
+                .order_by(_pauses.c.until.desc()).limit(1)
+            ).first()
+            if pause is not None:
+                return Reservation(False, (pause.until - now).total_seconds(), pause.reason, pause.until)
+            used = connection.execute(
+                select(_days.c.bytes).where(_days.c.day == now.strftime("%Y-%m-%d"))
+            ).scalar() or 0
+            if used >= daily_bytes:
+                until = next_utc_midnight(now)
+                return Reservation(False, (until - now).total_seconds(), "daily-bytes", until)
+            recent = connection.execute(
+                select(_submissions.c.submitted_at)
+                .where(_submissions.c.submitted_at > now - timedelta(seconds=window))
+                .order_by(_submissions.c.submitted_at.desc()).limit(allowed)
+            ).scalars().all()
+            if len(recent) >= allowed:
+                free_at = recent[-1] + timedelta(seconds=window)
+                return Reservation(False, max(0.01, (free_at - now).total_seconds()), "rate")
+            connection.execute(insert(_submissions).values(episode_id=episode_id, submitted_at=now))
+            if episode_id % 64 == 0:  # now and then, forget submissions older than a day
+                connection.execute(delete(_submissions).where(_submissions.c.submitted_at < now - timedelta(days=1)))
+        return Reservation(True)
+
+    def pause(self, reason: str, until: datetime, detail: str = "") -> None:
+        """Pause all submissions until `until` (keeps the later time if already paused)."""
+        with self.store.engine.begin() as connection:
+            current = connection.execute(
+                select(_pauses.c.until).where(_pauses.c.reason == reason[:64])
+            ).scalar()
+            if current is None:
+                connection.execute(insert(_pauses).values(reason=reason[:64], until=until, detail=detail))
+            elif current < until:
+                connection.execute(
+                    update(_pauses).where(_pauses.c.reason == reason[:64]).values(until=until, detail=detail)
+                )
+
+    def _count_capture(self, connection: Any, now: datetime, size: int) -> None:
+        day = now.strftime("%Y-%m-%d")
+        updated = connection.execute(
+            update(_days).where(_days.c.day == day)
+            .values(captures=_days.c.captures + 1, bytes=_days.c.bytes + size)
+        ).rowcount
+        if not updated:
+            connection.execute(insert(_days).values(day=day, captures=1, bytes=size))
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def submissions_since(self, since: datetime) -> list[datetime]:
+        """When submissions were made after `since` (oldest first)."""
+        with self.store.engine.connect() as connection:
+            return list(connection.execute(
+                select(_submissions.c.submitted_at).where(_submissions.c.submitted_at > since)
+                .order_by(_submissions.c.submitted_at)
+            ).scalars())
+
+    def stats(self, daily_bytes: int) -> ArchiveStats:
+        """The archive stage's counts (waiting, submitted, archived, deferred, today's usage)."""
+        now = self.clock()
+        status = _episodes.c.status
+        deferred_rows = (status == EpisodeStatus.archive_pending.value) & (_episodes.c.archive_not_before > now)
+        with self.store.engine.connect() as connection:
+            by_status = dict(connection.execute(
+                select(status, func.count()).where(status.in_([s.value for s in ARCHIVE_WAITING]))
+                .group_by(status)
+            ).all())
+            archived = dict(connection.execute(
+                select(_episodes.c.archive_reused, func.count())
+                .where(_episodes.c.archive_url.is_not(None)).group_by(_episodes.c.archive_reused)
+            ).all())
+            deferred = dict(connection.execute(
+                select(func.coalesce(_episodes.c.error_code, "backoff"), func.count())
+                .where(deferred_rows).group_by(_episodes.c.error_code)
+            ).all())
+            deferred_until = connection.execute(
+                select(func.min(_episodes.c.archive_not_before)).where(deferred_rows)
+            ).scalar()
+            today = connection.execute(
+                select(_days.c.captures, _days.c.bytes).where(_days.c.day == now.strftime("%Y-%m-%d"))
+            ).first()
+            pauses = dict(connection.execute(
+                select(_pauses.c.reason, _pauses.c.until).where(_pauses.c.until > now)
+            ).all())
+        waiting = by_status.get(EpisodeStatus.archive_pending.value, 0) - sum(deferred.values())
+        return ArchiveStats(
+            waiting=waiting,
+            submitted=by_status.get(EpisodeStatus.archiving.value, 0),
+            archived_new=archived.get(False, 0),
+            archived_reused=archived.get(True, 0),
+            deferred=deferred,
+            deferred_until=deferred_until,
+            bytes_today=today.bytes if today else 0,
+            captures_today=today.captures if today else 0,
+            daily_bytes=daily_bytes,
+            pauses=pauses,
+        )
+
+
+def archive_queue_for(store: EpisodeStore, settings: Any) -> ArchiveQueue:
+    """The archive queue over `store` with the settings' attempt limit and ARCHIVE_MODE."""
+    return ArchiveQueue(
+        store,
+        max_attempts=settings.archive_max_attempts,
+        fallback_to_live=str(settings.archive_mode) == "prefer",
+    )
