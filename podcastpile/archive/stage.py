@@ -70,6 +70,27 @@ class ArchiveSummary:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
 
+# How each event reads in logs (and in `ppcli process` / `ppcli archive` output).
+EVENT_TEXT = {
+    "looking-up": "looking up an existing capture of {}",
+    "reused": "reused an existing capture: {}",
+    "submitted": "submitted to Save Page Now (job {})",
+    "pending": "capture pending for {} s",
+    "archived": "archived: {}",
+    "deferred": "deferred: {}",
+    "retry": "will retry: {}",
+    "resubmit": "will resubmit: {}",
+    "failed": "archiving failed: {}",
+    "live": "no archived copy ({}); the original URL will be used",
+    "waiting": "waiting: {}",
+}
+
+
+def describe_event(event: str, detail: str) -> str:
+    """One readable line for a stage event."""
+    return EVENT_TEXT.get(event, event + " {}").format(detail)
+
+
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff with jitter for the `attempt`-th transient failure (1, 2, ...)."""
     delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
@@ -91,8 +112,15 @@ class ArchiveStage:
         self.queue = queue
         self.client = client
         self.limits = limits
-        self.on_event = on_event or (lambda *_: None)
+        self._on_event = on_event
         self.sleep = sleep
+
+    def on_event(self, episode_id: int, event: str, detail: str) -> None:
+        """Report an event to the caller and to the log (`podcastpile.archive.stage`)."""
+        if self._on_event is not None:
+            self._on_event(episode_id, event, detail)
+        log.log(logging.DEBUG if event == "pending" else logging.INFO,
+                "episode %d: %s", episode_id, describe_event(event, detail))
 
     def run(self, claims: list[ArchiveClaim], *, max_seconds: float = 600.0) -> ArchiveSummary:
         """Archive `claims` until each has an outcome or `max_seconds` pass; release the rest."""

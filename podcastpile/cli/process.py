@@ -12,9 +12,12 @@ this command runs, so the rest of `ppcli` stays light.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated
 
@@ -133,7 +136,6 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
     )
     lines = {i: progress.add_task("", episode=f"episode {i}") for i in ids[:20]}
     stop = threading.Event()
-    shown: dict[int, str] = {}
 
     def describe(row: Episode) -> str:
         if row.status in WAITING or (row.status == EpisodeStatus.pending.value and row.id not in started):
@@ -142,17 +144,11 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
 
     def watch() -> None:  # the flows run in this thread; the lines follow the store
         while not stop.wait(0.5):
-            for i in ids:
-                text = describe(store.get(i))
-                if i in lines:
-                    progress.update(lines[i], description=text)
-                kind = text.split(",")[0].split(" (job")[0]  # one log line per change, not per second
-                if not quiet and not errors.is_terminal and shown.get(i) != kind:
-                    errors.print(f"episode {i}: {text}", markup=False, highlight=False)
-                shown[i] = kind
+            for i in lines:
+                progress.update(lines[i], description=describe(store.get(i)))
 
     started: set[int] = set()
-    with progress:
+    with progress, _archive_events_printed(ids, quiet):
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
@@ -171,6 +167,35 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
         finally:
             stop.set()
             watcher.join()
+
+
+class _EpisodeEvents(logging.Handler):
+    """Prints the archive stage's events about our episodes, one line each."""
+
+    def __init__(self, ids: list[int]) -> None:
+        super().__init__(logging.INFO)
+        self.prefixes = tuple(f"episode {i}:" for i in ids)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.getMessage()
+        if line.startswith(self.prefixes):
+            errors.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _archive_events_printed(ids: list[int], quiet: bool) -> Iterator[None]:
+    if quiet:
+        yield
+        return
+    logger = logging.getLogger("podcastpile.archive.stage")
+    handler, level = _EpisodeEvents(ids), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _export(out: str) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from flows.archive import archive_flow
 from flows.process import process_batch, process_episode
 from podcastpile.store import EpisodeStore, NewEpisode
 from tasks import resources
 from tests.pipeline.conftest import AudioHost
+from tests.wayback import AdHost, WaybackDouble, sha1_base32
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,3 +101,53 @@ def test_unarchived_episode_is_never_downloaded_when_archives_are_required(
     (outcome,) = process_batch()["outcomes"]
     assert outcome["status"] == "failed" and outcome["reason"].startswith("not-archived")
     assert audio_host.server.hits["/ep/good-live.wav"] == 0
+
+
+def test_default_path_processes_the_archived_copy_only(
+    pipeline_store: EpisodeStore, conversation: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wav = conversation["wav"].read_bytes()
+    with WaybackDouble() as ia, AdHost({"show.wav": wav}) as origin:
+        for name, value in {"ARCHIVE_MODE": "required", "WAYBACK_URL": ia.base_url,
+                            "ARCHIVE_API_URL": ia.base_url, "SPN_POLL_SECONDS": "0.1"}.items():
+            monkeypatch.setenv(name, value)
+        store = EpisodeStore(pipeline_store.engine, archive_required=True)
+        store.add([NewEpisode(origin.url("show.wav"), language="en")])
+        (row,) = store.list()
+        assert row.status == "archive_pending"
+        assert process_batch()["claimed"] == 0  # nothing is ready before it is archived
+
+        assert archive_flow() == {"submitted": 1, "captured": 1}
+        (summary,) = [process_batch()]
+        assert summary["by_status"] == {"completed": 1}
+
+        (capture,) = ia.captures[origin.url("show.wav")]
+        row = store.get(row.id)
+        assert origin.direct_hits == 0 and origin.capture_hits == 1  # only the archive fetched the origin
+        assert row.audio_sha256 == hashlib.sha256(capture.body).hexdigest()
+        assert row.archive_url == f"{ia.base_url}/web/{capture.timestamp}id_/{origin.url('show.wav')}"
+        result = store.result(row.id)
+        assert [(t["speaker"], t["text"]) for t in result["turns"]] == conversation["truth"]
+
+
+def test_bytes_that_differ_from_the_capture_digest_are_refused(
+    pipeline_store: EpisodeStore, audio_host: AudioHost
+) -> None:
+    pipeline_store.add([NewEpisode(audio_host.url("good-digest.wav"))])
+    with pipeline_store.engine.begin() as connection:  # as if CDX had recorded other bytes
+        connection.exec_driver_sql(f"UPDATE episodes SET archive_digest = '{sha1_base32(b'other')}'")
+    (outcome,) = process_batch()["outcomes"]
+    assert outcome["reason"].startswith("archive-digest-mismatch")
+    (row,) = pipeline_store.list()
+    assert row.status == "pending" and row.error_code == "archive-digest-mismatch"  # retried later
+
+
+def test_identical_audio_under_two_urls_is_a_duplicate(
+    pipeline_store: EpisodeStore, audio_host: AudioHost
+) -> None:
+    pipeline_store.add([NewEpisode(audio_host.url(name)) for name in ("copy-1.wav", "copy-2.wav")])
+    summary = process_batch()
+    assert summary["by_status"] == {"completed": 1, "duplicate": 1}
+    first, second = pipeline_store.list()
+    assert first.status == "completed" and second.status == "duplicate"
+    assert second.duplicate_of == first.id and pipeline_store.result(second.id) is None

@@ -1,0 +1,39 @@
+"""Concurrent archive runs share one submission limit: counted on the service's side."""
+
+from __future__ import annotations
+
+from podcastpile.archive.stage import ArchiveLimits, ArchiveStage
+from podcastpile.archive.wayback import WaybackClient
+from podcastpile.store import EpisodeStore, make_engine
+from podcastpile.store.archive import ArchiveQueue
+from tests.archive.conftest import Harness
+from tests.processes import run_together
+
+PER_MINUTE = 10
+
+
+def _archive_run(database_url: str, wayback_url: str, name: str, barrier) -> int:  # type: ignore[no-untyped-def]
+    store = EpisodeStore(make_engine(database_url), archive_required=True)
+    queue = ArchiveQueue(store)
+    barrier.wait()
+    claims = queue.claim(name, 10)
+    with WaybackClient(wayback_url, wayback_url) as client:
+        summary = ArchiveStage(queue, client, ArchiveLimits(per_minute=PER_MINUTE, poll_seconds=0.1)).run(
+            claims, max_seconds=8
+        )
+    store.close()
+    return summary.submitted
+
+
+def test_three_concurrent_runs_never_exceed_the_rate(harness: Harness, database_url: str) -> None:
+    ids = harness.add(*[f"ep{i}.wav" for i in range(30)])
+    submitted = run_together(
+        _archive_run, [(database_url, harness.ia.base_url, f"run-{i}") for i in range(3)], timeout=120
+    )
+    assert all(count > 0 for count in submitted) or sum(submitted) == PER_MINUTE
+    # Within the first 8 s only one window's worth may go out, whoever submits it.
+    assert len(harness.ia.submissions) == sum(submitted) == PER_MINUTE
+    assert harness.ia.max_in_window(60.0) <= PER_MINUTE
+    statuses = [harness.row(i).status for i in ids]
+    assert statuses.count("pending") == PER_MINUTE  # each submission captured and recorded once
+    assert statuses.count("archive_pending") == 30 - PER_MINUTE  # the rest released for a later run
