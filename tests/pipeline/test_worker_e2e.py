@@ -1,5 +1,7 @@
-"""End to end as a user runs it: Prefect server, `prefect deploy` from prefect.yaml, a real
-`prefect worker` on pool `gpu`, episodes created with `ppcli create`, nothing else done by hand."""
+"""End to end as a user runs it, on the default path: Prefect server, `prefect deploy` from
+prefect.yaml, real `prefect worker`s on pools `cpu` (archive, dispatch) and `gpu` (batches),
+episodes created with `ppcli create`, archived through the loopback Internet Archive, only the
+archived copies downloaded; nothing else done by hand."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import pytest
 
 from podcastpile.store import EpisodeStore, make_engine, migrate
 from tests import postgres
-from tests.pipeline.conftest import AudioHost, pipeline_environment
+from tests.pipeline.conftest import pipeline_environment
 from tests.prefect_server import PREFECT, prefect_server
+from tests.wayback import AdHost, WaybackDouble
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -29,36 +32,52 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Prefect server + deployments + one worker; yields the environment clients use."""
+def internet_archive(conversation: dict) -> Iterator[tuple[WaybackDouble, AdHost]]:
+    wav = conversation["wav"].read_bytes()
+    with WaybackDouble(pending_polls=2) as ia, AdHost({"good-1.wav": wav, "good-2.wav": wav}) as origin:
+        yield ia, origin
+
+
+@pytest.fixture
+def stack(tmp_path: Path, internet_archive: tuple[WaybackDouble, AdHost]) -> Iterator[dict[str, str]]:
+    """Prefect server + deployments + a CPU and a GPU worker; yields the environment clients use."""
+    ia, _ = internet_archive
     with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
         env = {
             **os.environ, **prefect_env, **pipeline_environment(episodes_url),
+            "ARCHIVE_MODE": "required", "WAYBACK_URL": ia.base_url, "ARCHIVE_API_URL": ia.base_url,
+            "SPN_POLL_SECONDS": "1",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         run(["bash", "deployments/setup.sh"], env)
-        worker_log = (tmp_path / "worker.log").open("w")
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "gpu", "--limit", "1"],
-            cwd=tmp_path, env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        workers = []
+        for pool, limit in (("cpu", "4"), ("gpu", "1")):
+            log = (tmp_path / f"worker-{pool}.log").open("w")
+            workers.append((log, subprocess.Popen(
+                [PREFECT, "worker", "start", "--pool", pool, "--limit", limit],
+                cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )))
         try:
             yield env
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-            worker_log.close()
-            print((tmp_path / "worker.log").read_text()[-5000:])
+            for log, worker in workers:
+                os.killpg(worker.pid, signal.SIGTERM)
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                log.close()
+                print(Path(log.name).read_text()[-4000:])
 
 
-def test_created_episodes_get_processed_by_the_worker(stack: dict[str, str], audio_host: AudioHost, conversation: dict) -> None:
+def test_created_episodes_get_archived_and_processed_by_the_workers(
+    stack: dict[str, str], internet_archive: tuple[WaybackDouble, AdHost], conversation: dict
+) -> None:
+    ia, origin = internet_archive
     names = ["good-1.wav", "missing.wav", "good-2.wav"]
     for name in names:
-        run([sys.executable, "-m", "podcastpile.cli", "create", audio_host.url(name), "--language", "en"], stack)
+        run([sys.executable, "-m", "podcastpile.cli", "create", origin.url(name), "--language", "en"], stack)
 
     engine = make_engine(stack["DATABASE_URL"])
     migrate(engine)
@@ -72,10 +91,12 @@ def test_created_episodes_get_processed_by_the_worker(stack: dict[str, str], aud
     rows = {row.url.rsplit("/", 1)[1]: row for row in store.list()}
     assert {name: rows[name].status for name in names} == {
         "good-1.wav": "completed", "missing.wav": "failed", "good-2.wav": "completed"}
-    assert rows["missing.wav"].error_code == "http-404"
+    assert rows["missing.wav"].error_code == "not-found"  # the archive could not capture it
     for name in ("good-1.wav", "good-2.wav"):
         turns = store.result(rows[name].id)["turns"]
         assert [(t["speaker"], t["text"]) for t in turns] == conversation["truth"]
+        assert rows[name].archive_url.startswith(f"{ia.base_url}/web/")
+    assert origin.direct_hits == 0  # the GPU worker only ever downloaded archived copies
     engine.dispose()
 
     api = stack["PREFECT_API_URL"]
