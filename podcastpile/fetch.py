@@ -210,7 +210,11 @@ def download(
 def local_file(path: str | Path) -> Iterator[DownloadedAudio]:
     """A local file as a `DownloadedAudio` (hashed the same way; never deleted)."""
     source = Path(path)
-    if not source.is_file():
+    try:
+        found = source.is_file()
+    except OSError as error:  # e.g. a name too long for the filesystem
+        raise PermanentError("not-found", f"cannot open {source}: {error.strerror}") from None
+    if not found:
         raise PermanentError("not-found", f"no such file: {source}")
     sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
     with source.open("rb") as handle:
