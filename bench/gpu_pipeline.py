@@ -50,8 +50,10 @@ TOKENS_PER_MINUTE = 200.0
 CALIBRATION_SECONDS = 30.0
 BIAS_LIMIT = 64.0  # far beyond the spread of random logits: at ±64 the blank always / never wins
 # What `speech.fetch` reads of the settings; a namespace keeps pydantic-settings (and a
-# database URL) out of a benchmark that stores nothing. Large enough for hours of WAV.
-FETCH_SETTINGS = SimpleNamespace(download_max_bytes=8_000_000_000, download_timeout_seconds=120.0)
+# database URL) out of a benchmark that stores nothing. Large enough for hours of WAV; private
+# addresses allowed because the episodes are served from 127.0.0.1.
+FETCH_SETTINGS = SimpleNamespace(download_max_bytes=8_000_000_000, download_timeout_seconds=120.0,
+                                 allow_private_addresses=True, wayback_url="https://web.archive.org")
 
 
 @dataclass(frozen=True)

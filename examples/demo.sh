@@ -24,6 +24,7 @@ export DIAR_MODEL="${DIAR_MODEL:-$fixtures/tiny_diar.nemo}"
 export ASR_MODEL="${ASR_MODEL:-$fixtures/tiny_asr.nemo}"
 export ASR_MODEL_MULTILINGUAL="${ASR_MODEL_MULTILINGUAL:-$fixtures/tiny_asr.nemo}"
 export DEVICE="${DEVICE:-cpu}"
+export ALLOW_PRIVATE_ADDRESSES=true  # the demo's podcast host is 127.0.0.1
 
 $bin/ppcli process --live "http://127.0.0.1:$port/conversation.wav" --language en --out dataset
 $bin/ppcli import examples/episodes.jsonl

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     download_timeout_seconds: float = Field(
         60.0, gt=0, description="Connect/read timeout for one HTTP read."
     )
+    allow_private_addresses: bool = Field(
+        False,
+        description="Let downloads connect to private, loopback, link-local and other non-public "
+        "addresses (off: such URLs fail with blocked-address). For local tests and demos only.",
+    )
 
     # --- models -------------------------------------------------------------------------------
     diar_model: str = Field(

@@ -6,12 +6,16 @@ happens. Every failure is raised as `PermanentError` or `TransientError` with a 
 and a one-line reason:
 
   permanent  http-404, http-410 (and other 4xx), too-large, too-many-redirects, bad-url,
-             empty-body, not-audio (an HTML page)
+             empty-body, not-audio (an HTML page), blocked-address (a private, loopback,
+             link-local… address: see `podcastpile.netguard`)
   transient  timeout, http-408/425/429, http-5xx, connection (refused, reset), short-read,
              local-io (could not write the temporary file)
 
 The bytes are only checked to be audio by `podcastpile.audio` (container probe); here an
 HTML answer is refused early so an error page is not downloaded in full.
+
+Redirects are followed here, hop by hop, not by httpx: each hop's host goes through the address
+guard again (a public host may redirect to 169.254.169.254), and the hop count is ours.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 from podcastpile import __version__
 from podcastpile.errors import PermanentError, TransientError
+from podcastpile.netguard import AddressGuard, BlockedAddress, PinnedTransport
 
 USER_AGENT = f"podcastpile/{__version__} (speech dataset builder; python-httpx)"
 CHUNK_BYTES = 1 << 16
@@ -78,36 +84,80 @@ def _temporary_path(directory: str | None) -> Path:
     return Path(name)
 
 
-def _stream_to(client: httpx.Client, url: str, path: Path, max_bytes: int) -> DownloadedAudio:
+def _next_hop(response: httpx.Response) -> httpx.URL | None:
+    """Where a redirect points (relative locations resolved), or None when it is not one."""
+    if not response.has_redirect_location:
+        return None
+    try:
+        target = response.url.join(response.headers["location"])
+    except httpx.InvalidURL as error:
+        raise PermanentError("bad-url", f"redirect to an unusable location: {error}") from None
+    if target.scheme not in ("http", "https"):
+        raise PermanentError("bad-url", f"redirect to a non-http(s) URL: {str(target)[:200]}")
+    return target
+
+
+def _stream_to(
+    client: httpx.Client, url: str, path: Path, max_bytes: int, guard: AddressGuard, max_redirects: int
+) -> DownloadedAudio:
+    # The connection checks the addresses a name resolves to. Literals are checked up front as
+    # well, so forms httpx itself rejects (0177.0.0.1) are reported as what they are.
+    try:
+        guard.check_literal(urlsplit(url).hostname or "")
+    except ValueError:
+        pass  # a malformed URL: httpx says what is wrong with it just below
+    target = httpx.URL(url)
+    for _ in range(max_redirects + 1):
+        guard.check_literal(target.host)
+        with client.stream("GET", target) as response:
+            hop = _next_hop(response)
+            if hop is None:
+                return _save_body(response, path, max_bytes)
+        target = hop
+    raise PermanentError("too-many-redirects", f"more than {max_redirects} redirects: {url}")
+
+
+def _save_body(response: httpx.Response, path: Path, max_bytes: int) -> DownloadedAudio:
     sha256, md5, sha1, received = hashlib.sha256(), hashlib.md5(), hashlib.sha1(), 0
-    with client.stream("GET", url) as response:
-        if response.status_code != 200:
-            raise _status_error(response)
-        content_type = response.headers.get("content-type")
-        declared = response.headers.get("content-length")
-        expected = int(declared) if declared and declared.isdigit() else None
-        if expected is not None and expected > max_bytes:
-            raise PermanentError("too-large", f"Content-Length {expected} bytes is over the cap of {max_bytes}")
-        with path.open("wb") as out:
-            for chunk in response.iter_bytes(CHUNK_BYTES):
-                if received == 0 and _is_html(content_type, chunk):
-                    raise PermanentError("not-audio", f"got an HTML page ({content_type}), not audio")
-                received += len(chunk)
-                if received > max_bytes:
-                    raise PermanentError("too-large", f"body passed the cap of {max_bytes} bytes")
-                sha256.update(chunk)
-                md5.update(chunk)
-                sha1.update(chunk)
-                out.write(chunk)
-        # httpx already raises on a body cut short of Content-Length; this catches an encoded body.
-        if expected is not None and "content-encoding" not in response.headers and received != expected:
-            raise TransientError("short-read", f"got {received} of {expected} bytes")
-        if received == 0:
-            raise PermanentError("empty-body", f"HTTP 200 with an empty body from {response.url.host}")
-        return DownloadedAudio(
-            path=path, sha256=sha256.hexdigest(), md5=md5.hexdigest(), sha1=sha1.hexdigest(), bytes=received,
-            content_type=content_type, url=str(response.url),
-        )
+    if response.status_code != 200:
+        raise _status_error(response)
+    content_type = response.headers.get("content-type")
+    declared = response.headers.get("content-length")
+    expected = int(declared) if declared and declared.isdigit() else None
+    if expected is not None and expected > max_bytes:
+        raise PermanentError("too-large", f"Content-Length {expected} bytes is over the cap of {max_bytes}")
+    with path.open("wb") as out:
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            if received == 0 and _is_html(content_type, chunk):
+                raise PermanentError("not-audio", f"got an HTML page ({content_type}), not audio")
+            received += len(chunk)
+            if received > max_bytes:
+                raise PermanentError("too-large", f"body passed the cap of {max_bytes} bytes")
+            sha256.update(chunk)
+            md5.update(chunk)
+            sha1.update(chunk)
+            out.write(chunk)
+    # httpx already raises on a body cut short of Content-Length; this catches an encoded body.
+    if expected is not None and "content-encoding" not in response.headers and received != expected:
+        raise TransientError("short-read", f"got {received} of {expected} bytes")
+    if received == 0:
+        raise PermanentError("empty-body", f"HTTP 200 with an empty body from {response.url.host}")
+    return DownloadedAudio(
+        path=path, sha256=sha256.hexdigest(), md5=md5.hexdigest(), sha1=sha1.hexdigest(), bytes=received,
+        content_type=content_type, url=str(response.url),
+    )
+
+
+def download_client(timeout_seconds: float, guard: AddressGuard) -> httpx.Client:
+    """An HTTP client for `download`: connections pinned to addresses `guard` checked, no proxies."""
+    return httpx.Client(
+        transport=PinnedTransport(guard),
+        timeout=httpx.Timeout(timeout_seconds),
+        follow_redirects=False,  # `download` follows them, checking each hop
+        trust_env=False,  # an environment proxy would resolve names out of the guard's reach
+        # identity: the bytes we hash must be the file itself, not a gzip of it
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+    )
 
 
 @contextmanager
@@ -118,30 +168,30 @@ def download(
     timeout_seconds: float,
     max_redirects: int = MAX_REDIRECTS,
     temp_dir: str | None = None,
+    trusted_hosts: Collection[str] = (),
+    guard: AddressGuard = AddressGuard(),
     client: httpx.Client | None = None,
 ) -> Iterator[DownloadedAudio]:
     """Download `url` into a temporary file and yield it; the file is removed on exit.
 
     `timeout_seconds` bounds connecting and each read (a stalled server fails, a slow but
-    steady one does not). Pass `client` to reuse connections across episodes.
+    steady one does not). Only public addresses are connected to, at every redirect hop,
+    unless `guard` says otherwise; hosts in `trusted_hosts` (the archive's) skip that check.
+    Pass `client` (made by `download_client`, so the guard applies) to reuse connections
+    across episodes; its guard is then the one that counts for resolved names.
     """
     path = _temporary_path(temp_dir)
+    guard = guard.trusting(trusted_hosts)
     own_client = client is None
     if client is None:
-        client = httpx.Client(
-            timeout=httpx.Timeout(timeout_seconds),
-            follow_redirects=True,
-            max_redirects=max_redirects,
-            # identity: the bytes we hash must be the file itself, not a gzip of it
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        )
+        client = download_client(timeout_seconds, guard)
     try:
         try:
-            downloaded = _stream_to(client, url, path, max_bytes)
+            downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects)
+        except BlockedAddress as error:
+            raise PermanentError("blocked-address", str(error)) from error
         except httpx.TimeoutException as error:
             raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {url}") from error
-        except httpx.TooManyRedirects as error:
-            raise PermanentError("too-many-redirects", f"more than {max_redirects} redirects: {url}") from error
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
             raise PermanentError("bad-url", f"{error}: {url}") from error
         except httpx.RemoteProtocolError as error:
@@ -162,7 +212,11 @@ def download(
 def local_file(path: str | Path) -> Iterator[DownloadedAudio]:
     """A local file as a `DownloadedAudio` (hashed the same way; never deleted)."""
     source = Path(path)
-    if not source.is_file():
+    try:
+        found = source.is_file()
+    except OSError as error:  # e.g. a name too long for the filesystem
+        raise PermanentError("not-found", f"cannot open {source}: {error.strerror}") from None
+    if not found:
         raise PermanentError("not-found", f"no such file: {source}")
     sha256, md5, sha1, size = hashlib.sha256(), hashlib.md5(), hashlib.sha1(), 0
     with source.open("rb") as handle:

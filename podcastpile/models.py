@@ -26,6 +26,10 @@ from podcastpile.audio import DecodedAudio
 from podcastpile.result import Segment, Word
 
 log = logging.getLogger(__name__)
+# NeMo's telemetry library warns on stderr at import ("OneLogger: ... disabled", "No exporters
+# were provided") on every command, --json too. Only that library's logger is raised to ERROR;
+# our own warnings and NeMo's errors still show.
+logging.getLogger("nv_one_logger").setLevel(logging.ERROR)
 
 # Streaming Sortformer presets, in 80 ms frames, from the model card of
 # nvidia/diar_streaming_sortformer_4spk-v2. very-high keeps speaker identity best on long audio.

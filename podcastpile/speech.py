@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from podcastpile import audio as audio_module
 from podcastpile import signal
@@ -17,6 +18,7 @@ from podcastpile.audio import DecodedAudio
 from podcastpile.fetch import MAX_REDIRECTS, DownloadedAudio, download, local_file
 from podcastpile.merge import SpeakerTurn, merge_words
 from podcastpile.models import Diarization, SpeechModels, Transcript
+from podcastpile.netguard import AddressGuard, allow_any, is_public
 from podcastpile.result import EpisodeResult, Turn
 from podcastpile.version import code_version
 
@@ -24,6 +26,17 @@ from podcastpile.version import code_version
 def is_url(source: str) -> bool:
     """True for http(s) URLs; anything else is taken as a local path."""
     return source.lower().startswith(("http://", "https://"))
+
+
+def address_guard(settings: Any) -> AddressGuard:
+    """The download guard the settings ask for: public addresses only unless ALLOW_PRIVATE_ADDRESSES."""
+    return AddressGuard(allow=allow_any if settings.allow_private_addresses else is_public)
+
+
+def trusted_hosts(settings: Any) -> set[str]:
+    """Hosts whose downloads skip the address guard: the configured archive (WAYBACK_URL's host)."""
+    host = urlsplit(settings.wayback_url).hostname
+    return {host} if host else set()
 
 
 @contextmanager
@@ -38,6 +51,8 @@ def fetch(source: str, settings: Any) -> Iterator[DownloadedAudio]:
         max_bytes=settings.download_max_bytes,
         timeout_seconds=settings.download_timeout_seconds,
         max_redirects=MAX_REDIRECTS,
+        trusted_hosts=trusted_hosts(settings),
+        guard=address_guard(settings),
     ) as downloaded:
         yield downloaded
 

@@ -9,6 +9,9 @@ from urllib.parse import urlsplit, urlunsplit
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_URL_LENGTH = 4096
 _WHITESPACE = re.compile(r"\s")
+# Control characters (C0, DEL, C1) are never part of a URL; stored, they could reach a terminal
+# (ESC sequences) or a database that refuses them (PostgreSQL and NUL).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Already in normal form: lower-case scheme and host, no port, userinfo or fragment, a path.
 # Most feed URLs are; matching them with one regex keeps million-URL imports fast.
 _NORMAL = re.compile(
@@ -28,7 +31,7 @@ def normalize_url(raw: str) -> str:
     them could name a different file.
     """
     text = raw.strip()
-    if len(text) <= MAX_URL_LENGTH and _NORMAL.fullmatch(text):
+    if len(text) <= MAX_URL_LENGTH and _NORMAL.fullmatch(text) and not _CONTROL.search(text):
         return text
     if not text:
         raise InvalidURL("empty URL")
@@ -36,6 +39,8 @@ def normalize_url(raw: str) -> str:
         raise InvalidURL(f"URL longer than {MAX_URL_LENGTH} characters")
     if _WHITESPACE.search(text):
         raise InvalidURL(f"URL contains whitespace: {text[:80]!r}")
+    if _CONTROL.search(text):
+        raise InvalidURL(f"URL contains a control character: {text[:80]!r}")
     try:
         parts = urlsplit(text)
         port = parts.port

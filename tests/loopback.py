@@ -6,6 +6,7 @@ socket itself for misbehaviour a `Reply` cannot express (a stall, a connection c
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 from collections import defaultdict
@@ -53,23 +54,38 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    """Serve `routes` on 127.0.0.1 on `port` (default: a free one), in a background thread.
+    """Serve `routes` on 127.0.0.1 (or another loopback `host`) on a free port (or `port`), in a
+    background thread; over TLS when given a server `tls` context.
 
     Use as a context manager. `hits[path]` counts requests per path.
     A route key is an exact path, or a prefix ending in `*`.
     """
 
-    def __init__(self, routes: dict[str, Handler] | None = None, port: int = 0) -> None:
+    def __init__(
+        self,
+        routes: dict[str, Handler] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.routes: dict[str, Handler] = dict(routes or {})
         self.hits: dict[str, int] = defaultdict(int)
-        self._server = _QuietHTTPServer(("127.0.0.1", port), self._make_handler())
+        self._server = _QuietHTTPServer((host, port), self._make_handler())
+        if tls is not None:  # HTTPS: the handshake happens on the handler thread's first read
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "https" if tls is not None else "http"
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return self._server.server_address[1]
+
+    @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def url(self, path: str) -> str:
         """The absolute URL of `path` on this server."""

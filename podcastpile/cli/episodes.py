@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from podcastpile.cli import app
+from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import Settings, SettingsError, load_settings
 from podcastpile.sources import Entry, SourceError, read_source
 from podcastpile.store import (
@@ -22,18 +23,34 @@ from podcastpile.store import (
     StoreUnavailable,
     normalize_language,
 )
+from podcastpile.netguard import address_kind, literal_address
 from podcastpile.urls import InvalidURL, normalize_url
 
-console = Console()
-errors = Console(stderr=True)
 LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one clear line on stderr and exit non-zero."""
-    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    """Print one clear line on stderr (outside text in it shown literally) and exit non-zero."""
+    tell("error", message, style="red")
     raise typer.Exit(code)
+
+
+def private_address(url: str) -> str | None:
+    """Why downloads will refuse `url` when its host is a literal non-public address, else None.
+
+    Literal only (an IP in any form a resolver reads, or localhost): no DNS at queueing time.
+    """
+    try:
+        host = urlsplit(url.strip()).hostname or ""
+    except ValueError:
+        return None
+    address = literal_address(host)
+    kind = address_kind(address) if address is not None else None
+    if not kind:
+        return None
+    named = f"{host} is {address}," if host != str(address) else f"{host} is"
+    return f"{named} a {kind} address"
 
 
 def settings() -> Settings:
@@ -64,6 +81,7 @@ def create(
         normalize_language(language)
     except (InvalidURL, ValueError) as error:
         fail(str(error))
+    config = settings()
     store = open_store()
     summary = store.add([NewEpisode(url, language=language, podcast_id=podcast_id)])
     if summary.rejected:
@@ -71,7 +89,11 @@ def create(
     episode = store.find(url)
     assert episode is not None  # just added or already present
     verb = "added" if summary.added else "already present:"
-    console.print(f"{verb} episode {episode.id} ({episode.status}) {episode.url}", highlight=False)
+    say(f"{verb} episode {episode.id} ({episode.status}) {episode.url}")
+    blocked = None if config.allow_private_addresses else private_address(episode.url)
+    if blocked:
+        tell("warning", f"{blocked}: downloads will refuse this episode (blocked-address) "
+             "unless ALLOW_PRIVATE_ADDRESSES=true", style="yellow")
 
 
 @app.command("import")
@@ -86,20 +108,25 @@ def import_(
         total, entries = read_source(source)
     except SourceError as error:
         fail(str(error))
+    check_addresses = not settings().allow_private_addresses
     store = open_store()
     rejected: list[Rejected] = []
+    private: list[Rejected] = []  # stored, but downloads will refuse them
 
     def episodes(items: Iterator[Entry]) -> Iterator[NewEpisode]:
         for item in items:
             if isinstance(item, Rejected):
                 rejected.append(item)
                 progress.advance(task)
-            else:
-                yield item
+                continue
+            blocked = private_address(item.url) if check_addresses else None
+            if blocked:
+                private.append(Rejected(item.line, item.url, blocked))
+            yield item
 
     progress = Progress(
         TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=errors, disable=json_output, transient=True,
+        console=errors, disable=json_output or not errors.is_terminal, transient=True,
     )
     with progress:
         task = progress.add_task("import", total=total)
@@ -113,18 +140,25 @@ def import_(
             "added": summary.added,
             "present": summary.present,
             "rejected": [vars(item) for item in summary.rejected],
+            "private_addresses": [vars(item) for item in private],
         }))
         return
-    console.print(
-        f"added {summary.added}, already present {summary.present}, "
-        f"rejected {len(summary.rejected)}",
-        highlight=False,
-    )
-    for item in summary.rejected[:20]:
+    say(f"added {summary.added}, already present {summary.present}, rejected {len(summary.rejected)}")
+    _print_lines(summary.rejected)
+    if private:
+        tell("warning", f"{len(private)} URL(s) name a private or loopback address: downloads will "
+             "refuse them (blocked-address) unless ALLOW_PRIVATE_ADDRESSES=true", style="yellow")
+        _print_lines(private, stderr=True)
+
+
+def _print_lines(items: list[Rejected], stderr: bool = False) -> None:
+    """The first 20 items as `line N: reason`, literally."""
+    out = errors if stderr else console
+    for item in items[:20]:
         where = f"line {item.line}" if item.line is not None else "input"
-        console.print(f"  {where}: {item.reason}", highlight=False, soft_wrap=True)
-    if len(summary.rejected) > 20:
-        console.print(f"  … and {len(summary.rejected) - 20} more (use --json for all)")
+        out.print(literal(f"  {where}: {item.reason}"), soft_wrap=True)
+    if len(items) > 20:
+        out.print(f"  … and {len(items) - 20} more (use --json for all)")
 
 
 @app.command("list")
@@ -158,7 +192,7 @@ def list_(
     for key, title in columns.items():
         table.add_column(title, overflow="fold", no_wrap=key in ("id", "status"))
     for row in rows:
-        table.add_row(*("" if getattr(row, key) is None else str(getattr(row, key)) for key in columns))
+        table.add_row(*(literal("" if getattr(row, key) is None else getattr(row, key)) for key in columns))
     console.print(table)
     if not rows:
         console.print("no episodes" + (f" with status {status}" if status else ""))
@@ -184,7 +218,7 @@ def stats(json_output: JsonOption = False) -> None:
         return
     table = Table("status", "episodes", title="Episodes")
     for name, count in result.by_status.items():
-        table.add_row(name, f"{count:,}")
+        table.add_row(literal(name), f"{count:,}")
     table.add_row("[b]total[/b]", f"[b]{result.total:,}[/b]")
     console.print(table)
     console.print(archive_table(archive))
@@ -193,7 +227,7 @@ def stats(json_output: JsonOption = False) -> None:
     if result.failures_by_reason:
         failures = Table("reason", "episodes", title="Failures")
         for reason, count in result.failures_by_reason.items():
-            failures.add_row(reason, f"{count:,}")
+            failures.add_row(literal(reason), f"{count:,}")
         console.print(failures)
 
 

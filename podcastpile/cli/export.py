@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sqlalchemy.exc import SQLAlchemyError
 
 from podcastpile.cli import app
-from podcastpile.cli.episodes import JsonOption, console, errors, fail, open_store, settings
+from podcastpile.cli.display import errors, say
+from podcastpile.cli.episodes import JsonOption, fail, open_store, settings
 
 
 @app.command("export")
@@ -35,7 +36,7 @@ def export_command(
     limits = WriterLimits(max_bytes=config.shard_max_bytes, max_rows=config.shard_max_rows)
     progress = Progress(
         TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=errors, disable=json_output, transient=True,
+        console=errors, disable=json_output or not errors.is_terminal, transient=True,
     )
     task = progress.add_task("export", total=None)
     try:
@@ -59,12 +60,10 @@ def export_command(
         f"{summary.dataset_audio_hours:,.2f} hours in {summary.dataset_shards} shard(s)"
     )
     if not summary.shards_written and not summary.shards_retired:
-        console.print(f"nothing new to export; {totals}", highlight=False, soft_wrap=True)
+        say(f"nothing new to export; {totals}")
         return
-    console.print(
+    say(
         f"generation {summary.generation}: wrote {summary.episodes_written:,} episodes "
         f"({summary.episodes_replaced:,} replacing reprocessed ones) in {summary.shards_written} "
-        f"shard(s), retired {summary.shards_retired}; {totals}",
-        highlight=False,
-        soft_wrap=True,
+        f"shard(s), retired {summary.shards_retired}; {totals}"
     )

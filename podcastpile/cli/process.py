@@ -207,19 +207,24 @@ def _export(out: str) -> None:
 
 
 def _print_results(store: EpisodeStore, rows: list) -> None:  # type: ignore[type-arg]
+    # Outside text (URLs, error reasons, transcripts) is printed literally, never as markup.
+    from rich.text import Text
+
+    from podcastpile.cli.display import literal
+
     for row in rows:
         if row.status != EpisodeStatus.completed:
-            console.print(f"[red]episode {row.id} {row.status}[/red]: {row.error}  {row.url}", highlight=False)
+            console.print(Text.assemble((f"episode {row.id} {row.status}", "red"), ": ",
+                                        literal(f"{row.error}  {row.url}")), soft_wrap=True)
             continue
         result = store.result(row.id) or {}
+        console.print(Text.assemble((f"episode {row.id}", "green"), " ", literal(row.url)), soft_wrap=True)
         console.print(
-            f"[green]episode {row.id}[/green] {row.url}\n"
             f"  {result.get('duration', 0):.1f} s of audio, {result.get('num_speakers', 0)} speakers, "
             f"{sum(len(t['words']) for t in result.get('turns', []))} words, "
             f"real-time factor {result.get('rtf', 0):.3f}",
-            highlight=False,
         )
         table = Table("speaker", "start", "end", "text", show_header=True)
         for turn in result.get("turns", [])[:50]:
-            table.add_row(turn["speaker"], f"{turn['start']:.2f}", f"{turn['end']:.2f}", turn["text"])
+            table.add_row(literal(turn["speaker"]), f"{turn['start']:.2f}", f"{turn['end']:.2f}", literal(turn["text"]))
         console.print(table)

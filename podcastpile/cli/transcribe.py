@@ -9,19 +9,16 @@ import json
 from contextlib import nullcontext
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from podcastpile.cli import app
+from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import SettingsError, load_settings
 from podcastpile.errors import EpisodeError
 
-stdout = Console()
-stderr = Console(stderr=True)
-
 
 def _fail(message: str) -> None:
-    stderr.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    tell("error", message, style="red")
     raise typer.Exit(code=1)
 
 
@@ -44,7 +41,7 @@ def transcribe_command(
 
     models = SpeechModels.from_settings(settings)
     try:
-        with nullcontext() if as_json else stderr.status("transcribing…"):
+        with nullcontext() if as_json else errors.status("transcribing…"):
             result = process_source(source, models, settings, language=language)
     except EpisodeError as error:
         _fail(f"{source}: {error.code}: {error.reason}")
@@ -59,12 +56,11 @@ def transcribe_command(
     table.add_column("end", justify="right")
     table.add_column("text", overflow="fold")
     for turn in result.turns:
-        table.add_row(turn.speaker, f"{turn.start:.2f}", f"{turn.end:.2f}", turn.text)
-    stdout.print(table)
-    stdout.print(
+        table.add_row(literal(turn.speaker), f"{turn.start:.2f}", f"{turn.end:.2f}", literal(turn.text))
+    console.print(table)
+    say(
         f"{result.duration:.1f} s of {result.audio_format}, {result.num_speakers} speaker(s), "
         f"{len(result.turns)} turn(s); processed in {result.processing_seconds:.2f} s, "
-        f"RTF {result.rtf:.4f} (ASR {result.asr_model}, diarization {result.diar_model})",
-        highlight=False,
+        f"RTF {result.rtf:.4f} (ASR {result.asr_model}, diarization {result.diar_model})"
     )
 

@@ -86,6 +86,12 @@ class Destination:
         if self.exists(relative):
             self.filesystem.delete_file(self.path(relative))
 
+    def remove_staging_if_empty(self) -> None:
+        """Remove the staging folder when no file is left in it (readers need not see it)."""
+        staging = self.path(STAGING)
+        if self.filesystem.get_file_info(staging).type == pafs.FileType.Directory and not self.files(STAGING):
+            self.filesystem.delete_dir(staging)
+
     def clear_staging(self) -> int:
         """Delete whatever an interrupted run left half-written in the staging folder."""
         leftovers = self.files(STAGING)

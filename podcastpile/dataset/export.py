@@ -127,6 +127,7 @@ def _export(
             if on_progress:
                 on_progress(table.num_rows)
 
+    destination.remove_staging_if_empty()
     live = ledger.shards(live=True)
     summary.dataset_episodes = sum(shard.episodes for shard in live)
     summary.dataset_audio_hours = sum(shard.audio_seconds for shard in live) / 3600.0

@@ -51,6 +51,7 @@ def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
             generations[shard.removed_generation]["shards_removed"].append(shard.name)
     audio_seconds = sum(shard.audio_seconds for shard in live)
     return {
+        "provenance": _provenance(live),
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "generation": max(generations, default=0),
@@ -79,6 +80,42 @@ def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
     }
 
 
+def _provenance(live: Sequence[ShardRecord]) -> dict[str, Any]:
+    """What the live rows are: archived or live downloads, and the models that made them.
+
+    Shards written before this was recorded count as `unrecorded`.
+    """
+    total = {"archived": 0, "live": 0, "unrecorded": 0, "asr_models": {}, "diar_models": {}}
+    for shard in live:
+        recorded = shard.files.get("episodes", {}).get("provenance")
+        if recorded is None:
+            total["unrecorded"] += shard.episodes
+            continue
+        total["archived"] += recorded["archived"]
+        total["live"] += shard.episodes - recorded["archived"]
+        for key in ("asr_models", "diar_models"):
+            for model, count in recorded[key].items():
+                total[key][model] = total[key].get(model, 0) + count
+    return total
+
+
+def _models(counts: dict[str, int]) -> str:
+    return ", ".join(f"`{model}` ({count:,})" for model, count in sorted(counts.items())) or "none yet"
+
+
+def _sources(provenance: dict[str, Any]) -> str:
+    lines = [
+        f"- audio: {provenance['archived']:,} episodes from Internet Archive copies (`archive_url` "
+        f"set), {provenance['live']:,} downloaded from the live URL (`archive_url` empty: hosts "
+        "splice dynamic ads, so that audio may differ from what others download)",
+    ]
+    if provenance["unrecorded"]:
+        lines.append(f"- {provenance['unrecorded']:,} episodes are in shards written before this was recorded")
+    lines.append(f"- ASR models (episodes): {_models(provenance['asr_models'])}")
+    lines.append(f"- diarization models (episodes): {_models(provenance['diar_models'])}")
+    return "\n".join(lines)
+
+
 def _yaml_string(value: str) -> str:
     # A JSON string is a valid YAML double-quoted scalar: no YAML library needed.
     return json.dumps(value)
@@ -102,10 +139,11 @@ def build_card(manifest: dict[str, Any]) -> str:
     body = f"""
 # Podcast Pile
 
-Podcast episodes with speaker turns and word timings: archived audio (Internet Archive),
-diarized with NVIDIA Sortformer, transcribed with NVIDIA Parakeet TDT.
+Podcast episodes with speaker turns and word timings: who speaks when (diarization) and
+what they say (ASR), by the NeMo models listed below.
 
 - episodes: {manifest["episodes"]:,}; audio: {hours:,.2f} hours
+{_sources(manifest["provenance"])}
 - generation {manifest["generation"]}, schema version {manifest["schema_version"]}
 - `manifest.json` lists every shard with its rows, bytes and hours, and what each generation
   added, replaced (episodes whose result was reprocessed) and removed.
@@ -125,6 +163,8 @@ turns = load_dataset("path/or/repo", "turns", streaming=True)
 Shards are zstd Parquet with bounded row groups (by default at most 1,000 episodes or 32 MB
 of Arrow data), so streaming readers fetch bounded pieces. Read the files listed above or in `manifest.json`: an export in
 progress stages files under `.incomplete/` and publishes them only when complete.
+With pandas or duckdb, read a configuration's folder (the root also holds this card):
+`pd.read_parquet("dataset/data/episodes")`.
 """
     return "\n".join(lines) + "\n" + body
 

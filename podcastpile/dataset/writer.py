@@ -61,6 +61,7 @@ class StagedShard:
     name: str
     generation: int
     files: dict[str, dict[str, Any]]  # config → {path (final, relative), staged (fs path), rows, bytes}
+    # (the episodes entry also carries `provenance`: see `_provenance`)
     episodes: int
     audio_seconds: float
     keys: list[Any] = field(default_factory=list)  # whatever the caller passed with its rows
@@ -125,6 +126,7 @@ class ShardWriter:
         self._shard_rows = 0
         self._shard_keys: list[Any] = []
         self._audio_seconds = 0.0
+        self._provenance = _empty_provenance()
         self.shards_written = 0
 
     def write(self, episodes: pa.Table, keys: Sequence[Any] = ()) -> None:
@@ -181,6 +183,7 @@ class ShardWriter:
         self._shard_rows += episodes.num_rows
         self._shard_keys.extend(self._pending_keys)
         self._audio_seconds += pc.sum(episodes.column("duration")).as_py() or 0.0
+        _add_provenance(self._provenance, episodes)
         self._pending, self._pending_keys = [], []
         self._pending_rows = self._pending_bytes = 0
         first = next(iter(self._files.values()))
@@ -206,11 +209,26 @@ class ShardWriter:
             files[config] = {
                 "path": staged.relative, "staged": staged.staged, "rows": staged.rows, "bytes": size,
             }
+        if "episodes" in files:
+            files["episodes"]["provenance"] = self._provenance
         shard = StagedShard(
             name=self._name, generation=self.generation, files=files,
             episodes=self._shard_rows, audio_seconds=self._audio_seconds, keys=self._shard_keys,
         )
         self._files = None
         self._shard_rows, self._shard_keys, self._audio_seconds = 0, [], 0.0
+        self._provenance = _empty_provenance()
         self.shards_written += 1
         self.on_shard(shard)
+
+
+def _empty_provenance() -> dict[str, Any]:
+    return {"archived": 0, "asr_models": {}, "diar_models": {}}
+
+
+def _add_provenance(provenance: dict[str, Any], episodes: pa.Table) -> None:
+    """Count what the dataset card states about rows: archived audio or not, which models made them."""
+    provenance["archived"] += pc.sum(pc.is_valid(episodes.column("archive_url"))).as_py() or 0
+    for column, key in (("asr_model", "asr_models"), ("diar_model", "diar_models")):
+        for item in pc.value_counts(episodes.column(column).fill_null("unknown")).to_pylist():
+            provenance[key][item["values"]] = provenance[key].get(item["values"], 0) + item["counts"]

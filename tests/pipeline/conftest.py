@@ -87,6 +87,7 @@ def pipeline_environment(database_url: str, **extra: str) -> dict[str, str]:
         "DEVICE": "cpu",
         "DOWNLOAD_TIMEOUT_SECONDS": "10",
         "BATCH_SIZE": "8",
+        "ALLOW_PRIVATE_ADDRESSES": "true",  # the audio host is on 127.0.0.1
         **extra,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,15 @@ def test_bad_input_is_one_line_on_stderr(tiny_env, source, code):
 def test_cli_import_does_not_load_torch():
     code = "import sys, podcastpile.cli; assert 'torch' not in sys.modules and 'nemo' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_json_run_keeps_stderr_free_of_nemo_telemetry_noise(conversation, tmp_path):
+    # A real process: NeMo's telemetry library warns at import time, before any test fixture
+    # could configure logging in this one.
+    env = {**os.environ, "ASR_MODEL": str(FIXTURES / "tiny_asr.nemo"), "DEVICE": "cpu",
+           "ASR_MODEL_MULTILINGUAL": str(FIXTURES / "tiny_asr.nemo"), "DIAR_MODEL": str(FIXTURES / "tiny_diar.nemo")}
+    child = subprocess.run([sys.executable, "-m", "podcastpile.cli", "transcribe", str(conversation["wav"]), "--json"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout)["turns"]
+    assert "OneLogger" not in child.stderr and "No exporters" not in child.stderr, child.stderr[-2000:]

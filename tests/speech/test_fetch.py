@@ -14,11 +14,13 @@ import pytest
 from podcastpile.audio import decode, probe
 from podcastpile.errors import PermanentError, TransientError
 from podcastpile.fetch import USER_AGENT, download, local_file
+from podcastpile.netguard import AddressGuard, allow_any
 from tests.loopback import LoopbackServer, Reply, Request
 from tests.speech.conftest import FORMATS, TONE_SECONDS
 
 MAX_BYTES = 200_000
 TIMEOUT = 0.5
+LOOPBACK_ALLOWED = AddressGuard(allow=allow_any)  # the test server is on 127.0.0.1 (see test_netguard.py)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,8 @@ def serving(server: LoopbackServer, routes: dict):
 
 def fetch(url: str, **overrides):
     """Download and decode like the pipeline does; return (downloaded, decoded, temp path)."""
-    options = {"max_bytes": MAX_BYTES, "timeout_seconds": TIMEOUT, "max_redirects": 3} | overrides
+    options = {"max_bytes": MAX_BYTES, "timeout_seconds": TIMEOUT, "max_redirects": 3,
+               "guard": LOOPBACK_ALLOWED} | overrides
     with download(url, **options) as downloaded:
         assert downloaded.path.exists()
         decoded = decode(downloaded.path)
@@ -239,7 +242,8 @@ def test_connection_refused_is_transient():
 def test_temp_file_is_removed_when_the_caller_fails(server, encoded_audio):
     with serving(server, {"/ep.mp3": lambda r: Reply(200, encoded_audio["mp3"])}):
         with pytest.raises(RuntimeError):
-            with download(server.url("/ep.mp3"), max_bytes=MAX_BYTES, timeout_seconds=TIMEOUT) as downloaded:
+            with download(server.url("/ep.mp3"), max_bytes=MAX_BYTES, timeout_seconds=TIMEOUT,
+                          guard=LOOPBACK_ALLOWED) as downloaded:
                 kept = downloaded.path
                 raise RuntimeError("decode blew up")
     assert not kept.exists()

@@ -18,7 +18,9 @@ from tests.speech.conftest import encode
 
 @pytest.fixture(scope="module")
 def settings():
-    return load_settings(env_file=None, download_timeout_seconds=5.0, download_max_bytes=10_000_000)
+    # The test servers are on 127.0.0.1, which the download guard refuses by default.
+    return load_settings(env_file=None, download_timeout_seconds=5.0, download_max_bytes=10_000_000,
+                         allow_private_addresses=True)
 
 
 def expected_turns(conversation) -> list[tuple[str, str]]:
