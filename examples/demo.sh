@@ -1,33 +1,44 @@
 #!/usr/bin/env bash
-# The main job on embedded defaults, offline: a local "podcast host" serves the bundled
-# two-speaker clip, `ppcli process` runs the Prefect batch flow in-process (SQLite store,
-# Prefect's temporary server) and writes Parquet to ./dataset.
+# The main job on embedded defaults, offline, on the default path (archive first):
+#  - a local podcast host serves the bundled two-speaker clip, splicing a different "ad" into
+#    every response, as real hosts do;
+#  - a LOCAL STAND-IN FOR THE INTERNET ARCHIVE (tests/wayback.py: Save Page Now 2, CDX, id_
+#    playback on 127.0.0.1) captures it; the real service is web.archive.org;
+#  - `ppcli process` archives the URL, downloads only the archived copy, runs the Prefect batch
+#    flow in-process (SQLite store, Prefect's temporary server) and writes Parquet to ./dataset.
 #
-# It uses the tiny test models in tests/fixtures/speech so it runs anywhere in seconds.
-# For the real models, leave DIAR_MODEL / ASR_MODEL unset (they download from Hugging Face
-# on first use) and give your own episode URLs:
-#   ppcli process --live https://example.com/episode.mp3 --out dataset
+# It uses the tiny test models in tests/fixtures/speech so it runs anywhere in seconds. Fixed
+# ports keep the episode URL the same on every run, so a rerun finds the episode done.
+# For real use, leave DIAR_MODEL / ASR_MODEL / WAYBACK_URL unset and give your own URLs:
+#   ppcli process https://example.com/episode.mp3 --out dataset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
 fixtures=tests/fixtures/speech
-port=$($bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-$bin/python -m http.server "$port" --bind 127.0.0.1 --directory "$fixtures" >/dev/null 2>&1 &
-host=$!
-trap 'kill $host 2>/dev/null' EXIT
-for _ in $(seq 50); do
-  $bin/python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break
+archive_port="${DEMO_ARCHIVE_PORT:-8765}"
+host_port="${DEMO_HOST_PORT:-8766}"
+
+$bin/python -m tests.wayback --audio-dir "$fixtures" --port "$archive_port" --origin-port "$host_port" \
+  > /tmp/podcastpile-demo-archive.log 2>&1 &
+stand_in=$!
+trap 'kill $stand_in 2>/dev/null' EXIT
+for _ in $(seq 100); do
+  grep -q wayback_url /tmp/podcastpile-demo-archive.log 2>/dev/null && break
+  kill -0 $stand_in 2>/dev/null || { cat /tmp/podcastpile-demo-archive.log; echo "demo: could not start the local archive stand-in (ports $archive_port/$host_port busy? set DEMO_ARCHIVE_PORT/DEMO_HOST_PORT)"; exit 1; }
   sleep 0.1
 done
+echo "Local stand-in for the Internet Archive: http://127.0.0.1:$archive_port (podcast host: http://127.0.0.1:$host_port)"
 
 export DIAR_MODEL="${DIAR_MODEL:-$fixtures/tiny_diar.nemo}"
 export ASR_MODEL="${ASR_MODEL:-$fixtures/tiny_asr.nemo}"
 export ASR_MODEL_MULTILINGUAL="${ASR_MODEL_MULTILINGUAL:-$fixtures/tiny_asr.nemo}"
 export DEVICE="${DEVICE:-cpu}"
+export WAYBACK_URL="http://127.0.0.1:$archive_port" ARCHIVE_API_URL="http://127.0.0.1:$archive_port"
+export SPN_POLL_SECONDS=1
 export ALLOW_PRIVATE_ADDRESSES=true  # the demo's podcast host is 127.0.0.1
 
-$bin/ppcli process --live "http://127.0.0.1:$port/conversation.wav" --language en --out dataset
+$bin/ppcli process "http://127.0.0.1:$host_port/audio/conversation.wav" --language en --out dataset
 $bin/ppcli import examples/episodes.jsonl
 $bin/ppcli list
 $bin/ppcli stats
-echo "Parquet dataset: $(pwd)/dataset (see dataset/README.md and dataset/manifest.json)"
+echo "Parquet dataset: $(pwd)/dataset/data/episodes and dataset/data/turns (see dataset/README.md)"

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from podcastpile.archive.stage import ArchiveLimits, ArchiveStage
+from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, describe_event
 from podcastpile.archive.wayback import ServiceRefused, WaybackClient
 from podcastpile.cli import app
+from podcastpile.cli.display import say
 from podcastpile.cli.episodes import console, fail, open_store, settings
 from podcastpile.store import Episode, EpisodeStore
 from podcastpile.store.archive import ArchiveStats, archive_queue_for
@@ -60,7 +61,7 @@ def archive(
 
     def show(episode_id: int, event: str, detail: str) -> None:
         if not json_output and event != "pending":
-            console.print(f"episode {episode_id}: {event} {detail}", highlight=False, markup=False)
+            say(f"episode {episode_id}: {describe_event(event, detail)}")
 
     with WaybackClient.from_settings(config) as client:
         try:
@@ -72,8 +73,7 @@ def archive(
     if json_output:
         print(json.dumps({"claimed": len(claims), "submitted": summary.submitted, **summary.counts}))
     elif claims:
-        console.print(f"{len(claims)} episodes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())),
-                      highlight=False)
+        say(f"{len(claims)} episodes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())))
 
 
 def archive_stats_dict(stats: ArchiveStats) -> dict[str, Any]:

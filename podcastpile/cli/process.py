@@ -27,6 +27,7 @@ from rich.table import Table
 
 from podcastpile.cli import app
 from podcastpile.cli.archive import archive_state
+from podcastpile.cli.display import literal, say
 from podcastpile.cli.episodes import console, errors, fail, open_store, settings
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
 from podcastpile.store.episodes import utcnow
@@ -82,7 +83,7 @@ def process(
         ]))
     else:
         for row in rows:
-            console.print(f"episode {row.id} audio source: {archive_state(row)}", markup=False, highlight=False)
+            say(f"episode {row.id} audio source: {archive_state(row)}")
         _print_results(store, rows)
     if any(row.status not in SUCCEEDED for row in rows):
         raise typer.Exit(1)
@@ -179,7 +180,7 @@ class _EpisodeEvents(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         line = record.getMessage()
         if line.startswith(self.prefixes):
-            errors.print(line, markup=False, highlight=False, soft_wrap=True)
+            errors.print(literal(line), soft_wrap=True)
 
 
 @contextmanager
