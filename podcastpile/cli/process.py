@@ -189,14 +189,16 @@ def _archive_events_printed(ids: list[int], quiet: bool) -> Iterator[None]:
         yield
         return
     logger = logging.getLogger("podcastpile.archive.stage")
-    handler, level = _EpisodeEvents(ids), logger.level
+    handler, level, propagate = _EpisodeEvents(ids), logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here, not again by Prefect's console handler
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _export(out: str) -> None:
