@@ -8,3 +8,5 @@ pool="${WORK_POOL:-gpu}"
 prefect work-pool create "$pool" --type process --base-job-template deployments/gpu-pool.json --overwrite
 prefect work-pool create cpu --type process --overwrite
 prefect --no-prompt deploy --all
+# Crash detection: a run whose heartbeats stop is marked CRASHED (deployments/automations.yaml).
+"$(dirname "$(command -v prefect)")/python" deployments/automations.py

@@ -1,6 +1,8 @@
 """The dispatcher: keeps batch runs waiting for the GPU workers while episodes are ready.
 
-Runs on a short schedule. Each run counts ready episodes and batch runs not yet started, and
+Runs on a short schedule on the CPU pool. Each run first returns to the queue what dead runs
+held (batch runs marked crashed by the heartbeat automation, and leases past their deadline),
+so nothing waits for a claim to notice. Then it counts claimable episodes and batch runs not yet started, and
 tops the waiting runs up to one per online worker (or `max_waiting`). A worker that finishes a
 batch finds the next one already waiting, so GPUs are not left idle between batches, and
 the number of runs stays bounded however long the queue is: no flood of runs.
@@ -13,7 +15,14 @@ import math
 from prefect import flow, get_run_logger
 
 from podcastpile.config import load_settings
-from tasks.dispatch import count_online_workers, count_ready, count_waiting_runs, create_batch_runs
+from tasks.dispatch import (
+    count_online_workers,
+    count_ready,
+    count_waiting_runs,
+    create_batch_runs,
+    requeue_dead_runs,
+    requeue_expired,
+)
 
 BATCH_DEPLOYMENT = "process-batch/gpu"
 
@@ -22,6 +31,11 @@ BATCH_DEPLOYMENT = "process-batch/gpu"
 def dispatch(deployment: str = BATCH_DEPLOYMENT, max_waiting: int | None = None) -> int:
     """Create the batch runs the ready episodes need; returns how many were created."""
     settings = load_settings()
+    logger = get_run_logger()
+    for run_id, count in requeue_dead_runs(settings, deployment).items():
+        logger.warning("requeued %d episodes held by dead batch run %s", count, run_id)
+    if expired := requeue_expired(settings):
+        logger.warning("requeued %d episodes whose lease expired", expired)
     ready = count_ready(settings)
     if ready == 0:
         return 0
@@ -30,5 +44,5 @@ def dispatch(deployment: str = BATCH_DEPLOYMENT, max_waiting: int | None = None)
     missing = max(0, wanted - count_waiting_runs(deployment))
     if missing:
         create_batch_runs(deployment, missing)
-    get_run_logger().info("%d episodes ready; created %d batch runs", ready, missing)
+    logger.info("%d episodes ready; created %d batch runs", ready, missing)
     return missing

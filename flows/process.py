@@ -23,6 +23,7 @@ from podcastpile.config import ArchiveMode, Settings, load_settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
 from podcastpile.leases import LeaseKeeper
 from podcastpile.store import Claim, LeaseLost, NewEpisode
+from podcastpile.store.outage import StoreOutage
 from tasks.resources import models_for, store_for
 from tasks.speech import decode_audio, diarize, download_audio, load_models, merge_turns, transcribe
 from tasks.store import claim_episodes, complete_episode, fail_episode, release_episode, start_episode
@@ -80,6 +81,8 @@ def _process_episode(
     except LeaseLost as error:
         logger.warning("episode %s: %s; result dropped", claim.episode_id, error)
         outcome.update(status="lease-lost", reason=str(error))
+    except StoreOutage:
+        raise  # the database is gone for longer than we wait: stop the batch, do not record more
     except Exception as raised:  # every failure becomes a recorded state, never a crashed batch
         error = as_episode_error(raised)
         try:
@@ -116,7 +119,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     settings = load_settings()
     logger = get_run_logger()
     size = batch_size or settings.batch_size
-    claims = claim_episodes(settings, size, _worker_name(settings), episode_ids)
+    run = flow_run.get_id()
+    claims = claim_episodes(settings, size, _worker_name(settings), episode_ids, str(run) if run else None)
     summary: dict[str, Any] = {"claimed": len(claims), "outcomes": [], "models_loaded": 0}
     if not claims:
         logger.info("no episodes ready")

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         2.0, gt=0, description="Lease length: an episode not finished in this time is requeued."
     )
 
+    store_outage_seconds: float = Field(
+        300.0, ge=0, description="How long store calls back off and retry while the episode "
+        "database is unreachable before a batch gives up (its episodes are then requeued).",
+    )
+
     # --- queue ------------------------------------------------------------------------------------
     max_attempts: int = Field(
         3, ge=1, description="Claims (and transient failures) an episode gets before it is failed."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from prefect import task
 from prefect.cache_policies import NONE
 from prefect.client.orchestration import get_client
@@ -9,6 +11,7 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterEndTime,
     FlowRunFilterState,
     FlowRunFilterStateType,
     WorkerFilter,
@@ -18,14 +21,45 @@ from prefect.client.schemas.objects import StateType, WorkerStatus
 from prefect.deployments import run_deployment
 
 from podcastpile.config import Settings
-from podcastpile.store import EpisodeStatus
 from tasks.resources import store_for
 
 
 @task(name="count-ready-episodes", cache_policy=NONE)
 def count_ready(settings: Settings) -> int:
-    """Episodes waiting for a worker."""
-    return store_for(settings).count(EpisodeStatus.pending)
+    """Episodes a batch would claim now: ready ones and leases past their deadline."""
+    return store_for(settings).count_claimable()
+
+
+@task(name="requeue-expired-leases", cache_policy=NONE)
+def requeue_expired(settings: Settings) -> int:
+    """Return expired leases to the queue (nobody has to claim first for that to happen)."""
+    return store_for(settings).requeue_expired()
+
+
+@task(name="requeue-dead-runs", cache_policy=NONE)
+def requeue_dead_runs(settings: Settings, deployment: str, hours: float = 6.0) -> dict[str, int]:
+    """Return the episodes of batch runs that ended crashed, failed or cancelled in the last
+    `hours` to the queue at once, instead of after their lease (`JOB_TIMEOUT_HOURS`).
+
+    A run whose process died is marked CRASHED by the heartbeat automation (see
+    deployments/automations.yaml); one that ended normally released its episodes itself, so
+    for it this finds nothing. Returns episodes requeued per run id.
+    """
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    with get_client(sync_client=True) as client:
+        target = client.read_deployment_by_name(deployment)
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.CRASHED, StateType.FAILED, StateType.CANCELLED])),
+                end_time=FlowRunFilterEndTime(after_=since),
+            ),
+            limit=200,
+        )
+    store = store_for(settings)
+    requeued = {str(run.id): store.requeue_run(str(run.id)) for run in runs}
+    return {run_id: count for run_id, count in requeued.items() if count}
 
 
 @task(name="count-waiting-runs", cache_policy=NONE)

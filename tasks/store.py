@@ -1,62 +1,72 @@
 """Tasks over the episode store: claim, start, complete, fail, release.
 
-Database calls retry a few times with backoff (a restarted or briefly unreachable database);
-a lost lease is not retried: someone else holds the episode now.
+A database outage (a restart, a network cut) is ridden out inside each call: it backs off and
+retries for up to STORE_OUTAGE_SECONDS (see `podcastpile.store.outage`), keeping a finished
+result in memory meanwhile, so Prefect's own retries (seconds apart) are not used here. A
+lost lease is not retried: someone else holds the episode now.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.tasks import exponential_backoff
-from sqlalchemy.exc import OperationalError
 
 from podcastpile.config import Settings
 from podcastpile.errors import EpisodeError
 from podcastpile.store import Claim, EpisodeStatus
+from podcastpile.store.outage import ride_out
 from tasks.resources import store_for
 
+T = TypeVar("T")
+_db: dict[str, Any] = dict(cache_policy=NONE)
 
-def _database_hiccup(task: Any, task_run: Any, state: Any) -> bool:
-    return isinstance(state.result(raise_on_failure=False), OperationalError)
 
-
-_db = dict(
-    retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=1), retry_jitter_factor=0.5,
-    retry_condition_fn=_database_hiccup, cache_policy=NONE,
-)
+def _patient(settings: Settings, what: str, call: Callable[[], T]) -> T:
+    return ride_out(call, budget_seconds=settings.store_outage_seconds, what=what)
 
 
 @task(name="claim-episodes", **_db)
 def claim_episodes(
-    settings: Settings, n: int, worker_id: str, episode_ids: list[int] | None = None
+    settings: Settings, n: int, worker_id: str, episode_ids: list[int] | None = None,
+    run_id: str | None = None,
 ) -> list[Claim]:
-    """Lease up to `n` ready episodes to this worker."""
-    return store_for(settings).claim_batch(worker_id, n, episode_ids=episode_ids)
+    """Lease up to `n` ready episodes to this worker (for the flow run `run_id`)."""
+    store = store_for(settings)
+    return _patient(settings, "claim", lambda: store.claim_batch(
+        worker_id, n, episode_ids=episode_ids, run_id=run_id))
 
 
 @task(name="start-episode", **_db)
 def start_episode(settings: Settings, claim: Claim, sha256: str | None = None) -> int | None:
     """Mark the episode as processing; returns the id of an episode with the same audio, if any
     (this one is then a duplicate and must not be processed)."""
-    return store_for(settings).start(claim.episode_id, claim.lease_token, sha256)
+    store = store_for(settings)
+    return _patient(settings, f"start episode {claim.episode_id}",
+                    lambda: store.start(claim.episode_id, claim.lease_token, sha256))
 
 
 @task(name="complete-episode", **_db)
 def complete_episode(settings: Settings, claim: Claim, result: dict[str, Any]) -> None:
     """Store the result; refused if the lease was lost meanwhile."""
-    store_for(settings).complete(claim.episode_id, claim.lease_token, result)
+    store = store_for(settings)
+    _patient(settings, f"complete episode {claim.episode_id}",
+             lambda: store.complete(claim.episode_id, claim.lease_token, result))
 
 
 @task(name="fail-episode", **_db)
 def fail_episode(settings: Settings, claim: Claim, error: EpisodeError) -> EpisodeStatus:
     """Record the failure: permanent ones fail the episode, transient ones requeue it."""
-    return store_for(settings).fail(claim.episode_id, claim.lease_token, error)
+    store = store_for(settings)
+    return _patient(settings, f"fail episode {claim.episode_id}",
+                    lambda: store.fail(claim.episode_id, claim.lease_token, error))
 
 
 @task(name="release-episode", **_db)
 def release_episode(settings: Settings, claim: Claim) -> None:
     """Give an unprocessed episode back to the queue."""
-    store_for(settings).release(claim.episode_id, claim.lease_token)
+    store = store_for(settings)
+    _patient(settings, f"release episode {claim.episode_id}",
+             lambda: store.release(claim.episode_id, claim.lease_token))

@@ -74,6 +74,7 @@ def _claim_statement(by_id: bool = False) -> Any:
             worker_id=bindparam("worker_id"),
             worker_ip=bindparam("worker_ip"),
             gpu=bindparam("gpu"),
+            claimed_by_run=bindparam("run_id"),
             lease_token=bindparam("token"),
             leased_until=bindparam("until"),
             claimed_at=bindparam("now"),
@@ -374,10 +375,13 @@ class EpisodeStore:
         worker_ip: str | None = None,
         gpu: str | None = None,
         episode_ids: list[int] | None = None,
+        run_id: str | None = None,
     ) -> list[Claim]:
         """Atomically lease up to `n` ready episodes (oldest first) to `worker_id`.
 
         `episode_ids` limits the claim to those episodes (an ad-hoc run of chosen episodes).
+        `run_id` names the orchestrator run that claims, so `requeue_run` can return its
+        episodes at once if that run is found dead.
         Expired leases are returned to the queue first, so a crashed worker's episodes come back.
         """
         if n < 1:
@@ -389,6 +393,7 @@ class EpisodeStore:
         token = uuid.uuid4().hex
         params = {
             "n": n, "worker_id": worker_id, "worker_ip": worker_ip, "gpu": gpu, "token": token,
+            "run_id": run_id,
             "until": now + self.lease, "now": now,
         }
         statement = _CLAIM if episode_ids is None else _CLAIM_IDS
@@ -536,6 +541,40 @@ class EpisodeStore:
         )
         with self._writer.begin() as connection:
             return connection.execute(statement).rowcount
+
+    def requeue_run(self, run_id: str, reason: str = "run-crashed") -> int:
+        """Return the episodes a dead run held to the queue now (or fail those out of attempts).
+
+        The claim already counted the attempt, as for an expired lease. Returns how many.
+        """
+        now = self.clock()
+        exhausted = _episodes.c.attempts >= self.max_attempts
+        statement = (
+            update(_episodes)
+            .where(_episodes.c.claimed_by_run == run_id, _episodes.c.status.in_(LEASED))
+            .values(
+                status=case((exhausted, EpisodeStatus.failed.value), else_=EpisodeStatus.pending.value),
+                error_code=reason[:64],
+                error=literal(f"the run {run_id} holding it died (attempt ")
+                + cast(_episodes.c.attempts, String) + f" of {self.max_attempts})",
+                lease_token=None,
+                leased_until=None,
+                updated_at=now,
+            )
+        )
+        with self._writer.begin() as connection:
+            return connection.execute(statement).rowcount
+
+    def count_claimable(self) -> int:
+        """Episodes a claim would take now: ready ones plus leases already past their deadline."""
+        now = self.clock()
+        with self.engine.execution_options(**READ_ONLY).connect() as connection:
+            return connection.execute(
+                select(func.count()).where(
+                    (_episodes.c.status == EpisodeStatus.pending.value)
+                    | (_episodes.c.status.in_(LEASED) & (_episodes.c.leased_until < now))
+                )
+            ).scalar_one()
 
     def _leased_update(
         self, episode_id: int, token: str, values: dict[str, Any], connection: Any = None

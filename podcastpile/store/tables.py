@@ -88,6 +88,9 @@ class Episode(Base):
     worker_ip: Mapped[str | None] = mapped_column(String(64))
     gpu: Mapped[str | None] = mapped_column(String(255))
     lease_token: Mapped[str | None] = mapped_column(String(32))
+    # The orchestrator's run that holds the lease (a Prefect flow run id), so the episodes of a
+    # run found dead can be requeued at once instead of after the lease.
+    claimed_by_run: Mapped[str | None] = mapped_column(String(64))
     leased_until: Mapped[datetime | None] = mapped_column(DateTime)
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -114,6 +117,8 @@ class Episode(Base):
         Index("ix_episodes_status_leased_until", "status", "leased_until"),
         # identical audio under another URL
         Index("ix_episodes_audio_sha256", "audio_sha256"),
+        # the episodes a crashed run held
+        Index("ix_episodes_claimed_by_run", "claimed_by_run"),
     )
 
 

@@ -1,4 +1,5 @@
-"""Archive stage: backoff and quota deferral, capture provenance, submission log and daily usage.
+"""Archive stage (backoff and quota deferral, capture provenance, submission log, daily usage),
+duplicates, and which run holds a lease.
 
 Revision ID: 0004
 Revises: 0003
@@ -24,6 +25,7 @@ _COLUMNS = [
     sa.Column("archive_reused", sa.Boolean(), nullable=True),
     sa.Column("archive_error", sa.Text(), nullable=True),
     sa.Column("duplicate_of", _Id, nullable=True),
+    sa.Column("claimed_by_run", sa.String(64), nullable=True),
 ]
 
 
@@ -32,6 +34,7 @@ def upgrade() -> None:
         for column in _COLUMNS:
             batch.add_column(column.copy())
     op.create_index("ix_episodes_audio_sha256", "episodes", ["audio_sha256"])
+    op.create_index("ix_episodes_claimed_by_run", "episodes", ["claimed_by_run"])
     op.create_table(
         "archive_submissions",
         sa.Column("id", _Id, primary_key=True, autoincrement=True),
@@ -58,6 +61,7 @@ def downgrade() -> None:
     op.drop_table("archive_days")
     op.drop_index("ix_archive_submissions_submitted_at", table_name="archive_submissions")
     op.drop_table("archive_submissions")
+    op.drop_index("ix_episodes_claimed_by_run", table_name="episodes")
     op.drop_index("ix_episodes_audio_sha256", table_name="episodes")
     with op.batch_alter_table("episodes") as batch:
         for column in reversed(_COLUMNS):

@@ -1,0 +1,127 @@
+"""Crash recovery as an operator meets it: the GPU worker and its flow run SIGKILLed mid-batch.
+
+Real Prefect server on PostgreSQL, `deployments/setup.sh` (deployments and the heartbeat
+automation), real `prefect worker` processes on `cpu` (dispatch) and `gpu` (batches). With
+the default 2-hour lease nothing but crash detection can bring the episodes back in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
+from tests import postgres
+from tests.loopback import LoopbackServer, Reply
+from tests.pipeline.conftest import pipeline_environment
+from tests.pipeline.test_worker_e2e import run
+from tests.prefect_server import PREFECT, prefect_server
+from tests.wayback import with_ad
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (flow runs live in their own sessions, out of the worker's group)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def start_worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", pool, "--limit", "4" if pool == "cpu" else "1"],
+        cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    for pid in [process.pid, *descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def slow_host(conversation: dict) -> Iterator[LoopbackServer]:
+    """Each episode trickles in over ~4 s, so a batch of three is still running when killed."""
+    wav = conversation["wav"].read_bytes()
+
+    def trickle(request):  # type: ignore[no-untyped-def]
+        body = with_ad(wav, request.path.encode())
+        def chunks():  # type: ignore[no-untyped-def]
+            step = len(body) // 4 + 1
+            for start in range(0, len(body), step):
+                time.sleep(1.0)
+                yield body[start:start + step]
+        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
+
+    with LoopbackServer({"/ep/*": trickle}) as server:
+        yield server
+
+
+def test_sigkilled_worker_tree_mid_batch_is_recovered_without_a_hand(
+    tmp_path: Path, slow_host: LoopbackServer, conversation: dict
+) -> None:
+    with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
+        env = {
+            **os.environ, **prefect_env, **pipeline_environment(episodes_url),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        env.pop("JOB_TIMEOUT_HOURS", None)  # the default 2 h lease: expiry cannot rescue anything
+        run(["bash", "deployments/setup.sh"], env)
+        engine = make_engine(episodes_url)
+        migrate(engine)
+        store = EpisodeStore(engine, archive_required=False)
+        store.add([NewEpisode(slow_host.url(f"/ep/show-{i}.wav"), language="en") for i in range(3)])
+
+        cpu = start_worker("cpu", env, tmp_path / "cpu.log")
+        gpu = start_worker("gpu", env, tmp_path / "gpu.log")
+        try:
+            deadline = time.monotonic() + 240
+            while not any(row.status == "processing" for row in store.list()):
+                assert time.monotonic() < deadline, (tmp_path / "gpu.log").read_text()[-3000:]
+                time.sleep(0.5)
+            held = [row for row in store.list() if row.status in ("assigned", "processing")]
+            run_id = held[0].claimed_by_run
+            assert run_id and all(row.claimed_by_run == run_id for row in held)
+            kill_tree(gpu)
+            killed_at = time.monotonic()
+
+            replacement = start_worker("gpu", env, tmp_path / "gpu-2.log")
+            try:
+                while not all(row.status == "completed" for row in store.list()):
+                    assert time.monotonic() - killed_at < 300, (
+                        [(r.status, r.error_code) for r in store.list()],
+                        (tmp_path / "cpu.log").read_text()[-3000:])
+                    time.sleep(2)
+            finally:
+                kill_tree(replacement)
+        finally:
+            kill_tree(cpu)
+
+        for row in store.list():
+            assert store.result(row.id)["turns"], row.id
+            assert [(t["speaker"], t["text"]) for t in store.result(row.id)["turns"]] == conversation["truth"]
+            assert row.claimed_by_run != run_id  # finished by the new run
+        assert sorted(row.attempts for row in store.list() if row.id in {h.id for h in held}) == [2] * len(held)
+        state = httpx.get(f"{prefect_env['PREFECT_API_URL']}/flow_runs/{run_id}").json()["state"]
+        assert state["type"] == "CRASHED", state
+        engine.dispose()
