@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from contextlib import suppress
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -26,7 +25,7 @@ from podcastpile.store import Claim, LeaseLost, NewEpisode
 from podcastpile.store.outage import StoreOutage
 from tasks.resources import models_for, store_for
 from tasks.speech import decode_audio, diarize, download_audio, load_models, merge_turns, transcribe
-from tasks.store import claim_episodes, complete_episode, fail_episode, release_episode, start_episode
+from tasks.store import claim_episodes, complete_episode, fail_episode, release_unfinished, start_episode
 
 
 def _worker_name(settings: Settings) -> str:
@@ -144,10 +143,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
                 summary["outcomes"].append(outcome)
                 keeper.drop(claim.episode_id)
                 done += 1
-        finally:  # models failed to load, or interrupted: give back what was not finished
-            for claim in claims[done:]:
-                with suppress(Exception):  # best effort: an unreleased lease expires anyway
-                    release_episode(settings, claim)
+        finally:  # models failed to load, or stopped (SIGTERM): give back what was not finished
+            release_unfinished(settings, claims[done:])
             for download in downloads.values():
                 if download is not None:
                     _discard(download)

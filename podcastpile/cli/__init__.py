@@ -17,6 +17,7 @@ from podcastpile.cli import transcribe  # noqa: E402,F401  (registers transcribe
 from podcastpile.cli import export  # noqa: E402,F401  (registers export)
 from podcastpile.cli import process  # noqa: E402,F401  (registers process)
 from podcastpile.cli import archive  # noqa: E402,F401  (registers archive)
+from podcastpile.cli import worker  # noqa: E402,F401  (registers worker)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from rich.table import Table
 from podcastpile.cli import app
 from podcastpile.cli.archive import archive_state
 from podcastpile.cli.display import literal, say
+from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
 from podcastpile.cli.episodes import console, errors, fail, open_store, settings
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
 from podcastpile.store.episodes import utcnow
@@ -71,7 +72,14 @@ def process(
     ids = sorted({episode.id for episode in (store.find(url) for url in urls) if episode is not None})
     if live:
         store.skip_archive(ids)
-    _run_flows(store, ids, quiet=json_output)
+    try:
+        with graceful_signals():
+            _run_flows(store, ids, quiet=json_output)
+    except KeyboardInterrupt:
+        # The flows' `finally` blocks released what they had not finished.
+        left = [i for i in ids if store.get(i).status not in DONE]
+        errors.print(literal(f"stopped: {len(left)} episodes not finished were given back to the queue"))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     rows = [store.get(episode_id) for episode_id in ids]
     if out:
         _export(out)

@@ -512,6 +512,25 @@ class EpisodeStore:
         }
         self._leased_update(episode_id, lease_token, values)
 
+    def release_claims(self, claims: list[Claim]) -> int:
+        """Give back several claims in one statement (a stopping batch); returns how many.
+
+        Only episodes the claims still hold change; their attempt is not counted.
+        """
+        now = self.clock()
+        released = 0
+        with self._writer.begin() as connection:
+            for token in {claim.lease_token for claim in claims}:
+                ids = [claim.episode_id for claim in claims if claim.lease_token == token]
+                released += connection.execute(
+                    update(_episodes)
+                    .where(_episodes.c.id.in_(ids), _episodes.c.lease_token == token,
+                           _episodes.c.status.in_(LEASED))
+                    .values(status=EpisodeStatus.pending, lease_token=None, leased_until=None,
+                            attempts=_episodes.c.attempts - 1, updated_at=now)
+                ).rowcount
+        return released
+
     def requeue_expired(self) -> int:
         """Return expired leases to the queue, or fail them once attempts are used up.
 

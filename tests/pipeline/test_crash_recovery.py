@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from podcastpile.cli.stopping import descendants
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from tests import postgres
 from tests.loopback import LoopbackServer, Reply
@@ -25,21 +26,6 @@ from tests.pipeline.conftest import pipeline_environment
 from tests.pipeline.test_worker_e2e import run
 from tests.prefect_server import PREFECT, prefect_server
 from tests.wayback import with_ad
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (flow runs live in their own sessions, out of the worker's group)."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            todo += children
-    return found
 
 
 def start_worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -124,4 +110,45 @@ def test_sigkilled_worker_tree_mid_batch_is_recovered_without_a_hand(
         assert sorted(row.attempts for row in store.list() if row.id in {h.id for h in held}) == [2] * len(held)
         state = httpx.get(f"{prefect_env['PREFECT_API_URL']}/flow_runs/{run_id}").json()["state"]
         assert state["type"] == "CRASHED", state
+        engine.dispose()
+
+
+def test_one_sigterm_to_ppcli_worker_releases_unfinished_episodes_and_exits(
+    tmp_path: Path, slow_host: LoopbackServer
+) -> None:
+    with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
+        env = {
+            **os.environ, **prefect_env, **pipeline_environment(episodes_url),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        run(["bash", "deployments/setup.sh"], env)
+        engine = make_engine(episodes_url)
+        migrate(engine)
+        store = EpisodeStore(engine, archive_required=False)
+        store.add([NewEpisode(slow_host.url(f"/ep/stop-{i}.wav"), language="en") for i in range(4)])
+        cpu = start_worker("cpu", env, tmp_path / "cpu.log")
+        log = (tmp_path / "ppcli-worker.log").open("w")
+        worker = subprocess.Popen([sys.executable, "-m", "podcastpile.cli", "worker", "--grace", "30"],
+                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not any(row.status == "completed" for row in store.list()):
+                assert time.monotonic() < deadline and worker.poll() is None, (tmp_path / "ppcli-worker.log").read_text()[-3000:]
+                time.sleep(0.5)
+            worker.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            worker.wait(timeout=60)
+            assert time.monotonic() - signalled < 35  # the documented bound: --grace, plus a little
+            assert worker.returncode == 0
+            statuses = [row.status for row in store.list()]
+            assert "completed" in statuses and set(statuses) <= {"completed", "pending"}, statuses
+            assert all(row.lease_token is None for row in store.list())
+            assert not [pid for pid in descendants(worker.pid)], "no flow run may outlive the worker"
+        finally:
+            if worker.poll() is None:
+                kill_tree(worker)
+            kill_tree(cpu)
+            log.close()
         engine.dispose()

@@ -1,0 +1,63 @@
+"""One SIGTERM stops gracefully: not-started episodes go back to the queue within seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podcastpile.store import EpisodeStore, make_engine, migrate
+from tests.loopback import LoopbackServer, Reply
+from tests.pipeline.conftest import pipeline_environment
+from tests.wayback import with_ad
+
+
+@pytest.fixture
+def slow_host(conversation: dict) -> Iterator[LoopbackServer]:
+    wav = conversation["wav"].read_bytes()
+
+    def trickle(request):  # type: ignore[no-untyped-def]
+        body = with_ad(wav, request.path.encode())
+
+        def chunks():  # type: ignore[no-untyped-def]
+            for start in range(0, len(body), len(body) // 4 + 1):
+                time.sleep(1.0)
+                yield body[start:start + len(body) // 4 + 1]
+        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
+
+    with LoopbackServer({"/ep/*": trickle}) as server:
+        yield server
+
+
+def test_one_sigterm_to_ppcli_process_releases_unfinished_episodes(
+    tmp_path: Path, slow_host: LoopbackServer
+) -> None:
+    database = f"sqlite:///{tmp_path / 'episodes.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(pipeline_environment(database), PREFECT_HOME=str(tmp_path / "prefect"), ALLOW_PRIVATE_ADDRESSES="true")
+    urls = [slow_host.url(f"/ep/show-{i}.wav") for i in range(4)]
+    process = subprocess.Popen([sys.executable, "-m", "podcastpile.cli", "process", "--live", *urls],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = make_engine(database)
+    migrate(engine)
+    store = EpisodeStore(engine, archive_required=False)
+    deadline = time.monotonic() + 180
+    while not any(row.status == "completed" for row in store.list()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - signalled < 30
+    assert process.returncode == 130, stderr[-2000:]
+    assert "given back to the queue" in stderr and "Traceback" not in stderr
+    statuses = [row.status for row in store.list()]
+    assert "completed" in statuses and set(statuses) <= {"completed", "pending"}, statuses
+    assert all(row.lease_token is None for row in store.list())  # nothing left leased
+    engine.dispose()
