@@ -136,6 +136,8 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
     # Our own summary reports each episode; Prefect's per-task failure logs would repeat it.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server can take a while to start on a busy machine (20 s by default).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.archive import archive_flow  # Prefect and the flows load only for this command
     from flows.process import process_batch
 
@@ -157,6 +159,7 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
                 progress.update(lines[i], description=describe(store.get(i)))
 
     started: set[int] = set()
+    announced: set[int] = set()
     with progress, _archive_events_printed(ids, quiet):
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -170,6 +173,12 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
                     if not process_batch(batch_size=len(chosen), episode_ids=chosen)["claimed"]:
                         time.sleep(1.0)  # taken by another process meanwhile
                 elif step == "wait":
+                    for i in chosen:
+                        if i not in announced and not quiet:
+                            row = store.get(i)
+                            holder = f" by {row.worker_id}" if row.worker_id and row.status in ("assigned", "processing") else ""
+                            errors.print(literal(f"episode {i}: held{holder} ({row.status}); waiting for it"))
+                            announced.add(i)
                     time.sleep(1.0)
                 else:
                     break

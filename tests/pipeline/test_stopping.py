@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from podcastpile.store import EpisodeStore, make_engine, migrate
+from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from tests.loopback import LoopbackServer, Reply
 from tests.pipeline.conftest import pipeline_environment
 from tests.wayback import with_ad
@@ -60,4 +60,33 @@ def test_one_sigterm_to_ppcli_process_releases_unfinished_episodes(
     statuses = [row.status for row in store.list()]
     assert "completed" in statuses and set(statuses) <= {"completed", "pending"}, statuses
     assert all(row.lease_token is None for row in store.list())  # nothing left leased
+    engine.dispose()
+
+
+def test_ppcli_process_waits_for_episodes_another_process_holds(tmp_path: Path, slow_host: LoopbackServer) -> None:
+    """Episodes held by another process are waited for (and said so), not reported as failures."""
+    database = f"sqlite:///{tmp_path / 'episodes.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(pipeline_environment(database), ALLOW_PRIVATE_ADDRESSES="true", PREFECT_HOME=str(tmp_path / "prefect"))
+    engine = make_engine(database)
+    migrate(engine)
+    store = EpisodeStore(engine, archive_required=False)
+    shared = [slow_host.url(f"/ep/shared-{i}.wav") for i in range(2)]
+    store.add([NewEpisode(url) for url in shared])
+    held = store.claim_batch("another-process", 2)  # as a concurrent `ppcli process` would
+    own = slow_host.url("/ep/own.wav")
+    log = tmp_path / "stderr.log"
+    with log.open("w") as errors:
+        run = subprocess.Popen([sys.executable, "-m", "podcastpile.cli", "process", "--live", *shared, own],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        deadline = time.monotonic() + 180
+        while "episode 2: held by another-process (assigned); waiting for it" not in log.read_text():
+            assert time.monotonic() < deadline and run.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert store.find(own).status == "completed"  # its own episode did not wait
+        assert [store.get(c.episode_id).status for c in held] == ["assigned", "assigned"]
+        store.release_claims(held)  # the other process gives them back (or finishes them)
+        run.communicate(timeout=180)
+    assert run.returncode == 0, log.read_text()[-3000:]
+    assert [row.status for row in store.list()] == ["completed"] * 3
     engine.dispose()
