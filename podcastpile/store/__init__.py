@@ -12,10 +12,22 @@ from podcastpile.store.episodes import (
     UnknownEpisode,
     normalize_language,
 )
+from podcastpile.store.operations import (
+    Preview,
+    SampleRow,
+    Selection,
+    invalidate,
+    invalidate_selection,
+    preview,
+    requeue,
+    retry,
+    retry_selection,
+)
 from podcastpile.store.tables import Episode, EpisodeStatus
 
 __all__ = [
     "AddSummary", "Claim", "Episode", "EpisodeStatus", "EpisodeStore", "LeaseLost", "NewEpisode",
-    "Rejected", "Stats", "StoreUnavailable", "UnknownEpisode", "make_engine", "migrate",
-    "normalize_language",
+    "Preview", "Rejected", "SampleRow", "Selection", "Stats", "StoreUnavailable", "UnknownEpisode",
+    "invalidate", "invalidate_selection", "make_engine", "migrate", "normalize_language", "preview",
+    "requeue", "retry", "retry_selection",
 ]
