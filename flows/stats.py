@@ -1,0 +1,26 @@
+"""The stats flow: publish the operator's dashboard as Prefect artifacts, on a schedule.
+
+One stable artifact key each, so the Prefect UI shows the dashboard's history (Artifacts →
+`podcastpile-dashboard`), next to the per-batch tables.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from podcastpile.config import load_settings
+from tasks.report import compute_dashboard
+
+DASHBOARD_KEY = "podcastpile-dashboard"
+
+
+@flow(name="stats")
+def stats_flow() -> str:
+    """Compute the dashboard and publish it; returns the Markdown."""
+    markdown, workers = compute_dashboard(load_settings())
+    create_markdown_artifact(key=DASHBOARD_KEY, markdown=markdown,
+                             description="Episodes by status, throughput, failures, queue ETA")
+    create_table_artifact(key=f"{DASHBOARD_KEY}-workers", table=workers or [{"worker": "", "episodes": 0}],
+                          description="Throughput and real-time factor per worker, last 24 h")
+    return markdown
