@@ -254,19 +254,15 @@ def safe_database_url(value: str) -> str:
         # Not a URL SQLAlchemy reads: hide everything from the first ':' after the user name to
         # the last '@' (a password may hold '/' or '@'), whatever the rest looks like.
         return mask_secrets(_LOOSE_USERINFO.sub(rf"\g<head>{MASK}@", value, count=1))
-    shown = url.render_as_string(hide_password=True)
-    if "password" in url.query:  # libpq also takes the password as a query parameter
-        shown = _QUERY_PASSWORD.sub(rf"\g<key>{MASK}", shown)
-    # SQLAlchemy stops the password at the first '@'; mask_secrets hides the rest up to the last.
-    return mask_secrets(shown)
+    # SQLAlchemy stops the password at the first '@' and leaves `?password=` alone: mask_secrets
+    # hides the rest of the userinfo up to the last '@', and that query parameter.
+    return mask_secrets(url.render_as_string(hide_password=True))
 
 
 # Settings whose values are never shown in an error, not even masked.
 _SECRET_NAMES = ("PASSWORD", "KEY", "SECRET", "TOKEN")
 # userinfo of a value SQLAlchemy cannot parse: optional scheme, user, ':', anything to the last '@'
 _LOOSE_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:/*)?[^:/@]*:).*@", re.S)
-
-_QUERY_PASSWORD = re.compile(r"(?P<key>[?&]password=)[^&#]*")
 
 
 def _describe(error: ValidationError) -> str:

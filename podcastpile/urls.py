@@ -25,6 +25,8 @@ _URL_PASSWORD = re.compile(r"(?P<lead>//[^/?#\s:@]*):[^/?#\s]*@")
 # The same without a scheme (`user:password@host`, as in a mistyped DATABASE_URL), only at the
 # start of a word so `a:b@c` inside a path or query is left alone.
 _BARE_PASSWORD = re.compile(r"(?P<lead>(?:^|(?<=[\s'\"(<,;]))[^\s/?#@:'\"]+):[^/?#\s'\"]*@(?=[\w\[])")
+# libpq (so DATABASE_URL) also takes the password as a query parameter.
+_QUERY_PASSWORD = re.compile(r"(?P<lead>[?&]password=)[^&#\s'\"]*", re.IGNORECASE)
 MASK = "***"
 
 
@@ -78,12 +80,14 @@ def normalize_url(raw: str) -> str:
 
 
 def mask_secrets(text: str) -> str:
-    """`text` with the password of every `user:password@` in it shown as `***`.
+    """`text` with the password of every `user:password@` (and `?password=`) in it shown as `***`.
 
     For any text that may quote URLs (error reasons, log lines, setting values) before it is
     printed, logged or handed to Prefect. User names and hosts stay readable.
     """
-    if "@" not in text:  # the common case: nothing to hide, no regex work
+    if "=" in text:
+        text = _QUERY_PASSWORD.sub(rf"\g<lead>{MASK}", text)
+    if "@" not in text:  # the common case: nothing more to hide, no regex work
         return text
     text = _URL_PASSWORD.sub(rf"\g<lead>:{MASK}@", text)
     return _BARE_PASSWORD.sub(rf"\g<lead>:{MASK}@", text)
