@@ -52,7 +52,6 @@ def test_bad_database_url_is_one_line_without_its_password(tmp_path: Path, datab
     [
         {"IA_SECRET_KEY": SECRET},  # without IA_ACCESS_KEY
         {"WORKER_AUTH_ENABLED": "maybe", "WORKER_PASSWORD": SECRET},
-        {"WAYBACK_URL": f"https://user:{SECRET}@mirror.example", "PORT": "0"},
     ],
 )
 def test_other_settings_errors_hide_secrets(tmp_path: Path, env: dict[str, str]) -> None:
