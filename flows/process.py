@@ -20,9 +20,11 @@ from prefect.runtime import flow_run
 from podcastpile.archive.wayback import digest_matches
 from podcastpile.config import ArchiveMode, Settings, load_settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
+from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.leases import LeaseKeeper
 from podcastpile.store import Claim, LeaseLost, NewEpisode
 from podcastpile.store.outage import StoreOutage
+from podcastpile.urls import mask_secrets
 from tasks.resources import models_for, store_for
 from tasks.speech import decode_audio, diarize, download_audio, load_models, merge_turns, transcribe
 from tasks.store import claim_episodes, complete_episode, fail_episode, release_unfinished, start_episode
@@ -88,7 +90,7 @@ def _process_episode(
             status = fail_episode(settings, claim, error)
         except LeaseLost as lost:
             status, error.reason = "lease-lost", f"{error.reason}; {lost}"
-        logger.warning("episode %s %s: %s", claim.episode_id, status, error)
+        logger.warning("episode %s %s: %s", claim.episode_id, status, mask_secrets(str(error)))
         outcome.update(status=str(status), reason=str(error))
     finally:
         if stack is not None:
@@ -115,6 +117,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     `episode_ids` restricts the claim to those episodes (used by `ppcli process`). Returns a
     summary; a table of outcomes is also published as the run's artifact.
     """
+    remove_orphaned_downloads()  # temp audio of killed workers on this machine: nothing else removes it
     settings = load_settings()
     logger = get_run_logger()
     size = batch_size or settings.batch_size
@@ -153,8 +156,9 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     summary["by_status"] = dict(Counter(o["status"] for o in summary["outcomes"]))
     create_table_artifact(
         key="batch-outcomes",
-        table=[{k: o.get(k, "") for k in ("episode_id", "status", "audio_seconds", "reason", "url")}
-               for o in summary["outcomes"]],
+        table=[{k: mask_secrets(str(o[k])) if k in ("reason", "url") and k in o else o.get(k, "")
+                for k in ("episode_id", "status", "audio_seconds", "reason", "url")}
+               for o in summary["outcomes"]],  # stored in Prefect's database: passwords hidden
         description=f"{summary['by_status']} in {summary['wall_seconds']} s",
     )
     logger.info("batch done: %s, %.0f s of audio in %.1f s", summary["by_status"], summary["audio_seconds"], summary["wall_seconds"])

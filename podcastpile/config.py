@@ -7,6 +7,7 @@ has a default that works on a laptop. `.env.example` documents every field.
 
 from __future__ import annotations
 
+import re
 import socket
 from enum import StrEnum
 from functools import cached_property
@@ -15,6 +16,8 @@ from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from podcastpile.urls import MASK, mask_secrets
 
 
 class SettingsError(ValueError):
@@ -161,11 +164,12 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        # The messages never quote the value: `_describe` shows it, with its password hidden.
         try:
             url = make_url(value)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise ValueError(
-                f"cannot parse {value!r}; expected e.g. sqlite:///./podcastpile.db "
+                "cannot parse it as a database URL; expected e.g. sqlite:///./podcastpile.db "
                 "or postgresql://user:pass@host:5432/db"
             ) from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
@@ -206,6 +210,16 @@ class Settings(BaseSettings):
             raise ValueError("set both IA_ACCESS_KEY and IA_SECRET_KEY, or neither")
         return self
 
+    def __repr_args__(self) -> Any:
+        # repr() of the settings ends up in tracebacks and log lines; SecretStr fields already
+        # print as stars, DATABASE_URL (a plain string the store needs) and URLs must as well.
+        for name, value in super().__repr_args__():
+            if name == "database_url" and isinstance(value, str):
+                value = safe_database_url(value)
+            elif isinstance(value, str):
+                value = mask_secrets(value)
+            yield name, value
+
     @property
     def archives(self) -> bool:
         """New episodes wait for an Internet Archive capture before they are processed."""
@@ -230,16 +244,54 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def safe_database_url(value: str) -> str:
+    """DATABASE_URL as it may be printed or logged: every password in it shown as `***`.
+
+    Also for values that are not a usable URL (`postgresq://user:pw@host/db`, `user:pw@host`),
+    since those are exactly the ones an error message quotes.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        # Not a URL SQLAlchemy reads: hide everything from the first ':' after the user name to
+        # the last '@' (a password may hold '/' or '@'), whatever the rest looks like.
+        return mask_secrets(_LOOSE_USERINFO.sub(rf"\g<head>{MASK}@", value, count=1))
+    # SQLAlchemy stops the password at the first '@' and leaves `?password=` alone: mask_secrets
+    # hides the rest of the userinfo up to the last '@', and that query parameter.
+    return mask_secrets(url.render_as_string(hide_password=True))
+
+
+# Settings whose values are never shown in an error, not even masked.
+_SECRET_NAMES = ("PASSWORD", "KEY", "SECRET", "TOKEN")
+# userinfo of a value SQLAlchemy cannot parse: optional scheme, user, ':', anything to the last '@'
+_LOOSE_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.\-]*:/*)?[^:/@]*:).*@", re.S)
+
+
 def _describe(error: ValidationError) -> str:
-    """One line per bad setting, named as the user writes it (its environment variable)."""
+    """One line per bad setting, named as the user writes it (its environment variable).
+
+    Values are shown with their passwords hidden; secret settings are not shown at all.
+    """
     lines = []
     for item in error.errors():
         name = ".".join(str(part) for part in item["loc"]).upper() or "settings"
         message = item["msg"].removeprefix("Value error, ")
         value = item.get("input")
-        shown = "" if name == "settings" or isinstance(value, dict) or "PASSWORD" in name or "KEY" in name else f"={value!r}"
-        lines.append(f"{name}{shown}: {message}" if name != "settings" else message)
-    return "; ".join(lines)
+        if name == "settings":
+            lines.append(message)
+            continue
+        if isinstance(value, dict) or any(word in name for word in _SECRET_NAMES):
+            shown = ""
+        elif name == "DATABASE_URL" and isinstance(value, str):
+            shown = f"={safe_database_url(value)!r}"
+        else:
+            shown = f"={mask_secrets(str(value))!r}" if isinstance(value, str) else f"={value!r}"
+        lines.append(f"{name}{shown}: {message}")
+    # Belt and braces: a validator's message may quote a value too.
+    return mask_secrets("; ".join(lines))
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:

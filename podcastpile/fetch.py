@@ -16,12 +16,20 @@ HTML answer is refused early so an error page is not downloaded in full.
 
 Redirects are followed here, hop by hop, not by httpx: each hop's host goes through the address
 guard again (a public host may redirect to 169.254.169.254), and the hop count is ours.
+
+Reasons quote URLs with their passwords hidden (`display_url`): they are stored on the episode,
+printed, and logged into Prefect's database.
+
+A process killed with SIGKILL (or by the OOM killer) cannot remove its temporary files;
+`remove_orphaned_downloads` deletes those of dead processes and runs whenever a worker starts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -34,6 +42,9 @@ import httpx
 from podcastpile import __version__
 from podcastpile.errors import PermanentError, TransientError
 from podcastpile.netguard import AddressGuard, BlockedAddress, PinnedTransport
+from podcastpile.urls import display_url, mask_secrets
+
+log = logging.getLogger(__name__)
 
 USER_AGENT = f"podcastpile/{__version__} (speech dataset builder; python-httpx)"
 CHUNK_BYTES = 1 << 16
@@ -41,6 +52,13 @@ TRANSIENT_4XX = {408, 425, 429}  # request timeout, too early, too many requests
 # The Wayback Machine redirects an id_ URL to its nearest capture (one hop, sometimes two);
 # more than a few hops means a loop.
 MAX_REDIRECTS = 5
+TEMP_PREFIX = "podcastpile-"
+TEMP_SUFFIX = ".audio"
+_TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}(?P<pid>[0-9]+)-.*{re.escape(TEMP_SUFFIX)}\Z", re.S)
+# A file last written more than this before the process now holding its pid started is not that
+# process's: the clocks compared (file times, boot time + start ticks) are only good to a second
+# or so and may be stepped by NTP, so a wide margin; erring keeps a file, never removes a live one.
+PID_REUSE_MARGIN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,9 +97,89 @@ def _is_html(content_type: str | None, first_chunk: bytes) -> bool:
 
 def _temporary_path(directory: str | None) -> Path:
     """A fresh file named after this process, so parallel workers never share one."""
-    handle, name = tempfile.mkstemp(prefix=f"podcastpile-{os.getpid()}-", suffix=".audio", dir=directory)
+    handle, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=TEMP_SUFFIX, dir=directory)
     os.close(handle)
     return Path(name)
+
+
+def remove_orphaned_downloads(directory: str | Path | None = None) -> int:
+    """Delete the temporary audio files of processes that are gone; return how many were deleted.
+
+    `directory` is where downloads are written (default: the system temp folder). Run it when a
+    worker starts: a process killed with SIGKILL leaves its files behind, and nothing else would
+    ever remove them. Files of live processes (this one included) are kept. Never raises:
+    cleaning up must not stop a worker from working.
+    """
+    folder = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+    removed = 0
+    try:
+        candidates = list(folder.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))
+    except OSError as error:
+        log.warning("cannot look for orphaned downloads in %s: %s", folder, error)
+        return 0
+    for path in candidates:
+        match = _TEMP_NAME.match(path.name)
+        if match is None:
+            continue
+        try:
+            if _owner_alive(int(match["pid"]), path.stat().st_mtime):
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue  # its owner finished meanwhile, or another worker cleaned it up
+        except OSError as error:  # e.g. another user's file in a sticky /tmp
+            log.warning("cannot remove orphaned download %s: %s", path, error)
+            continue
+        removed += 1
+    if removed:
+        log.info("removed %d temporary audio file(s) left by dead processes in %s", removed, folder)
+    return removed
+
+
+def _owner_alive(pid: int, modified: float) -> bool:
+    """Whether the process that wrote a file named after `pid`, last modified at `modified`, may live.
+
+    No process with that pid: its owner is dead. A process with that pid that started after the
+    file was last written cannot be its owner (the owner wrote it while alive): the pid was reused,
+    the owner is dead. The owner's own writes all come after its start, so a live owner's file is
+    never taken for an orphan. Where start times cannot be read (no /proc), a live pid keeps the
+    file: pid reuse then only delays the cleanup until that process exits.
+
+    Assumes the temp folder is not shared across pid namespaces (containers): there, another
+    container's pids are invisible and its files would look orphaned. Give each its own.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    except OverflowError:
+        return False  # not a pid this system can have
+    started = _process_start_time(pid)
+    return started is None or modified >= started - PID_REUSE_MARGIN_SECONDS
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from Linux's /proc; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22 is the start time in clock ticks after boot. The command name (field 2) may
+        # hold spaces and parentheses, so count fields from the last ')'.
+        ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_time() -> float:
+    """When this machine booted (seconds since the epoch), from /proc/stat's btime line."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
 
 
 def _next_hop(response: httpx.Response) -> httpx.URL | None:
@@ -91,9 +189,9 @@ def _next_hop(response: httpx.Response) -> httpx.URL | None:
     try:
         target = response.url.join(response.headers["location"])
     except httpx.InvalidURL as error:
-        raise PermanentError("bad-url", f"redirect to an unusable location: {error}") from None
+        raise PermanentError("bad-url", f"redirect to an unusable location: {mask_secrets(str(error))}") from None
     if target.scheme not in ("http", "https"):
-        raise PermanentError("bad-url", f"redirect to a non-http(s) URL: {str(target)[:200]}")
+        raise PermanentError("bad-url", f"redirect to a non-http(s) URL: {display_url(str(target))[:200]}")
     return target
 
 
@@ -114,7 +212,7 @@ def _stream_to(
             if hop is None:
                 return _save_body(response, path, max_bytes)
         target = hop
-    raise PermanentError("too-many-redirects", f"more than {max_redirects} redirects: {url}")
+    raise PermanentError("too-many-redirects", f"more than {max_redirects} redirects: {display_url(url)}")
 
 
 def _save_body(response: httpx.Response, path: Path, max_bytes: int) -> DownloadedAudio:
@@ -181,6 +279,7 @@ def download(
     across episodes; its guard is then the one that counts for resolved names.
     """
     path = _temporary_path(temp_dir)
+    shown = display_url(url)  # reasons quote the URL without its password
     guard = guard.trusting(trusted_hosts)
     own_client = client is None
     if client is None:
@@ -189,16 +288,17 @@ def download(
         try:
             downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects)
         except BlockedAddress as error:
-            raise PermanentError("blocked-address", str(error)) from error
+            raise PermanentError("blocked-address", mask_secrets(str(error))) from error
         except httpx.TimeoutException as error:
-            raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {url}") from error
+            raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {shown}") from error
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
-            raise PermanentError("bad-url", f"{error}: {url}") from error
+            raise PermanentError("bad-url", f"{mask_secrets(str(error))}: {shown}") from error
         except httpx.RemoteProtocolError as error:
             # h11 raises this for a body that ends before Content-Length (and for garbled replies).
-            raise TransientError("short-read", f"{error}: {url}") from error
+            raise TransientError("short-read", f"{mask_secrets(str(error))}: {shown}") from error
         except httpx.TransportError as error:
-            raise TransientError("connection", f"{type(error).__name__}: {error or 'connection failed'}: {url}") from error
+            detail = mask_secrets(str(error)) or "connection failed"
+            raise TransientError("connection", f"{type(error).__name__}: {detail}: {shown}") from error
         except OSError as error:
             raise TransientError("local-io", f"cannot write temporary file: {error}") from error
         yield downloaded

@@ -33,6 +33,7 @@ from podcastpile.archive.wayback import (
 )
 from podcastpile.store import LeaseLost
 from podcastpile.store.archive import ArchiveClaim, ArchiveQueue, Capture, next_utc_midnight
+from podcastpile.urls import mask_secrets
 
 log = logging.getLogger(__name__)
 Event = Callable[[int, str, str], None]  # episode id, what happened, detail
@@ -87,8 +88,8 @@ EVENT_TEXT = {
 
 
 def describe_event(event: str, detail: str) -> str:
-    """One readable line for a stage event."""
-    return EVENT_TEXT.get(event, event + " {}").format(detail)
+    """One readable line for a stage event; URLs in it have their passwords hidden (it is logged)."""
+    return mask_secrets(EVENT_TEXT.get(event, event + " {}").format(detail))
 
 
 def backoff_seconds(attempt: int) -> float:

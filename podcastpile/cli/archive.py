@@ -19,11 +19,18 @@ from podcastpile.cli.episodes import console, fail, open_store, settings
 from podcastpile.store import Episode, EpisodeStore
 from podcastpile.store.archive import ArchiveStats, archive_queue_for
 from podcastpile.store.episodes import utcnow
+from podcastpile.urls import mask_secrets
 
 
 def archive_state(row: Episode, now: datetime | None = None) -> str:
-    """One line on where an episode is in the archive stage, from its stored state."""
-    now = now or utcnow()
+    """One line on where an episode is in the archive stage, from its stored state (passwords hidden).
+
+    Capture URLs embed the episode URL (`.../web/<ts>id_/<url>`), so they are masked like it.
+    """
+    return mask_secrets(_archive_state(row, now or utcnow()))
+
+
+def _archive_state(row: Episode, now: datetime) -> str:
     if row.status == "archive_pending":
         if row.archive_not_before and row.archive_not_before > now:
             return f"waiting until {row.archive_not_before:%Y-%m-%d %H:%M:%S} UTC ({row.error_code or 'backoff'})"
@@ -61,7 +68,7 @@ def archive(
 
     def show(episode_id: int, event: str, detail: str) -> None:
         if not json_output and event != "pending":
-            say(f"episode {episode_id}: {describe_event(event, detail)}")
+            say(f"episode {episode_id}: {mask_secrets(describe_event(event, detail))}")
 
     with WaybackClient.from_settings(config) as client:
         try:

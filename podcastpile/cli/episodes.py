@@ -1,4 +1,9 @@
-"""`ppcli create | import | list | stats`: put episodes in the store and look at it."""
+"""`ppcli create | import | list | stats`: put episodes in the store and look at it.
+
+URLs are stored as given, passwords included (they may be what opens the file). What these
+commands print for people shows them through `display_url` (`user:***@`); `--json` output is
+for scripts and keeps URLs and reasons as stored, so a script can still fetch what it lists.
+"""
 
 from __future__ import annotations
 
@@ -24,15 +29,15 @@ from podcastpile.store import (
     normalize_language,
 )
 from podcastpile.netguard import address_kind, literal_address
-from podcastpile.urls import InvalidURL, normalize_url
+from podcastpile.urls import InvalidURL, display_url, mask_secrets, normalize_url
 
 LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one clear line on stderr (outside text in it shown literally) and exit non-zero."""
-    tell("error", message, style="red")
+    """Print one clear line on stderr (outside text in it shown literally, passwords hidden) and exit non-zero."""
+    tell("error", mask_secrets(message), style="red")
     raise typer.Exit(code)
 
 
@@ -89,7 +94,7 @@ def create(
     episode = store.find(url)
     assert episode is not None  # just added or already present
     verb = "added" if summary.added else "already present:"
-    say(f"{verb} episode {episode.id} ({episode.status}) {episode.url}")
+    say(f"{verb} episode {episode.id} ({episode.status}) {display_url(episode.url)}")
     blocked = None if config.allow_private_addresses else private_address(episode.url)
     if blocked:
         tell("warning", f"{blocked}: downloads will refuse this episode (blocked-address) "
@@ -156,7 +161,7 @@ def _print_lines(items: list[Rejected], stderr: bool = False) -> None:
     out = errors if stderr else console
     for item in items[:20]:
         where = f"line {item.line}" if item.line is not None else "input"
-        out.print(literal(f"  {where}: {item.reason}"), soft_wrap=True)
+        out.print(literal(f"  {where}: {mask_secrets(item.reason)}"), soft_wrap=True)
     if len(items) > 20:
         out.print(f"  … and {len(items) - 20} more (use --json for all)")
 
@@ -192,7 +197,7 @@ def list_(
     for key, title in columns.items():
         table.add_column(title, overflow="fold", no_wrap=key in ("id", "status"))
     for row in rows:
-        table.add_row(*(literal("" if getattr(row, key) is None else getattr(row, key)) for key in columns))
+        table.add_row(*(literal(_shown(row, key)) for key in columns))
     console.print(table)
     if not rows:
         console.print("no episodes" + (f" with status {status}" if status else ""))
@@ -227,8 +232,16 @@ def stats(json_output: JsonOption = False) -> None:
     if result.failures_by_reason:
         failures = Table("reason", "episodes", title="Failures")
         for reason, count in result.failures_by_reason.items():
-            failures.add_row(literal(reason), f"{count:,}")
+            failures.add_row(literal(mask_secrets(reason)), f"{count:,}")
         console.print(failures)
+
+
+def _shown(row: Any, key: str) -> str:
+    """A column of `ppcli list`'s table: URLs and error reasons with passwords hidden."""
+    value = getattr(row, key)
+    if value is None:
+        return ""
+    return mask_secrets(value) if key in ("url", "error") else str(value)
 
 
 def _episode_dict(row: Any) -> dict[str, Any]:

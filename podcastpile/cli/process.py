@@ -30,6 +30,7 @@ from podcastpile.cli.archive import archive_state
 from podcastpile.cli.display import literal, say
 from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
 from podcastpile.cli.episodes import console, errors, fail, open_store, settings
+from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
 from podcastpile.store.episodes import utcnow
 from podcastpile.store.tables import ARCHIVE_WAITING, Episode
@@ -56,6 +57,7 @@ def process(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Archive, download, diarize and transcribe episodes now, through the Prefect flows the workers run."""
+    remove_orphaned_downloads()  # temp audio of killed runs on this machine: nothing else removes it
     if live:
         os.environ["ARCHIVE_MODE"] = "off"  # the flows read their settings from the environment
     config = settings()
@@ -231,14 +233,15 @@ def _print_results(store: EpisodeStore, rows: list) -> None:  # type: ignore[typ
     from rich.text import Text
 
     from podcastpile.cli.display import literal
+    from podcastpile.urls import display_url, mask_secrets  # passwords in URLs are never printed
 
     for row in rows:
         if row.status != EpisodeStatus.completed:
             console.print(Text.assemble((f"episode {row.id} {row.status}", "red"), ": ",
-                                        literal(f"{row.error}  {row.url}")), soft_wrap=True)
+                                        literal(mask_secrets(f"{row.error}  {row.url}"))), soft_wrap=True)
             continue
         result = store.result(row.id) or {}
-        console.print(Text.assemble((f"episode {row.id}", "green"), " ", literal(row.url)), soft_wrap=True)
+        console.print(Text.assemble((f"episode {row.id}", "green"), " ", literal(display_url(row.url))), soft_wrap=True)
         console.print(
             f"  {result.get('duration', 0):.1f} s of audio, {result.get('num_speakers', 0)} speakers, "
             f"{sum(len(t['words']) for t in result.get('turns', []))} words, "

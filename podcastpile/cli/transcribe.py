@@ -15,10 +15,12 @@ from podcastpile.cli import app
 from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import SettingsError, load_settings
 from podcastpile.errors import EpisodeError
+from podcastpile.fetch import remove_orphaned_downloads
+from podcastpile.urls import display_url, mask_secrets
 
 
 def _fail(message: str) -> None:
-    tell("error", message, style="red")
+    tell("error", mask_secrets(message), style="red")  # a URL in it may carry a password
     raise typer.Exit(code=1)
 
 
@@ -36,6 +38,7 @@ def transcribe_command(
         settings = load_settings()
     except SettingsError as error:
         _fail(str(error))
+    remove_orphaned_downloads()  # temp audio of killed runs on this machine: nothing else removes it
     from podcastpile.models import ModelLoadError, SpeechModels
     from podcastpile.speech import process_source
 
@@ -44,7 +47,7 @@ def transcribe_command(
         with nullcontext() if as_json else errors.status("transcribing…"):
             result = process_source(source, models, settings, language=language)
     except EpisodeError as error:
-        _fail(f"{source}: {error.code}: {error.reason}")
+        _fail(f"{display_url(source)}: {error.code}: {mask_secrets(error.reason)}")
     except ModelLoadError as error:
         _fail(str(error))
     if as_json:
