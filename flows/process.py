@@ -73,10 +73,13 @@ def _process_episode(
             outcome.update(status="duplicate", reason=f"same audio as episode {first}")
             return outcome
         started = time.perf_counter()
-        decoded = decode_audio.with_options(timeout_seconds=budget())(downloaded)
-        diarization = diarize.with_options(timeout_seconds=budget())(models, decoded)
-        transcript = transcribe.with_options(timeout_seconds=budget())(models, decoded, claim.language)
-        result = merge_turns(downloaded, decoded, diarization, transcript, time.perf_counter() - started)
+        ep = f"ep{claim.episode_id}"  # task runs named by episode in the UI
+        decoded = decode_audio.with_options(timeout_seconds=budget(), task_run_name=f"decode-{ep}")(downloaded)
+        diarization = diarize.with_options(timeout_seconds=budget(), task_run_name=f"diarize-{ep}")(models, decoded)
+        transcript = transcribe.with_options(timeout_seconds=budget(), task_run_name=f"transcribe-{ep}")(
+            models, decoded, claim.language)
+        result = merge_turns.with_options(task_run_name=f"merge-{ep}")(
+            downloaded, decoded, diarization, transcript, time.perf_counter() - started)
         complete_episode(settings, claim, result)
         outcome.update(status="completed", audio_seconds=result["duration"], speakers=result["num_speakers"])
     except LeaseLost as error:
@@ -141,7 +144,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
                 for ahead in range(index, min(index + 1 + settings.prefetch, len(claims))):
                     if ahead not in downloads:
                         url = _allowed_url(settings, claims[ahead])
-                        downloads[ahead] = download_audio.submit(url, settings) if url else None
+                        named = download_audio.with_options(task_run_name=f"download-ep{claims[ahead].episode_id}")
+                        downloads[ahead] = named.submit(url, settings) if url else None
                 outcome = _process_episode(settings, models, claim, downloads.pop(index))
                 summary["outcomes"].append(outcome)
                 keeper.drop(claim.episode_id)
@@ -159,10 +163,34 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
         table=[{k: mask_secrets(str(o[k])) if k in ("reason", "url") and k in o else o.get(k, "")
                 for k in ("episode_id", "status", "audio_seconds", "reason", "url")}
                for o in summary["outcomes"]],  # stored in Prefect's database: passwords hidden
-        description=f"{summary['by_status']} in {summary['wall_seconds']} s",
+        description=f"{_outcome_line(summary['by_status'])}; {summary['audio_seconds']:.0f} s of audio in {summary['wall_seconds']} s",
     )
-    logger.info("batch done: %s, %.0f s of audio in %.1f s", summary["by_status"], summary["audio_seconds"], summary["wall_seconds"])
+    _label_run(summary["by_status"])
+    logger.info("batch done: %s, %.0f s of audio in %.1f s", _outcome_line(summary["by_status"]), summary["audio_seconds"], summary["wall_seconds"])
     return summary
+
+
+def _outcome_line(by_status: dict[str, int]) -> str:
+    """`3 completed, 1 failed` in a fixed order."""
+    order = ["completed", "failed", "pending", "duplicate", "lease-lost"]
+    keys = sorted(by_status, key=lambda k: (order.index(k) if k in order else len(order), k))
+    return ", ".join(f"{by_status[k]} {'requeued' if k == 'pending' else k}" for k in keys)
+
+
+def _label_run(by_status: dict[str, int]) -> None:
+    """Name the batch run after what happened to its episodes, and tag it when some failed, so the
+    runs list in the UI says it (a failed episode never fails the run itself)."""
+    run = flow_run.get_id()
+    if not run:
+        return
+    try:
+        from prefect.client.orchestration import get_client
+
+        tags = list(flow_run.get_tags()) + (["episode-failures"] if by_status.get("failed") else [])
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run, name=f"batch: {_outcome_line(by_status)}"[:200], tags=tags)
+    except Exception as error:  # a label is not worth failing a finished batch over
+        get_run_logger().warning("could not label the run: %s", error)
 
 
 @flow(name="process-episode", log_prints=True)

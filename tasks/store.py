@@ -39,7 +39,7 @@ def claim_episodes(
         worker_id, n, episode_ids=episode_ids, run_id=run_id))
 
 
-@task(name="start-episode", **_db)
+@task(name="start-episode", task_run_name="start-ep{claim.episode_id}", **_db)
 def start_episode(settings: Settings, claim: Claim, sha256: str | None = None) -> int | None:
     """Mark the episode as processing; returns the id of an episode with the same audio, if any
     (this one is then a duplicate and must not be processed)."""
@@ -48,7 +48,7 @@ def start_episode(settings: Settings, claim: Claim, sha256: str | None = None) -
                     lambda: store.start(claim.episode_id, claim.lease_token, sha256))
 
 
-@task(name="complete-episode", **_db)
+@task(name="complete-episode", task_run_name="complete-ep{claim.episode_id}", **_db)
 def complete_episode(settings: Settings, claim: Claim, result: dict[str, Any]) -> None:
     """Store the result; refused if the lease was lost meanwhile."""
     store = store_for(settings)
@@ -56,7 +56,7 @@ def complete_episode(settings: Settings, claim: Claim, result: dict[str, Any]) -
              lambda: store.complete(claim.episode_id, claim.lease_token, result))
 
 
-@task(name="fail-episode", **_db)
+@task(name="fail-episode", task_run_name="fail-ep{claim.episode_id}", **_db)
 def fail_episode(settings: Settings, claim: Claim, error: EpisodeError) -> EpisodeStatus:
     """Record the failure: permanent ones fail the episode, transient ones requeue it."""
     store = store_for(settings)

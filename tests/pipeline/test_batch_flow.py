@@ -151,3 +151,34 @@ def test_identical_audio_under_two_urls_is_a_duplicate(
     first, second = pipeline_store.list()
     assert first.status == "completed" and second.status == "duplicate"
     assert second.duplicate_of == first.id and pipeline_store.result(second.id) is None
+
+
+def test_stats_flow_publishes_the_dashboard_under_one_key(pipeline_store: EpisodeStore, audio_host: AudioHost) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.stats import DASHBOARD_KEY, stats_flow
+
+    pipeline_store.add([NewEpisode(audio_host.url(name)) for name in ("good-dash.wav", "missing.wav")])
+    process_batch()
+    for _ in range(2):
+        markdown = stats_flow()
+    assert "| completed | 1 |" in markdown and "`http-404`" in markdown
+    with get_client(sync_client=True) as client:
+        published = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[DASHBOARD_KEY])))
+    assert len(published) == 2 and all(a.type == "markdown" for a in published)  # one key, its history
+
+
+def test_batch_runs_and_task_runs_say_what_happened_in_the_ui(pipeline_store: EpisodeStore, audio_host: AudioHost) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    pipeline_store.add([NewEpisode(audio_host.url(name)) for name in ("good-ui.wav", "missing.wav")])
+    run_id = process_batch(return_state=True).state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        task_names = {t.name for t in client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))}
+    assert run.name == "batch: 1 completed, 1 failed" and "episode-failures" in run.tags
+    first, second = (row.id for row in pipeline_store.list())
+    assert {f"download-ep{first}", f"transcribe-ep{first}", f"complete-ep{first}", f"fail-ep{second}"} <= task_names
