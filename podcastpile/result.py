@@ -62,6 +62,9 @@ class EpisodeResult(SignalLevels):
     md5: str = Field(description="MD5 of the original bytes, hex.")
     audio_format: str = Field(description="Container/codec probed from the bytes, e.g. mp3, mov/aac.")
     audio_bytes: int = Field(description="Size of the original file.")
+    decode_errors: int = Field(
+        0, description="Packets that failed to decode and were skipped (each a gap in the audio)."
+    )  # a default: results stored before the field existed still load
     language: str = Field(description="Language the ASR model was chosen for, e.g. en.")
     num_speakers: int
     text: str = Field(description="All turns' text, in order.")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from podcastpile import audio as audio_module
 from podcastpile import signal
 from podcastpile.audio import DecodedAudio
+from podcastpile.errors import PermanentError, TransientError
 from podcastpile.fetch import MAX_REDIRECTS, DownloadedAudio, download, local_file
 from podcastpile.merge import SpeakerTurn, merge_words
 from podcastpile.models import Diarization, SpeechModels, Transcript
@@ -57,9 +58,19 @@ def fetch(source: str, settings: Any) -> Iterator[DownloadedAudio]:
         yield downloaded
 
 
-def decode(downloaded: DownloadedAudio) -> DecodedAudio:
-    """Probe and decode the downloaded bytes to 16 kHz mono float32 (see `podcastpile.audio`)."""
-    return audio_module.decode(downloaded.path)
+def decode(downloaded: DownloadedAudio, live: bool = False) -> DecodedAudio:
+    """Probe and decode the downloaded bytes to 16 kHz mono float32 (see `podcastpile.audio`).
+
+    `live`: the bytes came from the live URL, not an archived copy. A truncated live download
+    may be a connection the host closed early without an error, so `truncated` is raised as a
+    TransientError (same code) to be retried; an archived copy is fixed bytes: permanent.
+    """
+    try:
+        return audio_module.decode(downloaded.path)
+    except PermanentError as error:
+        if live and error.code == "truncated":
+            raise TransientError(error.code, f"{error.reason} (live download, will retry)") from error
+        raise
 
 
 def diarize(models: SpeechModels, decoded: DecodedAudio) -> Diarization:
@@ -97,7 +108,7 @@ def build_result(
     speakers = {s.speaker for s in diarization.segments} | {t.speaker for t in turns}
     return EpisodeResult(
         duration=round(duration, 3), sha256=downloaded.sha256, md5=downloaded.md5,
-        audio_format=decoded.format.name, audio_bytes=downloaded.bytes,
+        audio_format=decoded.format.name, audio_bytes=downloaded.bytes, decode_errors=decoded.decode_errors,
         language=transcript.language, num_speakers=len(speakers), text=transcript.text,
         turns=turns, segments=diarization.segments,
         asr_model=transcript.model, asr_fingerprint=transcript.fingerprint,
@@ -110,16 +121,17 @@ def build_result(
 
 
 def process_downloaded(
-    downloaded: DownloadedAudio, models: SpeechModels, language: str | None = None
+    downloaded: DownloadedAudio, models: SpeechModels, language: str | None = None, live: bool = False
 ) -> EpisodeResult:
     """Decode → diarize → transcribe → merge for bytes already on disk.
 
     Decoding comes first, so bytes that are not audio fail before any model is loaded.
+    `live` as in `decode`.
     Model loading (once per process) is kept off the clock: `processing_seconds` and `rtf`
     measure the work on this episode.
     """
     started = time.perf_counter()
-    decoded = decode(downloaded)
+    decoded = decode(downloaded, live=live)
     decode_seconds = time.perf_counter() - started
     models.diarizer()
     models.asr(language)
@@ -131,8 +143,10 @@ def process_downloaded(
 
 
 def process_source(
-    source: str, models: SpeechModels, settings: Any, language: str | None = None
+    source: str, models: SpeechModels, settings: Any, language: str | None = None, live: bool = False
 ) -> EpisodeResult:
-    """The whole speech core for one URL or local file. Raises PermanentError / TransientError."""
+    """The whole speech core for one URL or local file. Raises PermanentError / TransientError.
+
+    `live`: `source` is a live URL (see `decode`)."""
     with fetch(source, settings) as downloaded:
-        return process_downloaded(downloaded, models, language)
+        return process_downloaded(downloaded, models, language, live=live)

@@ -49,9 +49,9 @@ def download_audio(url: str, settings: Settings) -> tuple[DownloadedAudio, ExitS
 
 
 @task(name="decode-audio", cache_policy=NONE)
-def decode_audio(downloaded: DownloadedAudio) -> DecodedAudio:
-    """Probe and decode to 16 kHz mono float32."""
-    return speech.decode(downloaded)
+def decode_audio(downloaded: DownloadedAudio, live: bool = False) -> DecodedAudio:
+    """Probe and decode to 16 kHz mono float32. `live`: a truncated file is transient (re-download)."""
+    return speech.decode(downloaded, live=live)
 
 
 @task(name="diarize", cache_policy=NONE)
