@@ -14,6 +14,7 @@ Every word lands in exactly one turn; turns come sorted by start.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -98,6 +99,32 @@ def assign_speaker(
     return min(candidates, key=lambda speaker: (first_seen[speaker], speaker))
 
 
+class _SegmentIndex:
+    """Each speaker's segments sorted, to hand `assign_speaker` only those that can matter.
+
+    For one word that is, per speaker, the segments overlapping it plus the nearest one on
+    each side: the same overlap sums and nearest distances as the full list, so the same
+    answer, in O(log n) per word instead of O(n) (a 6 h episode has ~60k words and thousands
+    of segments: minutes of Python otherwise). After `normalize_segments` one speaker's
+    segments do not overlap, so their starts and ends are both sorted.
+    """
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
+        self.by_speaker: dict[str, list[Segment]] = {}
+        for segment in segments:
+            self.by_speaker.setdefault(segment.speaker, []).append(segment)
+        self.starts = {k: [s.start for s in v] for k, v in self.by_speaker.items()}
+        self.ends = {k: [s.end for s in v] for k, v in self.by_speaker.items()}
+
+    def around(self, word: Word) -> list[Segment]:
+        found: list[Segment] = []
+        for speaker, segments in self.by_speaker.items():
+            first = bisect_right(self.ends[speaker], word.start)  # first ending after the word starts
+            last = bisect_left(self.starts[speaker], word.end)  # first starting at/after its end
+            found.extend(segments[max(0, first - 1):min(len(segments), last + 1)])
+        return found
+
+
 def merge_words(words: Sequence[Word], segments: Sequence[Segment]) -> list[SpeakerTurn]:
     """Group `words` into speaker turns using `segments` (see the module docstring for the rules).
 
@@ -111,10 +138,11 @@ def merge_words(words: Sequence[Word], segments: Sequence[Segment]) -> list[Spea
     first_seen: dict[str, float] = {}
     for segment in clean:
         first_seen.setdefault(segment.speaker, segment.start)
+    nearby = _SegmentIndex(clean)
     turns: list[SpeakerTurn] = []
     previous: str | None = None
     for word in ordered:
-        speaker = assign_speaker(word, clean, previous, first_seen) if clean else FALLBACK_SPEAKER
+        speaker = assign_speaker(word, nearby.around(word), previous, first_seen) if clean else FALLBACK_SPEAKER
         if turns and turns[-1].speaker == speaker:
             turns[-1].words.append(word)
         else:

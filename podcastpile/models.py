@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from podcastpile import longform
 from podcastpile.audio import DecodedAudio
 from podcastpile.result import Segment, Word
 
@@ -45,7 +46,10 @@ LATENCY_PRESETS: dict[str, dict[str, int]] = {
 }
 # Local attention window (encoder frames each side) for long audio, as NVIDIA recommends for
 # Parakeet: full attention needs memory quadratic in length (~20 min fits 80 GB).
-LOCAL_ATTENTION_CONTEXT = [128, 128]
+LOCAL_ATTENTION_CONTEXT = [longform.LOCAL_CONTEXT, longform.LOCAL_CONTEXT]
+# The diarizer's features are computed this much audio at a time when the episode is longer
+# (see `longform.chunked_features`): its STFT temporaries stay ~0.25 GB.
+DIAR_FEATURE_CHUNK_SECONDS = 300.0
 WARM_UP_SAMPLES = 16_000  # one second at the models' 16 kHz
 
 
@@ -157,6 +161,8 @@ class Transcript:
     language: str
     model: str
     fingerprint: str
+    local_attention: bool = False  # how it was run (see `longform.plan_asr`)
+    windows: int = 1
 
 
 @dataclass
@@ -183,6 +189,10 @@ class SpeechModels:
     local_attention_above_seconds: float = 1200.0
     device: str = "auto"
     quiet: bool = True
+    # Bytes one ASR pass may use; None: measured from the device before each episode.
+    asr_memory_budget_bytes: int | None = None
+    asr_window_overlap_seconds: float = longform.OVERLAP_SECONDS
+    diar_feature_chunk_seconds: float = DIAR_FEATURE_CHUNK_SECONDS
     _loaded: dict[tuple[str, str], LoadedModel] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -269,7 +279,8 @@ class SpeechModels:
     def diarize(self, audio: DecodedAudio) -> Diarization:
         """Speaker segments of the whole episode, sorted by start."""
         loaded = self.diarizer()
-        with self._progress_bars_off():
+        chunked = audio.duration > self.diar_feature_chunk_seconds
+        with self._progress_bars_off(), _features_in_chunks(loaded.model, self.diar_feature_chunk_seconds, chunked):
             output = loaded.model.diarize(
                 audio=[audio.samples], sample_rate=audio.sample_rate, batch_size=1, verbose=False
             )
@@ -277,26 +288,38 @@ class SpeechModels:
         return Diarization(segments=segments, model=loaded.name, fingerprint=loaded.fingerprint)
 
     def transcribe(self, audio: DecodedAudio, language: str | None = None) -> Transcript:
-        """One ASR pass over the whole episode with word timestamps.
+        """One ASR pass over the whole episode with word timestamps, in memory bounded by the device.
 
-        Above `local_attention_above_seconds` the encoder switches to local attention (and
-        chunked subsampling) so hour-long audio fits in memory; shorter audio gets full attention back.
+        `asr_plan` picks full attention in one pass when it fits the memory budget (and the
+        episode is no longer than `local_attention_above_seconds`), else local attention in
+        overlapping windows whose words are stitched at pauses (see `podcastpile.longform`).
         """
         loaded = self.asr(language)
-        self._set_attention(loaded, local=audio.duration > self.local_attention_above_seconds)
-        hypotheses = loaded.model.transcribe(
-            [audio.samples.astype(np.float32, copy=False)], batch_size=1, timestamps=True, verbose=False
-        )
-        if isinstance(hypotheses, tuple):  # some decoders return (best, all)
-            hypotheses = hypotheses[0]
-        hypothesis = hypotheses[0]
-        words = [
-            Word(word=str(item["word"]), start=round(float(item["start"]), 3), end=round(float(item["end"]), 3))
-            for item in (hypothesis.timestamp or {}).get("word", [])
-        ]
+        plan = self.asr_plan(audio.duration, language)
+        self._set_attention(loaded, local=plan.local)
+        if len(plan.windows) == 1:
+            words, text = _recognise(loaded.model, audio.samples)
+        else:
+            log.info("transcribing %.0f s in %d windows of %.0f s (local attention %s)",
+                     audio.duration, len(plan.windows), plan.window_seconds, plan.local)
+            words = longform.run_windows(
+                audio.samples, audio.sample_rate, plan.windows, lambda piece: _recognise(loaded.model, piece)[0]
+            )
+            text = " ".join(word.word for word in words)
         return Transcript(
-            words=words, text=hypothesis.text or "", language=language or "en",
-            model=loaded.name, fingerprint=loaded.fingerprint,
+            words=words, text=text, language=language or "en", model=loaded.name,
+            fingerprint=loaded.fingerprint, local_attention=plan.local, windows=len(plan.windows),
+        )
+
+    def asr_plan(self, seconds: float, language: str | None = None) -> longform.AsrPlan:
+        """How `transcribe` will run `seconds` of audio on this device (loads the model if needed)."""
+        loaded = self.asr(language)
+        budget = self.asr_memory_budget_bytes
+        if budget is None:
+            budget = longform.memory_budget_bytes(str(next(loaded.model.parameters()).device))
+        return longform.plan_asr(
+            seconds, longform.EncoderShape.of(loaded.model), budget,
+            full_attention_limit=self.local_attention_above_seconds, overlap=self.asr_window_overlap_seconds,
         )
 
     @staticmethod
@@ -305,13 +328,66 @@ class SpeechModels:
             return
         model = loaded.model
         if local:
-            model.change_attention_model("rel_pos_local_attn", LOCAL_ATTENTION_CONTEXT)
+            trained = (loaded.full_attention or ("rel_pos", [-1, -1], 1))[1]
+            model.change_attention_model("rel_pos_local_attn", local_context(trained))
             model.change_subsampling_conv_chunking_factor(1)  # 1 = chunk automatically
         else:
             attention, context, chunking = loaded.full_attention or ("rel_pos", [-1, -1], 1)
             model.change_attention_model(attention, context)
             model.change_subsampling_conv_chunking_factor(chunking)
         loaded.local_attention = local
+
+
+def local_context(trained: list[int]) -> list[int]:
+    """The local attention window for a model whose configured context is `trained`.
+
+    NVIDIA's [128, 128] for a model trained with full attention ([-1, -1], as Parakeet); a model
+    trained with a narrower finite context keeps its own, which local attention then computes
+    exactly as before in linear memory. Widening a narrow context changes what the model sees
+    (the tiny test model, trained at [4, 4], loses whole turns at [128, 128]).
+    """
+    return [side if 0 <= side < limit else limit for side, limit in zip(trained, LOCAL_ATTENTION_CONTEXT)]
+
+
+def _recognise(model: Any, samples: np.ndarray) -> tuple[list[Word], str]:
+    """Words (times from the start of `samples`) and text of one `transcribe` call."""
+    hypotheses = model.transcribe(
+        [samples.astype(np.float32, copy=False)], batch_size=1, timestamps=True, verbose=False
+    )
+    if isinstance(hypotheses, tuple):  # some decoders return (best, all)
+        hypotheses = hypotheses[0]
+    hypothesis = hypotheses[0]
+    words = [
+        Word(word=str(item["word"]), start=round(float(item["start"]), 3), end=round(float(item["end"]), 3))
+        for item in (hypothesis.timestamp or {}).get("word", [])
+    ]
+    return words, hypothesis.text or ""
+
+
+@contextmanager
+def _features_in_chunks(model: Any, chunk_seconds: float, enabled: bool = True) -> Iterator[None]:
+    """While inside, a streaming Sortformer computes its features `chunk_seconds` at a time.
+
+    NeMo's `process_signal` runs the preprocessor over the whole file at once (an STFT of 6 h
+    is ~4.4 GB); the instance's method is shadowed by one that calls `longform.chunked_features`
+    (same features) and removed after. Only in streaming mode, where NeMo's own version does
+    nothing else (offline mode also rescales by the file's peak).
+    """
+    if not enabled or not getattr(model, "streaming_mode", False):
+        yield
+        return
+    original = model.process_signal
+
+    def process_signal(audio_signal: Any, audio_signal_length: Any) -> Any:
+        signal, length = audio_signal.to(model.device), audio_signal_length.to(model.device)
+        result = longform.chunked_features(model.preprocessor, signal, length, chunk_seconds)
+        return original(audio_signal, audio_signal_length) if result is None else result
+
+    model.process_signal = process_signal
+    try:
+        yield
+    finally:
+        del model.process_signal
 
 
 def apply_latency_preset(model: Any, preset: str) -> None:

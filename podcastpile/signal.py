@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 FLOOR_DBFS = -120.0  # digital silence would be -inf, which JSON cannot carry
+LEVEL_BLOCK = 1 << 20  # samples per block in `levels`
 CLIP_LEVEL = 0.999  # int16 full scale decodes to 32767/32768 ≈ 0.99997; lossy codecs land just below
 
 
@@ -24,9 +25,15 @@ def levels(samples: np.ndarray) -> tuple[float, float, float]:
     """(rms_dbfs, peak_dbfs, clipped_ratio) of `samples`; an empty slice reads as silence."""
     if samples.size == 0:
         return FLOOR_DBFS, FLOOR_DBFS, 0.0
-    magnitude = np.abs(samples.astype(np.float64, copy=False))
-    rms = float(np.sqrt(np.mean(np.square(magnitude))))
-    return dbfs(rms), dbfs(float(magnitude.max())), float(np.mean(magnitude >= CLIP_LEVEL))
+    # In blocks: a float64 copy of a whole 6 h episode would be 2.8 GB (and its square as much).
+    squares, peak, clipped = 0.0, 0.0, 0
+    for start in range(0, samples.size, LEVEL_BLOCK):
+        magnitude = np.abs(samples[start:start + LEVEL_BLOCK].astype(np.float64, copy=False))
+        squares += float(np.dot(magnitude, magnitude))
+        peak = max(peak, float(magnitude.max()))
+        clipped += int(np.count_nonzero(magnitude >= CLIP_LEVEL))
+    rms = float(np.sqrt(squares / samples.size))
+    return dbfs(rms), dbfs(peak), clipped / samples.size
 
 
 def span(samples: np.ndarray, sample_rate: int, start: float, end: float) -> np.ndarray:
