@@ -147,7 +147,9 @@ class Settings(BaseSettings):
         description="ASR for non-English episodes (25 European languages).",
     )
     local_attention_above_seconds: float = Field(
-        1200.0, gt=0, description="Switch ASR to local attention for audio longer than this."
+        1200.0, gt=0,
+        description="Longest audio ASR runs with full attention; longer (or shorter, when the device's "
+        "memory is short) gets local attention in windows.",
     )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N.")
 
