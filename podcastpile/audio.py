@@ -35,6 +35,7 @@ TRUNCATION_TOLERANCE_SECONDS = 0.5
 TRUNCATION_TOLERANCE_SHARE = 0.005
 # Samples are gathered into one array grown in place (see `_Samples`), this much at a time.
 GROW_SAMPLES = 16_000 * 60
+MAX_PREALLOCATED_SECONDS = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def decode(path: Path, sample_rate: int = SAMPLE_RATE) -> DecodedAudio:
         stream = container.streams.audio[0]
         found = _describe(container, stream)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        expected = int((declared.seconds or 0) * sample_rate * 1.01) if declared else 0
+        # A size hint only (the buffer grows anyway), capped: a hostile header may declare years.
+        expected = int(min(declared.seconds or 0, MAX_PREALLOCATED_SECONDS) * sample_rate * 1.01) if declared else 0
         samples = _Samples(expected)
         packets = bad = 0
         stream_end = 0.0  # where the demuxed packets reach, seconds: counts the audio of bad packets too

@@ -47,6 +47,9 @@ LATENCY_PRESETS: dict[str, dict[str, int]] = {
 # Local attention window (encoder frames each side) for long audio, as NVIDIA recommends for
 # Parakeet: full attention needs memory quadratic in length (~20 min fits 80 GB).
 LOCAL_ATTENTION_CONTEXT = [longform.LOCAL_CONTEXT, longform.LOCAL_CONTEXT]
+# NeMo 3.0's `merge_float_intervals` (which builds the diarizer's output lines) scales times by
+# 1e5 and casts them to int32: every segment after 2**31 / 1e5 s (5 h 57 m 54.8 s) is dropped.
+NEMO_INTERVAL_LIMIT_SECONDS = 2**31 / 10**5
 # The diarizer's features are computed this much audio at a time when the episode is longer
 # (see `longform.chunked_features`): its STFT temporaries stay ~0.25 GB.
 DIAR_FEATURE_CHUNK_SECONDS = 300.0
@@ -280,7 +283,11 @@ class SpeechModels:
         """Speaker segments of the whole episode, sorted by start."""
         loaded = self.diarizer()
         chunked = audio.duration > self.diar_feature_chunk_seconds
-        with self._progress_bars_off(), _features_in_chunks(loaded.model, self.diar_feature_chunk_seconds, chunked):
+        with (
+            self._progress_bars_off(),
+            _features_in_chunks(loaded.model, self.diar_feature_chunk_seconds, chunked),
+            _wide_interval_merge(audio.duration >= NEMO_INTERVAL_LIMIT_SECONDS),
+        ):
             output = loaded.model.diarize(
                 audio=[audio.samples], sample_rate=audio.sample_rate, batch_size=1, verbose=False
             )
@@ -362,6 +369,42 @@ def _recognise(model: Any, samples: np.ndarray) -> tuple[list[Word], str]:
         for item in (hypothesis.timestamp or {}).get("word", [])
     ]
     return words, hypothesis.text or ""
+
+
+def merge_float_intervals(ranges: list[list[float]], decimals: int = 5, margin: int = 2) -> list[list[float]]:
+    """NeMo's `speaker_utils.merge_float_intervals` with Python integers instead of int32 tensors.
+
+    Same rule (ranges scaled to integers, starts shifted by `margin` so that touching ranges
+    stay apart, then NeMo's own `merge_int_intervals`, which makes int64 tensors from Python
+    ints), without the overflow that drops every range past 21474.8 s.
+    """
+    from nemo.collections.asr.parts.utils.speaker_utils import merge_int_intervals
+
+    scale = 10**decimals
+    scaled = [[round(start * scale) + margin, round(end * scale)] for start, end in ranges]
+    merged = merge_int_intervals([pair for pair in scaled if pair[0] < pair[1]])
+    return [[round((start - margin) / scale, decimals), round(end / scale, decimals)] for start, end in merged]
+
+
+@contextmanager
+def _wide_interval_merge(enabled: bool = True) -> Iterator[None]:
+    """While inside, NeMo's diarizer output uses `merge_float_intervals` above (no int32 overflow).
+
+    `generate_diarization_output_lines` looks the function up in its module at call time, so
+    the module's name is swapped and put back after. Only for audio past the overflow point:
+    shorter episodes keep NeMo's exact output. If another thread already swapped it, leave it.
+    """
+    from nemo.collections.asr.parts.utils import speaker_utils
+
+    original = speaker_utils.merge_float_intervals
+    if not enabled or original is merge_float_intervals:
+        yield
+        return
+    speaker_utils.merge_float_intervals = merge_float_intervals
+    try:
+        yield
+    finally:
+        speaker_utils.merge_float_intervals = original
 
 
 @contextmanager

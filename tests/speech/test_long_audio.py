@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from podcastpile import longform, signal
+from podcastpile import models as models_module
 from podcastpile.audio import DecodedAudio, decode
 from podcastpile.longform import EncoderShape, plan_asr, stitch
 from podcastpile.merge import assign_speaker, merge_words, normalize_segments
@@ -181,3 +182,46 @@ def test_merge_with_the_segment_index_matches_the_full_scan():
             previous = assign_speaker(word, clean, previous, first_seen) if clean else "speaker_0"
             speakers.append(previous)
         assert [t.speaker for t in turns for _ in t.words] == speakers
+
+
+# --- NeMo's diarizer output past 5 h 58 min ------------------------------------------------------
+
+
+def test_diarizer_lines_keep_segments_past_nemos_int32_limit():
+    """NeMo scales times by 1e5 into int32: a 6 h episode lost every segment after 21474.8 s."""
+    from nemo.collections.asr.parts.utils import speaker_utils
+
+    original = speaker_utils.merge_float_intervals
+    late = [[21_470.0, 21_480.5], [21_600.0, 21_607.25]]
+    with models_module._wide_interval_merge():
+        lines = speaker_utils.generate_diarization_output_lines([[[1.0, 2.0], *late], [[3.0, 4.0]]], 2)
+    assert speaker_utils.merge_float_intervals is original  # put back
+    assert sorted(lines) == sorted([
+        "1.000 2.000 speaker_0", "21470.000 21480.500 speaker_0", "21600.000 21607.250 speaker_0",
+        "3.000 4.000 speaker_1",
+    ])
+
+
+def test_interval_merge_matches_nemos_below_the_limit():
+    from nemo.collections.asr.parts.utils import speaker_utils
+
+    rng = random.Random(5)
+    for _ in range(50):
+        ranges = []
+        for _ in range(rng.randint(1, 12)):
+            start = round(rng.uniform(0, 3000), 2)
+            ranges.append([start, round(start + rng.choice([0.0, 0.01, 0.08, rng.uniform(0, 30)]), 2)])
+        ours, nemos = models_module.merge_float_intervals(ranges), speaker_utils.merge_float_intervals(ranges)
+        # The same ranges; NeMo's values went through float32 (628.37 comes back as 628.36999...).
+        assert len(ours) == len(nemos)
+        assert [x for pair in ours for x in pair] == pytest.approx([x for pair in nemos for x in pair], abs=1e-3)
+
+
+def test_long_audio_diarization_uses_the_wide_merge(tiny_models, conversation_audio, monkeypatch):
+    whole = tiny_models.diarize(conversation_audio).segments
+    calls = []
+    fixed = models_module.merge_float_intervals
+    monkeypatch.setattr(models_module, "merge_float_intervals", lambda *a, **k: calls.append(1) or fixed(*a, **k))
+    monkeypatch.setattr(models_module, "NEMO_INTERVAL_LIMIT_SECONDS", 1.0)  # this audio counts as that long
+    assert tiny_models.diarize(conversation_audio).segments == whole
+    assert calls  # NeMo's output lines went through the fixed merge
