@@ -74,7 +74,9 @@ def _process_episode(
             return outcome
         started = time.perf_counter()
         ep = f"ep{claim.episode_id}"  # task runs named by episode in the UI
-        decoded = decode_audio.with_options(timeout_seconds=budget(), task_run_name=f"decode-{ep}")(downloaded)
+        # A cut file from the archive stays cut; one from the original host may download whole next time.
+        live = claim.archive_url is None
+        decoded = decode_audio.with_options(timeout_seconds=budget(), task_run_name=f"decode-{ep}")(downloaded, live)
         diarization = diarize.with_options(timeout_seconds=budget(), task_run_name=f"diarize-{ep}")(models, decoded)
         transcript = transcribe.with_options(timeout_seconds=budget(), task_run_name=f"transcribe-{ep}")(
             models, decoded, claim.language)
