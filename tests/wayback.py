@@ -51,7 +51,7 @@ def with_ad(wav: bytes, ad: bytes) -> bytes:
     assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE", "not a RIFF/WAVE file"
     chunks, offset = [], 12
     while offset + 8 <= len(wav):
-        name, size = wav[offset:offset + 4], struct.unpack("<I", wav[offset + 4:offset + 8])[0]
+        size = struct.unpack("<I", wav[offset + 4:offset + 8])[0]
         chunks.append(wav[offset:offset + 8 + size + (size & 1)])
         offset += 8 + size + (size & 1)
     padded = ad + b"\0" * (len(ad) & 1)

@@ -140,7 +140,7 @@ class ArchiveStage:
                     next_submit = self._submit_next(to_submit, polling, summary)
                 for episode_id, (claim, due) in list(polling.items()):
                     if due <= time.monotonic():
-                        self._poll(claim, polling, to_submit, summary)
+                        self._poll(claim, polling, summary)
                 if time.monotonic() >= next_renew:
                     self._renew([c for c in to_submit] + [c for c, _ in polling.values()], to_submit, polling)
                     next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
@@ -223,8 +223,7 @@ class ArchiveStage:
         return time.monotonic()
 
     def _poll(
-        self, claim: ArchiveClaim, polling: dict[int, tuple[ArchiveClaim, float]],
-        to_submit: list[ArchiveClaim], summary: ArchiveSummary,
+        self, claim: ArchiveClaim, polling: dict[int, tuple[ArchiveClaim, float]], summary: ArchiveSummary
     ) -> None:
         assert claim.job_id is not None
         try:
@@ -236,9 +235,10 @@ class ArchiveStage:
         except JobForgotten as error:
             # Resubmit rather than lose the episode; the attempt limit bounds the loop.
             del polling[claim.episode_id]
-            if self._record(claim, lambda: self.queue.retry_later(claim, "job-forgotten", str(error), 0.0)):
+            reason = str(error)
+            if self._record(claim, lambda: self.queue.retry_later(claim, "job-forgotten", reason, 0.0)):
                 summary.add("resubmit")
-                self.on_event(claim.episode_id, "resubmit", str(error))
+                self.on_event(claim.episode_id, "resubmit", reason)
             return
         if status.status == "pending":
             polling[claim.episode_id] = (claim, time.monotonic() + self.limits.poll_seconds)

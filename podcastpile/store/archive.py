@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from podcastpile.store.episodes import EpisodeStore, LeaseLost
 from podcastpile.store.tables import (
@@ -301,13 +303,14 @@ class ArchiveQueue:
                 )
 
     def _count_capture(self, connection: Any, now: datetime, size: int) -> None:
-        day = now.strftime("%Y-%m-%d")
-        updated = connection.execute(
-            update(_days).where(_days.c.day == day)
-            .values(captures=_days.c.captures + 1, bytes=_days.c.bytes + size)
-        ).rowcount
-        if not updated:
-            connection.execute(insert(_days).values(day=day, captures=1, bytes=size))
+        # One statement (INSERT … ON CONFLICT DO UPDATE): runs finishing captures at the same
+        # moment on a new day would otherwise both try to insert the day's row.
+        upsert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        statement = upsert(_days).values(day=now.strftime("%Y-%m-%d"), captures=1, bytes=size)
+        connection.execute(statement.on_conflict_do_update(
+            index_elements=[_days.c.day],
+            set_={"captures": _days.c.captures + 1, "bytes": _days.c.bytes + statement.excluded.bytes},
+        ))
 
     # --- reading --------------------------------------------------------------------------------
 

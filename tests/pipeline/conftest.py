@@ -69,6 +69,25 @@ class AudioHost:
         return self.server.url(f"/ep/{name}")
 
 
+def trickled(body: bytes, pieces: int = 4, every: float = 1.0) -> Reply:
+    """An answer that sends `body` in `pieces`, one every `every` s (a slow host)."""
+    def chunks():  # type: ignore[no-untyped-def]
+        step = len(body) // pieces + 1
+        for start in range(0, len(body), step):
+            time.sleep(every)
+            yield body[start:start + step]
+    return Reply(200, chunks(), {"Content-Type": "audio/wav"})
+
+
+@pytest.fixture
+def slow_host(conversation: dict) -> Iterator[LoopbackServer]:
+    """Every `/ep/*` path is its own episode (the conversation, a JUNK chunk naming the path),
+    trickled over ~4 s, so a batch is still running when a test stops or kills something."""
+    wav = conversation["wav"].read_bytes()
+    with LoopbackServer({"/ep/*": lambda request: trickled(with_ad(wav, request.path.encode()))}) as server:
+        yield server
+
+
 @pytest.fixture
 def audio_host(conversation: dict) -> Iterator[AudioHost]:
     host = AudioHost(conversation["wav"].read_bytes())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -179,10 +180,16 @@ def test_batch_runs_and_task_runs_say_what_happened_in_the_ui(pipeline_store: Ep
 
     pipeline_store.add([NewEpisode(audio_host.url(name)) for name in ("good-ui.wav", "missing.wav")])
     run_id = process_batch(return_state=True).state_details.flow_run_id
+    first, second = (row.id for row in pipeline_store.list())
+    wanted = {f"download-ep{first}", f"transcribe-ep{first}", f"complete-ep{first}", f"fail-ep{second}"}
+    deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(run_id)
-        task_names = {t.name for t in client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))}
+        while True:  # task runs reach the server as events, a moment after the flow returns
+            task_names = {t.name for t in client.read_task_runs(
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[run_id])))}
+            if wanted <= task_names or time.monotonic() > deadline:
+                break
+            time.sleep(1)
     assert run.name == "batch: 1 completed, 1 failed" and "episode-failures" in run.tags
-    first, second = (row.id for row in pipeline_store.list())
-    assert {f"download-ep{first}", f"transcribe-ep{first}", f"complete-ep{first}", f"fail-ep{second}"} <= task_names
+    assert wanted <= task_names

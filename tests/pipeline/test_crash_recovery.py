@@ -12,20 +12,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from podcastpile.cli.stopping import descendants
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from tests import postgres
-from tests.loopback import LoopbackServer, Reply
+from tests.loopback import LoopbackServer
 from tests.pipeline.conftest import pipeline_environment
 from tests.pipeline.test_worker_e2e import run
 from tests.prefect_server import PREFECT, prefect_server
-from tests.wayback import with_ad
+
+
+def stack_environment(prefect_env: dict[str, str], episodes_url: str) -> dict[str, str]:
+    """The environment workers and setup run with: Prefect's, the pipeline's, the venv on PATH."""
+    return {
+        **os.environ, **prefect_env, **pipeline_environment(episodes_url),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
 
 
 def start_worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -44,33 +50,11 @@ def kill_tree(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-@pytest.fixture
-def slow_host(conversation: dict) -> Iterator[LoopbackServer]:
-    """Each episode trickles in over ~4 s, so a batch of three is still running when killed."""
-    wav = conversation["wav"].read_bytes()
-
-    def trickle(request):  # type: ignore[no-untyped-def]
-        body = with_ad(wav, request.path.encode())
-        def chunks():  # type: ignore[no-untyped-def]
-            step = len(body) // 4 + 1
-            for start in range(0, len(body), step):
-                time.sleep(1.0)
-                yield body[start:start + step]
-        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
-
-    with LoopbackServer({"/ep/*": trickle}) as server:
-        yield server
-
-
 def test_sigkilled_worker_tree_mid_batch_is_recovered_without_a_hand(
     tmp_path: Path, slow_host: LoopbackServer, conversation: dict
 ) -> None:
     with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
-        env = {
-            **os.environ, **prefect_env, **pipeline_environment(episodes_url),
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        env = stack_environment(prefect_env, episodes_url)
         env.pop("JOB_TIMEOUT_HOURS", None)  # the default 2 h lease: expiry cannot rescue anything
         run(["bash", "deployments/setup.sh"], env)
         engine = make_engine(episodes_url)
@@ -117,11 +101,7 @@ def test_one_sigterm_to_ppcli_worker_releases_unfinished_episodes_and_exits(
     tmp_path: Path, slow_host: LoopbackServer
 ) -> None:
     with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
-        env = {
-            **os.environ, **prefect_env, **pipeline_environment(episodes_url),
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
+        env = stack_environment(prefect_env, episodes_url)
         run(["bash", "deployments/setup.sh"], env)
         engine = make_engine(episodes_url)
         migrate(engine)

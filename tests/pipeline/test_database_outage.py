@@ -18,9 +18,8 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
-from tests.loopback import LoopbackServer, Reply
+from tests.loopback import LoopbackServer
 from tests.pipeline.conftest import pipeline_environment
-from tests.wayback import with_ad
 
 
 @pytest.fixture
@@ -42,19 +41,8 @@ def stop(server: Any) -> None:
 
 
 def test_a_minute_without_the_database_loses_nothing(
-    private_postgres: Any, conversation: dict, monkeypatch: pytest.MonkeyPatch
+    private_postgres: Any, slow_host: LoopbackServer, conversation: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wav = conversation["wav"].read_bytes()
-
-    def slow(request):  # type: ignore[no-untyped-def]
-        body = with_ad(wav, request.path.encode())
-
-        def chunks():  # type: ignore[no-untyped-def]
-            for start in range(0, len(body), len(body) // 3 + 1):
-                time.sleep(1.0)
-                yield body[start:start + len(body) // 3 + 1]
-        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
-
     url = private_postgres.get_uri().replace("postgresql://", "postgresql+psycopg://", 1)
     for key, value in pipeline_environment(url).items():
         monkeypatch.setenv(key, value)
@@ -62,10 +50,10 @@ def test_a_minute_without_the_database_loses_nothing(
     engine = make_engine(url)
     migrate(engine)
     store = EpisodeStore(engine, archive_required=False)
-    with LoopbackServer({"/ep/*": slow}) as host, prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120):
         from flows.process import process_batch
 
-        store.add([NewEpisode(host.url(f"/ep/show-{i}.wav"), language="en") for i in range(3)])
+        store.add([NewEpisode(slow_host.url(f"/ep/show-{i}.wav"), language="en") for i in range(3)])
         outcome: dict[str, Any] = {}
         batch = threading.Thread(target=lambda: outcome.update(process_batch()), daemon=True)
         batch.start()

@@ -7,32 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
-from tests.loopback import LoopbackServer, Reply
+from tests.loopback import LoopbackServer
 from tests.pipeline.conftest import pipeline_environment
-from tests.wayback import with_ad
-
-
-@pytest.fixture
-def slow_host(conversation: dict) -> Iterator[LoopbackServer]:
-    wav = conversation["wav"].read_bytes()
-
-    def trickle(request):  # type: ignore[no-untyped-def]
-        body = with_ad(wav, request.path.encode())
-
-        def chunks():  # type: ignore[no-untyped-def]
-            for start in range(0, len(body), len(body) // 4 + 1):
-                time.sleep(1.0)
-                yield body[start:start + len(body) // 4 + 1]
-        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
-
-    with LoopbackServer({"/ep/*": trickle}) as server:
-        yield server
 
 
 def test_one_sigterm_to_ppcli_process_releases_unfinished_episodes(

@@ -32,14 +32,17 @@ def tone(seconds: float = TONE_SECONDS, rate: int = 16000) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
 
 
-def encode(path: Path, container: str, codec: str, rate: int, samples: np.ndarray) -> bytes:
-    """Encode mono `samples` (at `rate`) with PyAV; returns the file's bytes."""
+def encode(
+    path: Path, container: str, codec: str, rate: int, samples: np.ndarray,
+    options: dict[str, str] | None = None, frame_size: int | None = None,
+) -> bytes:
+    """Encode mono `samples` (at `rate`) with PyAV, with muxer `options`; returns the file's bytes."""
     import av
 
-    with av.open(str(path), "w", format=container) as out:
+    with av.open(str(path), "w", format=container, options=options or {}) as out:
         stream = out.add_stream(codec, rate=rate)
         stream.layout = "mono"
-        frame_size = 960 if codec == "libopus" else 1024
+        frame_size = frame_size or (960 if codec == "libopus" else 1024)
         for start in range(0, len(samples), frame_size):
             frame = av.AudioFrame.from_ndarray(samples[None, start:start + frame_size], format="flt", layout="mono")
             frame.sample_rate = rate

@@ -35,21 +35,8 @@ CASES = {
 
 
 def write(path: Path, container: str, codec: str, rate: int, samples: np.ndarray, options: dict) -> bytes:
-    """Encode mono `samples` with PyAV, passing muxer `options` (conftest's `encode` takes none)."""
-    import av
-
-    with av.open(str(path), "w", format=container, options=options) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.layout = "mono"
-        size = 960 if codec == "libopus" else 1152
-        for start in range(0, len(samples), size):
-            frame = av.AudioFrame.from_ndarray(samples[None, start:start + size], format="flt", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path.read_bytes()
+    """Encode with muxer `options`, in whole MP3 frames (1152 samples) where that is the codec's size."""
+    return encode(path, container, codec, rate, samples, options, None if codec == "libopus" else 1152)
 
 
 @pytest.fixture(scope="module")
