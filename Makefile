@@ -41,8 +41,12 @@ $(VENV)/.sysdeps: | $(BIN)/python
 demo: $(VENV)/.all
 	bash examples/demo.sh
 
+# Four test processes: much of the suite waits (heartbeats, a stopped database, slow hosts), so
+# it runs side by side even on two cores. PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 4
+
 test: $(VENV)/.all $(VENV)/.sysdeps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: $(VENV)/.all
 	$(BIN)/python bench/store_bench.py

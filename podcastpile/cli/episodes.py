@@ -35,6 +35,9 @@ LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+EXIT_MODEL_LOAD = 3  # a model could not be loaded: fix the settings (or the network), not the input
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one clear line on stderr (outside text in it shown literally, passwords hidden) and exit non-zero."""
     tell("error", mask_secrets(message), style="red")

@@ -29,7 +29,7 @@ from podcastpile.cli import app
 from podcastpile.cli.archive import archive_state
 from podcastpile.cli.display import literal, say
 from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
-from podcastpile.cli.episodes import console, errors, fail, open_store, settings
+from podcastpile.cli.episodes import EXIT_MODEL_LOAD, console, errors, fail, open_store, settings
 from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
 from podcastpile.store.episodes import utcnow
@@ -42,7 +42,6 @@ WAITING = {status.value for status in ARCHIVE_WAITING}
 # Wait this long at most for an episode whose archiving backs off (or waits for a quota reset);
 # past it, the command reports the episode as deferred rather than sitting for hours.
 MAX_WAIT = timedelta(minutes=15)
-EXIT_MODEL_LOAD = 3
 
 
 @app.command()

@@ -15,13 +15,14 @@ from podcastpile.cli import app
 from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import SettingsError, load_settings
 from podcastpile.errors import EpisodeError
+from podcastpile.cli.episodes import EXIT_MODEL_LOAD
 from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.urls import display_url, mask_secrets
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     tell("error", mask_secrets(message), style="red")  # a URL in it may carry a password
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 @app.command("transcribe")
@@ -49,7 +50,7 @@ def transcribe_command(
     except EpisodeError as error:
         _fail(f"{display_url(source)}: {error.code}: {mask_secrets(error.reason)}")
     except ModelLoadError as error:
-        _fail(str(error))
+        _fail(str(error), code=EXIT_MODEL_LOAD)
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return

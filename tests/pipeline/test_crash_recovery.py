@@ -132,3 +132,4 @@ def test_one_sigterm_to_ppcli_worker_releases_unfinished_episodes_and_exits(
             kill_tree(cpu)
             log.close()
         engine.dispose()
+

@@ -49,6 +49,14 @@ def test_bad_input_is_one_line_on_stderr(tiny_env, source, code):
     assert len(lines) == 1 and code in lines[0] and "Traceback" not in result.stderr
 
 
+def test_missing_model_is_one_line_and_exit_3(tiny_env, conversation, monkeypatch, tmp_path):
+    monkeypatch.setenv("DIAR_MODEL", str(tmp_path / "missing.nemo"))
+    result = CliRunner().invoke(app, ["transcribe", str(conversation["wav"])])
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot load" in lines[0] and "missing.nemo" in lines[0]
+
+
 def test_cli_import_does_not_load_torch():
     code = "import sys, podcastpile.cli; assert 'torch' not in sys.modules and 'nemo' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
