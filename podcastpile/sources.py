@@ -11,12 +11,15 @@ import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 from podcastpile import __version__
 from podcastpile.store import NewEpisode, Rejected
-from podcastpile.urls import podcast_uid
+from podcastpile.fetch import download_client
+from podcastpile.netguard import AddressGuard, BlockedAddress
+from podcastpile.urls import display_url, mask_secrets, podcast_uid
 
 Entry = NewEpisode | Rejected
 USER_AGENT = f"podcastpile/{__version__} (+https://github.com/podcastpile)"
@@ -29,14 +32,15 @@ class SourceError(ValueError):
     """The source as a whole cannot be read (missing file, not a feed, HTTP error)."""
 
 
-def read_source(source: str) -> tuple[int | None, Iterator[Entry]]:
+def read_source(source: str, *, guard: AddressGuard | None = None) -> tuple[int | None, Iterator[Entry]]:
     """Open `source` (a file path, or an http(s) feed URL) and return (entry count if known, entries).
 
     The format is chosen by file suffix (.jsonl/.ndjson, .csv, .txt, .rss/.xml/.atom) and, failing
-    that, by the first non-blank character (`{` JSONL, `<` feed).
+    that, by the first non-blank character (`{` JSONL, `<` feed). A feed URL is fetched through
+    `guard` (default: public addresses only), like episode downloads.
     """
     if source.startswith(("http://", "https://")):
-        return _feed_entries(fetch_feed(source), source)
+        return _feed_entries(fetch_feed(source, guard=guard), source)
     path = Path(source)
     if not path.is_file():
         raise SourceError(f"no such file: {source}")
@@ -56,23 +60,39 @@ def read_source(source: str) -> tuple[int | None, Iterator[Entry]]:
     return total, _text_entries(path)
 
 
-def fetch_feed(url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000) -> bytes:
-    """Download a feed (bounded in time and size)."""
+def fetch_feed(
+    url: str, *, timeout: float = 30.0, max_bytes: int = 50_000_000, guard: AddressGuard | None = None
+) -> bytes:
+    """Download a feed (bounded in time and size), connecting only where `guard` allows.
+
+    The client is the episode downloads' pinned one: every connection, redirect hops included,
+    goes to an address the guard checked.
+    """
+    guard = guard or AddressGuard()
     try:
-        with httpx.Client(
-            timeout=timeout, follow_redirects=True, max_redirects=5,
-            headers={"User-Agent": USER_AGENT},
-        ) as client, client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise SourceError(f"feed {url} answered HTTP {response.status_code}")
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise SourceError(f"feed {url} is larger than {max_bytes} bytes")
-            return bytes(body)
+        try:
+            guard.check_literal(urlsplit(url).hostname or "")
+        except ValueError:
+            pass  # malformed: httpx says what is wrong below
+        with download_client(timeout, guard) as client:
+            client.follow_redirects, client.max_redirects = True, 5
+            with client.stream("GET", url) as response:
+                return _read_feed(response, url, max_bytes)
+    except BlockedAddress as error:
+        raise SourceError(f"blocked-address: {mask_secrets(str(error))}") from None
     except httpx.HTTPError as error:
-        raise SourceError(f"cannot fetch feed {url}: {error}") from None
+        raise SourceError(f"cannot fetch feed {display_url(url)}: {mask_secrets(str(error))}") from None
+
+
+def _read_feed(response: httpx.Response, url: str, max_bytes: int) -> bytes:
+    if response.status_code != 200:
+        raise SourceError(f"feed {display_url(url)} answered HTTP {response.status_code}")
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > max_bytes:
+            raise SourceError(f"feed {display_url(url)} is larger than {max_bytes} bytes")
+    return bytes(body)
 
 
 def _count_lines(path: Path) -> int:

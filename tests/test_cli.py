@@ -72,7 +72,9 @@ def test_import_file_with_bad_lines(tmp_path: Path) -> None:
 
 def test_import_feed_url(tmp_path: Path) -> None:
     with LoopbackServer({"/feed.xml": lambda r: Reply(200, RSS)}) as server:
-        result = ppcli("import", server.url("/feed.xml"), cwd=tmp_path)
+        refused = ppcli("import", server.url("/feed.xml"), cwd=tmp_path)  # a loopback feed, guarded
+        assert refused.returncode == 1 and "blocked-address" in refused.stderr
+        result = ppcli("import", server.url("/feed.xml"), cwd=tmp_path, env={"ALLOW_PRIVATE_ADDRESSES": "true"})
     assert result.returncode == 0, result.stderr
     assert "added 2, already present 0, rejected 2" in result.stdout
     listed = json.loads(ppcli("list", "--json", "--language", "en-us", cwd=tmp_path).stdout)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from podcastpile.netguard import AddressGuard, allow_any
 from podcastpile.sources import SourceError, read_source
 from podcastpile.store import NewEpisode, Rejected
 from podcastpile.urls import podcast_uid
@@ -33,7 +34,7 @@ ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
 
 
 def collect(source: str) -> tuple[int | None, list[NewEpisode], list[Rejected]]:
-    total, entries = read_source(source)
+    total, entries = read_source(source, guard=AddressGuard(allow=allow_any))  # loopback feeds here
     items = list(entries)
     return total, [i for i in items if isinstance(i, NewEpisode)], [i for i in items if isinstance(i, Rejected)]
 
@@ -110,9 +111,16 @@ def test_atom_feed_over_http() -> None:
 )
 def test_bad_feeds(routes: dict, message: str) -> None:
     with LoopbackServer(routes) as server, pytest.raises(SourceError, match=message):
-        read_source(server.url("/feed"))
+        read_source(server.url("/feed"), guard=AddressGuard(allow=allow_any))  # loopback allowed here
 
 
 def test_missing_file() -> None:
     with pytest.raises(SourceError, match="no such file"):
         read_source("/nonexistent/episodes.jsonl")
+
+
+def test_feed_urls_go_through_the_address_guard() -> None:
+    with LoopbackServer({"/feed": lambda r: Reply(200, b"<rss/>")}) as server:
+        with pytest.raises(SourceError, match="blocked-address"):
+            read_source(server.url("/feed"))  # 127.0.0.1 is not public
+        assert server.hits["/feed"] == 0  # refused before connecting

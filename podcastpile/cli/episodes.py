@@ -19,6 +19,7 @@ from rich.table import Table
 from podcastpile.cli import app
 from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import Settings, SettingsError, load_settings
+from podcastpile.netguard import AddressGuard, allow_any, is_public
 from podcastpile.sources import Entry, SourceError, read_source
 from podcastpile.store import (
     EpisodeStatus,
@@ -112,11 +113,12 @@ def import_(
     json_output: JsonOption = False,
 ) -> None:
     """Add many episodes from a file or feed; reports added / already present / rejected."""
+    check_addresses = not settings().allow_private_addresses
+    guard = AddressGuard(allow=is_public if check_addresses else allow_any)
     try:
-        total, entries = read_source(source)
+        total, entries = read_source(source, guard=guard)
     except SourceError as error:
         fail(str(error))
-    check_addresses = not settings().allow_private_addresses
     store = open_store()
     rejected: list[Rejected] = []
     private: list[Rejected] = []  # stored, but downloads will refuse them
