@@ -136,6 +136,9 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
     """Run archive and batch flows over `ids` until each is done (or deferred for long)."""
     # Our own summary reports each episode; Prefect's per-task failure logs would repeat it.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    # Prefect's temporary server is ours to start and stop: its own start/stop chatter (a port
+    # it retried, its shutdown) is not the user's business.
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's temporary server can take a while to start on a busy machine (20 s by default).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
