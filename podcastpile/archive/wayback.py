@@ -6,7 +6,6 @@ so the whole stage can be pointed at another host (a mirror, or the tests' loopb
   {wayback}/save                    Save Page Now 2: submit a capture (POST, form-encoded)
   {wayback}/save/status/<job_id>    the job's state: pending, success or error
   {wayback}/save/status/user        captures this account may still start now
-  {wayback}/save/status/system      whether Save Page Now is overloaded
   {wayback}/cdx/search/cdx          captures of a URL with timestamps, digests and lengths
   {wayback}/web/<ts>id_/<url>       the original bytes of a capture (no banner, no rewriting)
   {archive_api}/wayback/available   the capture closest to a time
@@ -288,14 +287,6 @@ class WaybackClient:
             return UserStatus(int(body.get("available", 1)), int(body.get("processing", 0)))
         except (ServiceBusy, ValueError, TypeError):
             return None
-
-    def system_overloaded(self) -> bool:
-        """True when Save Page Now says it is overloaded (then submissions wait)."""
-        try:
-            body = self._json(self._request("GET", f"{self.wayback_url}/save/status/system"))
-        except (ServiceBusy, ServiceRefused):
-            return False
-        return str(body.get("status", "ok")).lower() not in ("ok", "")
 
     # --- plumbing -------------------------------------------------------------------------------
 

@@ -314,14 +314,6 @@ class ArchiveQueue:
 
     # --- reading --------------------------------------------------------------------------------
 
-    def submissions_since(self, since: datetime) -> list[datetime]:
-        """When submissions were made after `since` (oldest first)."""
-        with self.store.engine.connect() as connection:
-            return list(connection.execute(
-                select(_submissions.c.submitted_at).where(_submissions.c.submitted_at > since)
-                .order_by(_submissions.c.submitted_at)
-            ).scalars())
-
     def stats(self, daily_bytes: int) -> ArchiveStats:
         """The archive stage's counts (waiting, submitted, archived, deferred, today's usage)."""
         now = self.clock()
