@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from podcastpile.config import load_settings
+from tasks.settings import flow_settings
 from tasks.archive import archive_episodes, claim_archive_work
 
 
@@ -21,7 +21,7 @@ def archive_flow(
     limit: int | None = None, episode_ids: list[int] | None = None, max_minutes: float = 10.0
 ) -> dict[str, int]:
     """Archive up to `limit` waiting episodes (default ARCHIVE_BATCH_SIZE); returns counts by outcome."""
-    settings = load_settings()
+    settings = flow_settings()
     logger = get_run_logger()
     if not settings.archives:
         logger.info("ARCHIVE_MODE=off: nothing to archive")

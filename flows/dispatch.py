@@ -14,7 +14,7 @@ import math
 
 from prefect import flow, get_run_logger
 
-from podcastpile.config import load_settings
+from tasks.settings import flow_settings
 from tasks.dispatch import (
     count_online_workers,
     count_ready,
@@ -30,7 +30,7 @@ BATCH_DEPLOYMENT = "process-batch/gpu"
 @flow(name="dispatch")
 def dispatch(deployment: str = BATCH_DEPLOYMENT, max_waiting: int | None = None) -> int:
     """Create the batch runs the ready episodes need; returns how many were created."""
-    settings = load_settings()
+    settings = flow_settings()
     logger = get_run_logger()
     for run_id, count in requeue_dead_runs(settings, deployment).items():
         logger.warning("requeued %d episodes held by dead batch run %s", count, run_id)

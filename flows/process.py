@@ -15,16 +15,18 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from podcastpile.archive.wayback import digest_matches
-from podcastpile.config import ArchiveMode, Settings, load_settings
+from podcastpile.config import ArchiveMode, Settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
 from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.leases import LeaseKeeper
 from podcastpile.store import Claim, LeaseLost, NewEpisode
 from podcastpile.store.outage import StoreOutage
 from podcastpile.urls import mask_secrets
+from tasks.export import publish_when_drained
+from tasks.settings import flow_settings
 from tasks.resources import models_for, store_for
 from tasks.speech import decode_audio, diarize, download_audio, load_models, merge_turns, transcribe
 from tasks.store import claim_episodes, complete_episode, fail_episode, release_unfinished, start_episode
@@ -123,7 +125,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     summary; a table of outcomes is also published as the run's artifact.
     """
     remove_orphaned_downloads()  # temp audio of killed workers on this machine: nothing else removes it
-    settings = load_settings()
+    settings = flow_settings()
     logger = get_run_logger()
     size = batch_size or settings.batch_size
     run = flow_run.get_id()
@@ -168,6 +170,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
         description=f"{_outcome_line(summary['by_status'])}; {summary['audio_seconds']:.0f} s of audio in {summary['wall_seconds']} s",
     )
     _label_run(summary["by_status"])
+    if summary["by_status"].get("completed") and deployment.id:
+        publish_when_drained(settings)  # a drained queue is published now, not at the hourly export
     logger.info("batch done: %s, %.0f s of audio in %.1f s", _outcome_line(summary["by_status"]), summary["audio_seconds"], summary["wall_seconds"])
     return summary
 
@@ -198,7 +202,7 @@ def _label_run(by_status: dict[str, int]) -> None:
 @flow(name="process-episode", log_prints=True)
 def process_episode(url: str, language: str | None = None, podcast_id: str | None = None) -> dict[str, Any]:
     """Add one episode by URL (if new) and process it now: for ad-hoc runs from the Prefect UI."""
-    settings = load_settings()
+    settings = flow_settings()
     store = store_for(settings)
     summary = store.add([NewEpisode(url, language=language, podcast_id=podcast_id)])
     if summary.rejected:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from podcastpile.config import load_settings
+from tasks.settings import flow_settings
 from tasks.report import compute_dashboard
 
 DASHBOARD_KEY = "podcastpile-dashboard"
@@ -18,7 +18,7 @@ DASHBOARD_KEY = "podcastpile-dashboard"
 @flow(name="stats")
 def stats_flow() -> str:
     """Compute the dashboard and publish it; returns the Markdown."""
-    markdown, workers = compute_dashboard(load_settings())
+    markdown, workers = compute_dashboard(flow_settings())
     create_markdown_artifact(key=DASHBOARD_KEY, markdown=markdown,
                              description="Episodes by status, throughput, failures, queue ETA")
     create_table_artifact(key=f"{DASHBOARD_KEY}-workers", table=workers or [{"worker": "", "episodes": 0}],

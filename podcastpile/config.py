@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the manager (Prefect server) serves on.")
     worker_auth_enabled: bool = Field(False, description="Require a password from workers.")
     worker_password: SecretStr | None = Field(None, description="Worker password when auth is on.")
+    run_retention_days: float = Field(
+        30.0, ge=1 / 24,
+        description="The manager's Prefect server deletes flow runs (and their logs) older than this.",
+    )
     job_timeout_hours: float = Field(
         2.0, gt=0, description="Lease length: an episode not finished in this time is requeued."
     )

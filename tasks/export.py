@@ -46,3 +46,26 @@ def export_dataset_task(settings: Settings, out: str | None = None) -> dict[str,
     finally:
         engine.dispose()
     return asdict(summary)
+
+
+EXPORT_DEPLOYMENT = "export-dataset/export"
+
+
+@task(name="publish-when-drained", cache_policy=NONE)
+def publish_when_drained(settings: Settings) -> str | None:
+    """Start the export deployment now when no episode is left to claim or in progress.
+
+    The hourly export publishes a steady stream; this publishes a finished queue at once
+    instead of up to an hour later. Runs of the export deployment queue one behind the other
+    (its concurrency limit is 1), so several batches finishing together are harmless.
+    Returns the new run's id, or None when work remains.
+    """
+    from prefect.deployments import run_deployment
+
+    from tasks.resources import store_for
+
+    store = store_for(settings)
+    if store.count_claimable() or store.count_leased():
+        return None
+    run = run_deployment(EXPORT_DEPLOYMENT, timeout=0, as_subflow=False)
+    return str(run.id)

@@ -19,6 +19,7 @@ from podcastpile.cli import process  # noqa: E402,F401  (registers process)
 from podcastpile.cli import archive  # noqa: E402,F401  (registers archive)
 from podcastpile.cli import worker  # noqa: E402,F401  (registers worker)
 from podcastpile.cli import operate  # noqa: E402,F401  (registers retry/invalidate)
+from podcastpile.cli import manager  # noqa: E402,F401  (registers manager/setup)
 
 
 def main() -> None:

@@ -142,6 +142,9 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's temporary server can take a while to start on a busy machine (20 s by default).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # The flows open the store this command opened, even where a server's store block names
+    # another (flows fall back to that block only when DATABASE_URL is not set).
+    os.environ["DATABASE_URL"] = str(store.engine.url.render_as_string(hide_password=False))
     from flows.archive import archive_flow  # Prefect and the flows load only for this command
     from flows.process import process_batch
 

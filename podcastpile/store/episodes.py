@@ -595,6 +595,13 @@ class EpisodeStore:
                 )
             ).scalar_one()
 
+    def count_leased(self) -> int:
+        """Episodes held by a claim now (assigned or processing), expired leases included."""
+        with self.engine.execution_options(**READ_ONLY).connect() as connection:
+            return connection.execute(
+                select(func.count()).where(_episodes.c.status.in_(LEASED))
+            ).scalar_one()
+
     def _leased_update(
         self, episode_id: int, token: str, values: dict[str, Any], connection: Any = None
     ) -> Any:

@@ -1,0 +1,1 @@
+"""Work pools, job templates, automations and the setup that puts them on a Prefect server."""

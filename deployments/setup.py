@@ -1,0 +1,110 @@
+"""Make sure a Prefect server has everything the pipeline needs; safe to run again at any time.
+
+`ppcli setup` (and `ppcli manager`, once its server is healthy) runs `setup()`:
+  1. the episode database, migrated;
+  2. work pools: `gpu` (one batch per run, the job template in gpu-pool.json) and `cpu`
+     (archive, dispatch, export, stats);
+  3. every deployment in prefect.yaml (`prefect deploy --all`);
+  4. the automations in automations.yaml (crash detection), replaced by name;
+  5. the episode database's connection as a SqlAlchemyConnector block, so GPU machines need
+     only the manager's URL.
+The Save Page Now limits need no Prefect concurrency limit: they are kept in the episode
+database, where every run on every machine counts against the same window (see
+podcastpile/store/archive.py). Per-deployment limits live in prefect.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from podcastpile.config import Settings, safe_database_url
+from podcastpile.store import EpisodeStore
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def setup(
+    settings: Settings,
+    *,
+    say: Callable[[str], None] = print,
+    gpu_pool_limit: int | None = None,
+) -> None:
+    """Create or update everything on the server PREFECT_API_URL names (env or Prefect profile).
+
+    `gpu_pool_limit` caps how many batches run at once across all GPU workers (the manager
+    sets 1 when Prefect's own database is SQLite, which fails under concurrent runs).
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # never set up a throwaway temporary server by mistake
+        raise RuntimeError("PREFECT_API_URL is not set: which Prefect server?")
+    EpisodeStore.open(settings).close()
+    say(f"episode database: {safe_database_url(settings.database_url)} (migrated)")
+    create_work_pools(settings.work_pool, gpu_pool_limit)
+    limit = "no limit" if gpu_pool_limit is None else f"{gpu_pool_limit} batch at a time"
+    say(f"work pools: {settings.work_pool} ({limit}), cpu")
+    deploy()
+    say("deployments: every one in prefect.yaml")
+    from deployments.automations import main as create_automations
+
+    create_automations(quiet=True)
+    say("automations: crash detection (deployments/automations.yaml)")
+    save_store_block(settings)
+    say("store connection: block 'podcastpile-store' (workers without DATABASE_URL use it)")
+
+
+def create_work_pools(gpu_pool: str, gpu_pool_limit: int | None) -> None:
+    """The batch pool with the project's job template, and the CPU pool; overwrites both."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    template = json.loads((ROOT / "deployments" / "gpu-pool.json").read_text())
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(
+            WorkPoolCreate(name=gpu_pool, type="process", base_job_template=template,
+                           concurrency_limit=gpu_pool_limit),
+            overwrite=True,
+        )
+        client.create_work_pool(WorkPoolCreate(name="cpu", type="process"), overwrite=True)
+
+
+def deploy() -> None:
+    """`prefect deploy --all` from the project root, where prefect.yaml is.
+
+    A subprocess because `prefect deploy` is a CLI with no stable Python API; it records the
+    root as the flows' working directory (prefect.yaml has no pull steps).
+    """
+    env = {**os.environ, "PREFECT_CLI_PROMPT": "false"}
+    result = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+
+def save_store_block(settings: Settings) -> None:
+    """Save DATABASE_URL as the SqlAlchemyConnector block flow runs fall back to.
+
+    The password goes into the block's SecretStr field (shown as ******** in the UI). A SQLite
+    path is made absolute: flow runs may start in another directory.
+    """
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+    from sqlalchemy.engine import make_url
+
+    from tasks.settings import STORE_BLOCK
+
+    url = make_url(settings.sqlalchemy_url)
+    database = url.database
+    if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+        database = str(Path(database).resolve())
+    components = ConnectionComponents(
+        driver=url.drivername, database=database, username=url.username,
+        password=url.password, host=url.host, port=url.port,
+        query=dict(url.query) or None,
+    )
+    SqlAlchemyConnector(connection_info=components).save(STORE_BLOCK, overwrite=True)
