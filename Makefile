@@ -26,13 +26,14 @@ $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[worker,dev]"
 	touch $@ $(VENV)/.core
 
-# Tools the speech fixtures are built with (scripts/make_tiny_models.py, checked by a test).
+# Tools the speech fixtures are built with (scripts/make_tiny_models.py, checked by a test), and
+# the headless browser tests/test_ui.py opens the Prefect UI in.
 $(VENV)/.sysdeps: | $(BIN)/python
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then \
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v chromium >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; \
+	    apt-get update -qq && apt-get install -y -qq espeak-ng sox chromium >/dev/null; \
 	  else \
-	    echo "make test needs espeak-ng and sox: sudo apt-get install espeak-ng sox (or brew install espeak-ng sox)"; \
+	    echo "make test needs espeak-ng, sox and chromium: sudo apt-get install espeak-ng sox chromium (or brew install espeak-ng sox chromium)"; \
 	    exit 1; \
 	  fi; \
 	fi
