@@ -25,8 +25,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def prefect_server(home: Path, timeout: float = 120.0) -> Iterator[dict[str, str]]:
-    """Start `prefect server start` on a fresh PostgreSQL database; yield the client environment."""
+def prefect_server(home: Path, timeout: float = 120.0, auth: str | None = None) -> Iterator[dict[str, str]]:
+    """Start `prefect server start` on a fresh PostgreSQL database; yield the client environment.
+
+    With `auth`, the server requires it as its API auth string (as the manager runs it with the
+    worker password) and the client environment carries it.
+    """
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     with postgres.fresh_database("prefect") as url:
@@ -40,6 +44,9 @@ def prefect_server(home: Path, timeout: float = 120.0) -> Iterator[dict[str, str
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         }
         server_env.pop("PREFECT_API_URL", None)
+        server_env.pop("PREFECT_API_AUTH_STRING", None)
+        if auth is not None:
+            server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth
         log = (home / "server.log").open("w")
         process = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -56,7 +63,8 @@ def prefect_server(home: Path, timeout: float = 120.0) -> Iterator[dict[str, str
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-            yield {"PREFECT_API_URL": api, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            client_env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            yield client_env | ({"PREFECT_API_AUTH_STRING": auth} if auth is not None else {})
         finally:
             process.terminate()
             try:
