@@ -47,6 +47,11 @@ class WorkerChild:
     stopped: bool = False  # stopped by the supervisor, not an exit of its own
 
 
+def note(message: str) -> None:
+    """One line on stderr, never wrapped: logs and scripts read it whole."""
+    errors.print(literal(message), soft_wrap=True)
+
+
 def flow_run_of(pid: int) -> str | None:
     """The flow run a worker's child process runs: the process worker names it in the
     child's environment (`PREFECT__FLOW_RUN_ID`)."""
@@ -77,8 +82,8 @@ class Supervisor:
         """First signal: the main loop stops everything gracefully; second: kill all now."""
         self.signals += 1
         if self.signals == 1:
-            errors.print(literal(f"stopping: flow runs release their unfinished episodes (up to {self.grace:g} s; "
-                                 "signal again to stop at once)"))
+            note(f"stopping: flow runs release their unfinished episodes (up to {self.grace:g} s; "
+                 "signal again to stop at once)")
         else:
             signal_all([pid for worker in self.workers
                         for pid in (worker.process.pid, *descendants(worker.process.pid))], signal.SIGKILL)
@@ -108,8 +113,7 @@ class Supervisor:
     def _exited(self, worker: WorkerChild) -> int:
         code = worker.process.returncode
         others = [other for other in self.workers if other is not worker and not other.stopped]
-        errors.print(literal(f"worker {worker.name} exited with code {code}"
-                             + ("; stopping the others" if others else "")))
+        note(f"worker {worker.name} exited with code {code}" + ("; stopping the others" if others else ""))
         worker.stopped = True
         self.stop(others)
         return code if code else 1 if others or self.once else 0
@@ -120,8 +124,7 @@ class Supervisor:
             for pid in children(worker.process.pid):
                 if run_id := flow_run_of(pid):
                     worker.run_pid, worker.run_id = pid, run_id
-                    errors.print(literal(f"worker {worker.name} took flow run {run_id}; "
-                                         "it stops when that run ends (--once)"))
+                    note(f"worker {worker.name} took flow run {run_id}; it stops when that run ends (--once)")
                     return
             return
         if alive(worker.run_pid):
@@ -134,7 +137,7 @@ class Supervisor:
         if state not in FINAL_STATES and now - worker.run_ended_at < FINAL_STATE_WAIT_SECONDS:
             return
         worker.outcome = state or "UNKNOWN"
-        errors.print(literal(f"worker {worker.name}: flow run {worker.run_id} ended {worker.outcome}; stopping it"))
+        note(f"worker {worker.name}: flow run {worker.run_id} ended {worker.outcome}; stopping it")
         self.stop([worker])
 
     def stop(self, workers: list[WorkerChild]) -> None:

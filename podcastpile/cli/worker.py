@@ -21,10 +21,9 @@ from typing import Annotated
 import typer
 
 from podcastpile.cli import app
-from podcastpile.cli.display import errors, literal
 from podcastpile.cli.episodes import fail, settings
 from podcastpile.cli.prefect_api import ManagerProblem, api_url, check_manager, prefect_defaults
-from podcastpile.cli.supervise import Supervisor, WorkerChild
+from podcastpile.cli.supervise import Supervisor, WorkerChild, note
 from podcastpile.config import Settings
 from podcastpile.machine import list_gpus
 from podcastpile.store import normalize_language
@@ -72,9 +71,9 @@ def worker(
             if config.device.startswith("cuda:"):
                 env["DEVICE"] = "cuda"  # the one GPU it sees is cuda:0 now
         command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", "1", "--name", name]
-        errors.print(literal(f"worker {name}" + (f" on GPU {device}" if device is not None else "")
-                             + f" (pool {pool or config.work_pool}, manager {api.removesuffix('/api')}"
-                             + (f", languages {wanted}" if wanted else "") + (", one batch" if once else "") + ")"))
+        note(f"worker {name}" + (f" on GPU {device}" if device is not None else "")
+             + f" (pool {pool or config.work_pool}, manager {api.removesuffix('/api')}"
+             + (f", languages {wanted}" if wanted else "") + (", one batch" if once else "") + ")")
         supervisor.workers.append(WorkerChild(name, subprocess.Popen(command, env=env, start_new_session=True)))
         if supervisor.signals:
             break
