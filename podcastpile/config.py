@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     worker_id: str = Field(
         default_factory=socket.gethostname, description="Name this worker reports; default: hostname."
     )
+    worker_languages: str = Field(
+        "",
+        description="Languages this worker's batches claim, comma-separated (es,pt-br; a code "
+        "takes its subtags too, en also episodes of no language); empty: every language. "
+        "`ppcli worker --languages` sets it.",
+    )
 
     # --- Internet Archive -------------------------------------------------------------------------
     archive_mode: ArchiveMode = Field(
@@ -184,6 +190,15 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("worker_languages")
+    @classmethod
+    def _check_worker_languages(cls, value: str) -> str:
+        from podcastpile.store.episodes import normalize_language
+
+        # Normalized here so a typo stops the worker at start, not its first claim.
+        codes = [normalize_language(part) for part in value.split(",") if part.strip()]
+        return ",".join(code for code in codes if code)
+
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
@@ -230,6 +245,11 @@ class Settings(BaseSettings):
     def archives(self) -> bool:
         """New episodes wait for an Internet Archive capture before they are processed."""
         return self.archive_mode != ArchiveMode.off
+
+    @property
+    def languages(self) -> list[str] | None:
+        """WORKER_LANGUAGES as a list; None: every language."""
+        return self.worker_languages.split(",") if self.worker_languages else None
 
     @property
     def lease_seconds(self) -> float:

@@ -16,8 +16,10 @@ from prefect.cache_policies import NONE
 
 from podcastpile.config import Settings
 from podcastpile.errors import EpisodeError
+from podcastpile.machine import gpu_name
 from podcastpile.store import Claim, EpisodeStatus
 from podcastpile.store.outage import ride_out
+from podcastpile.version import code_version
 from tasks.resources import store_for
 
 T = TypeVar("T")
@@ -33,10 +35,18 @@ def claim_episodes(
     settings: Settings, n: int, worker_id: str, episode_ids: list[int] | None = None,
     run_id: str | None = None,
 ) -> list[Claim]:
-    """Lease up to `n` ready episodes to this worker (for the flow run `run_id`)."""
+    """Lease up to `n` ready episodes to this worker (for the flow run `run_id`).
+
+    Each claim records the GPU this process computes on and the code version. WORKER_LANGUAGES
+    restricts claims from the queue; chosen `episode_ids` (`ppcli process`, an ad-hoc run
+    from the UI) are taken whatever their language, since someone asked for exactly those.
+    """
     store = store_for(settings)
+    gpu = gpu_name(settings.device)
+    languages = settings.languages if episode_ids is None else None
     return _patient(settings, "claim", lambda: store.claim_batch(
-        worker_id, n, episode_ids=episode_ids, run_id=run_id))
+        worker_id, n, gpu=gpu, code_version=code_version(), languages=languages,
+        episode_ids=episode_ids, run_id=run_id))
 
 
 @task(name="start-episode", task_run_name="start-ep{claim.episode_id}", **_db)

@@ -44,6 +44,7 @@ def prefect_server(home: Path, timeout: float = 120.0, auth: str | None = None) 
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         }
         server_env.pop("PREFECT_API_URL", None)
+        server_env.pop("PREFECT_API_AUTH_STRING", None)
         client_env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         if auth is not None:
             server_env["PREFECT_SERVER_API_AUTH_STRING"] = auth

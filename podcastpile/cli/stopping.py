@@ -37,21 +37,43 @@ def graceful_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def children(pid: int) -> list[int]:
+    """The live processes `pid` started itself (one level down)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (Prefect starts flow runs in their own sessions, so a
     signal to the worker's process group does not reach them)."""
     found: list[int] = []
     todo = [pid]
     while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            todo += children
+        below = children(todo.pop())
+        found += below
+        todo += below
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (a dead child not yet waited for)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def signal_all(pids: list[int], signum: int) -> None:

@@ -1,13 +1,12 @@
-"""`ppcli worker`: a Prefect worker on the GPU pool that stops the way operators expect.
+"""`ppcli worker`: Prefect workers on the GPU pool, one per GPU, that stop the way operators expect.
 
-`prefect worker start` alone ignores a first SIGTERM for its running flow runs (it only stops
-taking new ones and waits for them, possibly a whole batch), and a flow run lives in its own
-session, so `kill` of the worker's process group never reaches it. `ppcli worker` runs the
-Prefect worker as a child and, on the first SIGTERM or Ctrl+C: stops the worker from taking
-new runs, sends SIGTERM to each running flow run (the batch releases every episode it has not
-finished, the current one included, and ends), waits up to `--grace` seconds, then kills what
-is left. A second signal kills everything at once. Use it as a container's entrypoint or a
-systemd unit's ExecStart.
+Each worker is a `prefect worker start --pool gpu --limit 1` child (one batch at a time),
+with `CUDA_VISIBLE_DEVICES` set to its GPU and its own name (`host-gpu0`, …), so the pool,
+the UI and every claim say which GPU took what. One SIGTERM or Ctrl+C stops their flow runs
+gracefully (unfinished episodes are released), then the workers; a second kills everything
+(see `supervise.py`). Before starting, the manager is asked whether it answers and accepts the
+worker password, so a wrong address or password is one clear line and exit 2.
+Use it as a container's entrypoint or a systemd unit's ExecStart.
 """
 
 from __future__ import annotations
@@ -16,94 +15,115 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
 
 from podcastpile.cli import app
-from podcastpile.cli.display import errors, literal
-from podcastpile.cli.episodes import settings
-from podcastpile.cli.stopping import descendants, signal_all
+from podcastpile.cli.episodes import fail, settings
+from podcastpile.cli.prefect_api import ManagerProblem, api_url, check_manager, prefect_defaults
+from podcastpile.cli.supervise import Supervisor, WorkerChild, note
+from podcastpile.config import Settings
+from podcastpile.machine import list_gpus
+from podcastpile.store import normalize_language
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
-
-def api_url(manager: str) -> str:
-    """The Prefect API URL for a manager address: `http://host:8000` → `http://host:8000/api`."""
-    url = manager.rstrip("/")
-    return url if url.endswith("/api") else url + "/api"
 
 
 @app.command()
 def worker(
     manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL).")] = None,
+    worker_id: Annotated[str | None, typer.Option("--id", "-i", help="Worker name (default: WORKER_ID, i.e. the hostname); with several GPUs each worker is ID-gpuN.")] = None,
+    password: Annotated[str | None, typer.Option("--password", "-p", help="Worker password (default: WORKER_PASSWORD). Prefer the setting: a command line is visible to every user of the machine.")] = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs to run a worker on each, e.g. 0,1,3 (CUDA_VISIBLE_DEVICES numbering).")] = None,
+    all_gpus: Annotated[bool, typer.Option("--all-gpus", help="One worker per GPU this machine has.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="Process one batch (per worker), then exit: for scripts and cron.")] = False,
+    languages: Annotated[str | None, typer.Option("--languages", help="Claim only episodes in these languages, e.g. en,es (default: WORKER_LANGUAGES, i.e. all).")] = None,
     pool: Annotated[str | None, typer.Option(help="Work pool (default: WORK_POOL, i.e. gpu).")] = None,
     grace: Annotated[float, typer.Option(min=0, help="Seconds a stopping worker gives its runs to release their episodes.")] = 60.0,
 ) -> None:
-    """Run a Prefect worker that takes one batch at a time; SIGTERM/Ctrl+C once stops it cleanly."""
+    """Run Prefect workers that take one batch at a time; SIGTERM/Ctrl+C once stops them cleanly."""
     config = settings()
-    env = dict(os.environ)
-    if manager:
-        env["PREFECT_API_URL"] = api_url(manager)
-    command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", "1",
-               "--name", config.worker_id]
-    child = subprocess.Popen(command, env=env, start_new_session=True)
-    signals = {"count": 0}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        signals["count"] += 1
-        if signals["count"] == 1:
-            errors.print(literal(f"stopping: flow runs release their unfinished episodes (up to {grace:g} s; "
-                                 "signal again to stop at once)"))
-        else:  # second signal: everything, now
-            signal_all([child.pid, *descendants(child.pid)], signal.SIGKILL)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while child.poll() is None and not signals["count"]:
-        time.sleep(0.2)
-    if signals["count"]:
-        _stop(child, grace)
-    raise typer.Exit(0 if signals["count"] else child.returncode or 0)
-
-
-def _stop(child: subprocess.Popen, grace: float) -> None:
-    """Stop the runs first (each releases its episodes and ends), then the worker, then kill
-    whatever outlived `grace`. The runs go first because the worker, once stopped, closes the
-    pipes their logs go to."""
-    deadline = time.monotonic() + grace
-    signalled: set[int] = set()
-
-    def terminate_runs() -> None:
-        runs = [pid for pid in descendants(child.pid) if pid not in signalled]
-        signal_all(runs, signal.SIGTERM)
-        signalled.update(runs)
-
-    terminate_runs()
-    while time.monotonic() < deadline and any(_alive(pid) for pid in signalled):
-        time.sleep(0.2)
-        terminate_runs()  # a run the worker started meanwhile
-    signal_all([child.pid], signal.SIGTERM)  # the worker takes no new runs and exits
-    while child.poll() is None and time.monotonic() < deadline:
-        terminate_runs()
-        time.sleep(0.2)
-    signal_all([child.pid, *descendants(child.pid), *[p for p in signalled if _alive(p)]], signal.SIGKILL)
-    child.wait()
-
-
-def _alive(pid: int) -> bool:
+    devices = _devices(gpus, all_gpus)
+    wanted = _languages(languages) if languages is not None else config.worker_languages
+    api, secret = _manager(manager, password, config)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+        check_manager(api, secret)
+    except ManagerProblem as problem:
+        fail(str(problem), code=2)
+
+    explicit = worker_id is not None or "worker_id" in config.model_fields_set
+    names = worker_names(worker_id or config.worker_id, explicit=explicit, gpus=devices)
+    base = dict(os.environ, PREFECT_API_URL=api, WORKER_LANGUAGES=wanted)
+    if secret:
+        base["PREFECT_API_AUTH_STRING"] = secret  # what Prefect's client sends as Basic credentials
+    supervisor = Supervisor([], grace=grace, once=once, api=api, password=secret)
+    # Handlers first: a signal while workers start must stop the ones already started.
+    signal.signal(signal.SIGTERM, supervisor.on_signal)
+    signal.signal(signal.SIGINT, supervisor.on_signal)
+    for index, name in enumerate(names):
+        device = devices[index] if devices is not None else None
+        env = {**base, "WORKER_ID": name}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(device)
+            if config.device.startswith("cuda:"):
+                env["DEVICE"] = "cuda"  # the one GPU it sees is cuda:0 now
+        command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", "1", "--name", name]
+        note(f"worker {name}" + (f" on GPU {device}" if device is not None else "")
+             + f" (pool {pool or config.work_pool}, manager {api.removesuffix('/api')}"
+             + (f", languages {wanted}" if wanted else "") + (", one batch" if once else "") + ")")
+        supervisor.workers.append(WorkerChild(name, subprocess.Popen(command, env=env, start_new_session=True)))
+        if supervisor.signals:
+            break
+    raise typer.Exit(supervisor.run())
 
 
-def _state(pid: int) -> str:
+def worker_names(base: str, *, explicit: bool, gpus: list[int] | None) -> list[str]:
+    """One name per worker: `base` without --gpus; `base-gpuN` per GPU, except an explicit
+    id with a single GPU, which is used as it is."""
+    if gpus is None or (explicit and len(gpus) == 1):
+        return [base]
+    return [f"{base}-gpu{gpu}" for gpu in gpus]
+
+
+def _devices(gpus: str | None, all_gpus: bool) -> list[int] | None:
+    """The GPUs to run workers on, None for one worker that sees whatever the machine has."""
+    if gpus is not None and all_gpus:
+        fail("use --gpus or --all-gpus, not both", code=2)
+    if all_gpus:
+        found = list_gpus()
+        if not found:
+            fail("--all-gpus: no GPU found (nvidia-smi -L lists none, torch sees none); "
+                 "run without it for one CPU worker", code=2)
+        return found
+    if gpus is None:
+        return None
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "Z"
+        listed = [int(part) for part in gpus.split(",") if part.strip()]
+    except ValueError:
+        fail(f"--gpus takes GPU numbers separated by commas, e.g. 0,1,3; not {gpus!r}", code=2)
+    if not listed or min(listed) < 0 or len(set(listed)) != len(listed):
+        fail(f"--gpus takes distinct GPU numbers separated by commas, e.g. 0,1,3; not {gpus!r}", code=2)
+    return listed
+
+
+def _languages(value: str) -> str:
+    """--languages normalized as WORKER_LANGUAGES holds them (`EN, pt_BR` → `en,pt-br`)."""
+    try:
+        codes = [normalize_language(part) for part in value.split(",") if part.strip()]
+    except ValueError as error:
+        fail(f"--languages: {error}", code=2)
+    return ",".join(code for code in codes if code)
+
+
+def _manager(manager: str | None, password: str | None, config: Settings) -> tuple[str, str | None]:
+    """The API URL and password to use: the options, else the settings, else Prefect's own."""
+    default_api, default_auth = prefect_defaults()
+    api = api_url(manager) if manager else default_api
+    if not api:
+        fail("say where the manager is: ppcli worker -m http://manager:8000 (or set PREFECT_API_URL)", code=2)
+    if password is None and config.worker_password is not None:
+        password = config.worker_password.get_secret_value()
+    return api.rstrip("/"), password or default_auth

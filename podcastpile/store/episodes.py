@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     update,
@@ -38,9 +39,11 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from podcastpile.errors import EpisodeError
+from podcastpile.machine import local_address
 from podcastpile.store.engine import READ_ONLY, make_engine, migrate
 from podcastpile.store.tables import ARCHIVE_WAITING, LEASED, Episode, EpisodeStatus, Result
 from podcastpile.urls import InvalidURL, normalize_url, url_hash
+from podcastpile.version import code_version as current_code_version
 
 Clock = Callable[[], datetime]
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
@@ -48,15 +51,34 @@ _episodes = Episode.__table__
 _results = Result.__table__
 
 
-def _claim_statement(by_id: bool = False) -> Any:
-    """UPDATE … RETURNING that leases the `n` oldest ready episodes, built once with bind params.
+@lru_cache(maxsize=64)
+def _claim_statement(
+    dialect: str, by_id: bool = False, languages: int = 0, unknown_language: bool = False
+) -> Any:
+    """UPDATE … RETURNING that leases the `n` oldest ready episodes, built once per shape with bind params.
 
     On PostgreSQL the candidate rows are locked `FOR UPDATE SKIP LOCKED` in a materialized CTE,
     so concurrent claimers skip each other's rows instead of waiting or double-claiming.
+    `languages` > 0 restricts the claim to `:languages` and their subtags (`:language_prefix_N`
+    = `es-%`), and to episodes of no language with `unknown_language`. It filters the rows the
+    claim reads in queue order (`ix_episodes_status_id`: pending, oldest first) and stops after
+    `n` matches, so the plan is the unfiltered claim's (no scan or sort of the queue); it reads
+    more index entries when the languages asked for are rare in the queue.
+
+    The claimer's address is the one the database server sees (PostgreSQL's
+    `inet_client_addr()`); where it sees none (SQLite, a Unix socket: the same machine) the
+    claimer's own `:local_ip`. A `:worker_ip` the caller gives wins over both.
     """
+    column = _episodes.c.language
     ready = _episodes.c.status == EpisodeStatus.pending.value
     if by_id:
         ready = ready & _episodes.c.id.in_(bindparam("ids", expanding=True))
+    if languages:
+        wanted = [column.in_(bindparam("languages", expanding=True))]
+        wanted += [column.like(bindparam(f"language_prefix_{i}")) for i in range(languages)]
+        if unknown_language:
+            wanted.append(column.is_(None))
+        ready = ready & or_(*wanted)
     picked = (
         select(_episodes.c.id)
         .where(ready)
@@ -66,14 +88,19 @@ def _claim_statement(by_id: bool = False) -> Any:
         .cte("picked")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
+    seen_from = [bindparam("worker_ip", type_=String)]
+    if dialect == "postgresql":
+        seen_from.append(func.host(func.inet_client_addr()))
+    seen_from.append(bindparam("local_ip", type_=String))
     return (
         update(_episodes)
         .where(_episodes.c.id.in_(select(picked.c.id)))
         .values(
             status=EpisodeStatus.assigned.value,
             worker_id=bindparam("worker_id"),
-            worker_ip=bindparam("worker_ip"),
+            worker_ip=func.coalesce(*seen_from),
             gpu=bindparam("gpu"),
+            code_version=bindparam("code_version"),
             claimed_by_run=bindparam("run_id"),
             lease_token=bindparam("token"),
             leased_until=bindparam("until"),
@@ -93,8 +120,13 @@ def _claim_statement(by_id: bool = False) -> Any:
     )
 
 
-_CLAIM = _claim_statement()
-_CLAIM_IDS = _claim_statement(by_id=True)
+def _language_params(languages: Iterable[str] | None) -> tuple[dict[str, Any], bool]:
+    """Bind parameters of the claim's language filter, and whether episodes of no language
+    match (they are processed as English, so a worker asked for `en` takes them)."""
+    codes = sorted({code for value in languages or () if (code := normalize_language(value))})
+    params: dict[str, Any] = {"languages": codes}
+    params.update({f"language_prefix_{i}": f"{code}-%" for i, code in enumerate(codes)})
+    return (params if codes else {}), any(code in ("en", "eng") for code in codes)
 
 
 def _queue_engine(engine: Engine) -> Engine:
@@ -374,14 +406,21 @@ class EpisodeStore:
         *,
         worker_ip: str | None = None,
         gpu: str | None = None,
+        code_version: str | None = None,
+        languages: Iterable[str] | None = None,
         episode_ids: list[int] | None = None,
         run_id: str | None = None,
     ) -> list[Claim]:
         """Atomically lease up to `n` ready episodes (oldest first) to `worker_id`.
 
-        `episode_ids` limits the claim to those episodes (an ad-hoc run of chosen episodes).
-        `run_id` names the orchestrator run that claims, so `requeue_run` can return its
-        episodes at once if that run is found dead.
+        Each claimed row records who took it: `worker_id`, the address the database sees the
+        claim come from (`worker_ip` overrides it), the `gpu` it runs on and the
+        `code_version` claiming (default: this process's). `languages` (codes such as `es`,
+        `pt-br`) restricts the claim to episodes in those languages or their subtags (`es`
+        takes `es-mx` too); `en` also takes episodes of no language, which are processed as
+        English. `episode_ids` limits the claim to those episodes (an ad-hoc run of chosen
+        episodes). `run_id` names the orchestrator run that claims, so `requeue_run` can return
+        its episodes at once if that run is found dead.
         Expired leases are returned to the queue first, so a crashed worker's episodes come back.
         """
         if n < 1:
@@ -391,12 +430,18 @@ class EpisodeStore:
             self.requeue_expired()
             self._next_reap = now + self.reap_every
         token = uuid.uuid4().hex
+        language_params, unknown_language = _language_params(languages)
         params = {
-            "n": n, "worker_id": worker_id, "worker_ip": worker_ip, "gpu": gpu, "token": token,
+            "n": n, "worker_id": worker_id, "worker_ip": worker_ip, "local_ip": local_address(),
+            "gpu": gpu, "code_version": code_version or current_code_version(), "token": token,
             "run_id": run_id,
             "until": now + self.lease, "now": now,
+            **language_params,
         }
-        statement = _CLAIM if episode_ids is None else _CLAIM_IDS
+        statement = _claim_statement(
+            self._writer.dialect.name, episode_ids is not None,
+            len(language_params.get("languages", ())), unknown_language,
+        )
         if episode_ids is not None:
             params["ids"] = list(episode_ids)
         with self._writer.begin() as connection:
