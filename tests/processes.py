@@ -49,3 +49,23 @@ def run_together(target: Callable[..., Any], calls: Sequence[tuple], timeout: fl
             if process.is_alive():
                 process.kill()
     return [collected[i] for i in range(len(calls))]
+
+
+def stop_tree(process: "subprocess.Popen", grace: float = 60.0) -> None:
+    """Stop a command the way an operator does (one SIGTERM), then kill whatever is left of its
+    process tree after `grace` seconds, flow runs in their own sessions included."""
+    import os
+    import signal
+    import subprocess
+
+    from podcastpile.cli.stopping import descendants, signal_all
+
+    tree = [process.pid, *descendants(process.pid)]
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    signal_all([pid for pid in tree if pid != os.getpid()] + descendants(process.pid), signal.SIGKILL)
+    process.wait()

@@ -29,6 +29,7 @@ import typer
 from podcastpile.cli import app
 from podcastpile.cli.display import literal, say
 from podcastpile.cli.episodes import errors, fail, settings
+from podcastpile.cli.prefect_api import ManagerProblem, api_url, check_manager, headers
 from podcastpile.cli.stopping import descendants, signal_all
 from podcastpile.config import Settings, safe_database_url
 
@@ -37,42 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 WATCHED = ("podcastpile", "tasks", "flows", "deployments")
 WATCHED_FILES = ("prefect.yaml", ".env")
 EXIT_STOPPED = 0
-
-
-def api_url(manager: str) -> str:
-    """The Prefect API URL for a manager address: `http://host:8000` → `http://host:8000/api`."""
-    url = manager.rstrip("/")
-    return url if url.endswith("/api") else url + "/api"
-
-
-def check_server(api: str, auth: str | None) -> str | None:
-    """Why the Prefect server at `api` cannot be used with `auth` (one line), or None when it can.
-
-    Health is open even with auth on, so a refusal of the authenticated call means the
-    password is missing or wrong, not that the server is down.
-    """
-    try:
-        httpx.get(f"{api}/health", timeout=10).raise_for_status()
-    except httpx.HTTPError as error:
-        return f"no Prefect server answers at {api} ({type(error).__name__})"
-    headers = {"Authorization": "Basic " + _b64(auth)} if auth else {}
-    try:
-        response = httpx.get(f"{api}/admin/version", headers=headers, timeout=10)
-    except httpx.HTTPError as error:
-        return f"the Prefect server at {api} did not answer ({type(error).__name__})"
-    if response.status_code == 401:
-        return (f"the manager at {api.removesuffix('/api')} "
-                + ("refused the password" if auth else "requires the worker password")
-                + " (-p/--password or WORKER_PASSWORD)")
-    if response.status_code >= 400:
-        return f"the Prefect server at {api} answered {response.status_code}"
-    return None
-
-
-def _b64(text: str) -> str:
-    import base64
-
-    return base64.b64encode(text.encode()).decode()
 
 
 @app.command("setup")
@@ -87,9 +52,10 @@ def setup_command(
     if not api:
         fail("no Prefect server named: use -m http://host:port or set PREFECT_API_URL", code=2)
     auth = password or _password(config) or os.environ.get("PREFECT_API_AUTH_STRING")
-    problem = check_server(api, auth)
-    if problem:
-        fail(problem, code=2)
+    try:
+        check_manager(api, auth)
+    except ManagerProblem as problem:
+        fail(str(problem), code=2)
     _client_environment(api, auth)
     _run_setup(config, 1 if one_batch_at_a_time else None)
 
@@ -208,7 +174,7 @@ class _Stack:
         self._wait_healthy()
         _run_setup(self.config, self.gpu_pool_limit)
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu",
+            [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", os.environ["PREFECT_API_URL"],
              "--limit", str(self.cpu_runs), "--id", f"{socket.gethostname()}-cpu", "--grace", "30"],
             cwd=ROOT, env=dict(os.environ), start_new_session=True,
         )
@@ -279,9 +245,8 @@ def _prefect_database_is_sqlite() -> bool:
 
 
 def _online_workers(api: str, auth: str | None, pool: str) -> int:
-    headers = {"Authorization": "Basic " + _b64(auth)} if auth else {}
     try:
-        response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, headers=headers, timeout=5)
+        response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, headers=headers(auth), timeout=5)
         return sum(1 for worker in response.json() if worker.get("status") == "ONLINE")
     except (httpx.HTTPError, ValueError, AttributeError):
         return 0

@@ -43,6 +43,7 @@ def worker(
     languages: Annotated[str | None, typer.Option("--languages", help="Claim only episodes in these languages, e.g. en,es (default: WORKER_LANGUAGES, i.e. all).")] = None,
     pool: Annotated[str | None, typer.Option(help="Work pool (default: WORK_POOL, i.e. gpu).")] = None,
     grace: Annotated[float, typer.Option(min=0, help="Seconds a stopping worker gives its runs to release their episodes.")] = 60.0,
+    limit: Annotated[int, typer.Option(min=1, help="Flow runs each worker runs at once (a batch wants a whole GPU: keep 1 on the gpu pool).")] = 1,
 ) -> None:
     """Run Prefect workers that take one batch at a time; SIGTERM/Ctrl+C once stops them cleanly."""
     config = settings()
@@ -70,7 +71,7 @@ def worker(
             env["CUDA_VISIBLE_DEVICES"] = str(device)
             if config.device.startswith("cuda:"):
                 env["DEVICE"] = "cuda"  # the one GPU it sees is cuda:0 now
-        command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", "1", "--name", name]
+        command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", str(limit), "--name", name]
         note(f"worker {name}" + (f" on GPU {device}" if device is not None else "")
              + f" (pool {pool or config.work_pool}, manager {api.removesuffix('/api')}"
              + (f", languages {wanted}" if wanted else "") + (", one batch" if once else "") + ")")
