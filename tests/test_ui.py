@@ -1,8 +1,7 @@
 """The Prefect UI, the operator's dashboard, as an operator sees it: with auth on, in a real browser.
 
-A real Prefect server runs with a password (PREFECT_SERVER_API_AUTH_STRING, the project's
-WORKER_PASSWORD), the deployments from prefect.yaml, and the stats artifact published by one
-run of the stats flow. Headless Chromium then opens each Prefect UI (v2 is the default one, v1
+`ppcli manager` runs with auth on (WORKER_AUTH_ENABLED, WORKER_PASSWORD): Prefect's server with
+the deployments from prefect.yaml, and the stats artifact published by one run of the stats flow. Headless Chromium then opens each Prefect UI (v2 is the default one, v1
 is one click away), is refused with a wrong password, logs in by typing the right one, and
 opens the deployments list and the latest dashboard artifact. Screenshots of each step land in
 the test's folder and in `test-output/ui/` for a person to look at.
@@ -28,7 +27,9 @@ from podcastpile.errors import PermanentError
 from podcastpile.store import EpisodeStore, make_engine, migrate
 from tests.browser import Browser, BrowserError
 from tests.pipeline.conftest import pipeline_environment
-from tests.prefect_server import prefect_server
+from tests.manager import Manager
+from tests.prefect_server import free_port
+from tests.processes import stop_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output" / "ui"  # git-ignored; kept after the run so a person can look
@@ -56,15 +57,20 @@ def run(args: list[str], env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Prefect server with auth on, the project's deployments and a dashboard artifact; yields its URL."""
+    """`ppcli manager` with auth on, as a new user starts it on one machine (Prefect's database
+    SQLite, the episode database SQLite), plus a dashboard artifact; yields its URL."""
     home = tmp_path_factory.mktemp("ui-server")
     database = f"sqlite:///{home / 'episodes.db'}"
-    with prefect_server(home, auth=PASSWORD) as prefect_env:
-        env = {
-            **os.environ, **prefect_env, **pipeline_environment(database),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        run(["bash", "deployments/setup.sh"], env)
+    env = {
+        **os.environ, **pipeline_environment(database),
+        "PREFECT_HOME": str(home / "prefect"), "WORKER_AUTH_ENABLED": "true", "WORKER_PASSWORD": PASSWORD,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(name, None)
+    manager = Manager(env, home / "manager.log", free_port())
+    try:
+        manager.wait_ready()
         for name in ("first", "second", "third", "fourth"):
             run([sys.executable, "-m", "podcastpile.cli", "create", f"https://podcasts.example/{name}.mp3"], env)
         # One episode done and one failed, so every section of the dashboard has rows to show.
@@ -75,14 +81,19 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         store.complete(done.episode_id, done.lease_token, {"duration": 1800.0, "processing_seconds": 30.0})
         store.fail(failed.episode_id, failed.lease_token, PermanentError("not-found", "the host answered 404"))
         store.close()
-        run([sys.executable, "-c", "from flows.stats import stats_flow; stats_flow()"], env)
-        yield prefect_env["PREFECT_API_URL"].removesuffix("/api")
+        client = {**env, "PREFECT_API_URL": manager.api, "PREFECT_API_AUTH_STRING": PASSWORD}
+        run([sys.executable, "-c", "from flows.stats import stats_flow; stats_flow()"], client)
+        yield manager.url
+    finally:
+        stop_tree(manager.process, grace=60)
 
 
 def test_api_refuses_calls_without_the_password(ui_server: str) -> None:
     api = f"{ui_server}/api"
     assert httpx.post(f"{api}/deployments/filter", json={}).status_code == 401
     assert httpx.get(f"{api}/docs").status_code == 401
+    for path in ("/docs", "/redoc", "/openapi.json"):  # Prefect leaves these open; the manager does not
+        assert httpx.get(f"{ui_server}{path}").status_code == 401, path
     assert httpx.get(f"{api}/openapi.json").status_code == 401
     wrong = {"Authorization": "Basic " + base64.b64encode(b"not-the-password").decode()}
     assert httpx.post(f"{api}/deployments/filter", json={}, headers=wrong).status_code == 401

@@ -108,7 +108,7 @@ def render_markdown(board: Dashboard, archive: dict[str, Any] | None = None) -> 
     lines += [f"| **total** | **{stats.total:,}** |", ""]
     lines.append(
         f"**Audio processed**: {stats.audio_hours_done:,.1f} h in total, {board.audio_hours_last_24h:,.1f} h "
-        f"({board.episodes_last_24h:,} episodes) in the last 24 h. **Leases past their deadline**: "
+        f"({board.episodes_last_24h:,} episode{'' if board.episodes_last_24h == 1 else 's'}) in the last 24 h. **Leases past their deadline**: "
         f"{stats.expired_leases:,}."
     )
     if board.eta_hours is not None:

@@ -21,40 +21,17 @@ import pytest
 from podcastpile.store import EpisodeStore, make_engine, migrate
 from tests import postgres
 from tests.pipeline.conftest import pipeline_environment
+from tests.manager import PPCLI, Manager
 from tests.prefect_server import free_port
 from tests.processes import stop_tree
 from tests.wayback import AdHost, WaybackDouble
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PASSWORD = "correct horse battery"
-PPCLI = [sys.executable, "-m", "podcastpile.cli"]
 
 
 def basic(secret: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
-
-
-class Manager:
-    """A running `ppcli manager` subprocess and what clients need to reach it."""
-
-    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
-        self.env, self.log, self.port = env, log, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.api = self.url + "/api"
-        self.process = subprocess.Popen(
-            [*PPCLI, "manager", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while "ready: open" not in self.output():
-            assert self.process.poll() is None, f"manager exited:\n{self.output()[-4000:]}"
-            assert time.monotonic() < deadline, f"manager not ready:\n{self.output()[-4000:]}"
-            time.sleep(1)
 
 
 @pytest.fixture

@@ -1,0 +1,34 @@
+"""`ppcli manager` as a test's subprocess: started as an operator starts it, ready when it says so."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PPCLI = [sys.executable, "-m", "podcastpile.cli"]
+
+
+class Manager:
+    """A running `ppcli manager` subprocess and what clients need to reach it."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+        self.env, self.log, self.port = env, log, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.api = self.url + "/api"
+        self.process = subprocess.Popen(
+            [*PPCLI, "manager", "--port", str(port), "--host", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while "ready: open" not in self.output():
+            assert self.process.poll() is None, f"manager exited:\n{self.output()[-4000:]}"
+            assert time.monotonic() < deadline, f"manager not ready:\n{self.output()[-4000:]}"
+            time.sleep(1)
