@@ -34,7 +34,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 @app.command()
 def worker(
-    manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL).")] = None,
+    manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL, else the manager on this machine at PORT).")] = None,
     worker_id: Annotated[str | None, typer.Option("--id", "-i", help="Worker name (default: WORKER_ID, i.e. the hostname); with several GPUs each worker is ID-gpuN.")] = None,
     password: Annotated[str | None, typer.Option("--password", "-p", help="Worker password (default: WORKER_PASSWORD). Prefer the setting: a command line is visible to every user of the machine.")] = None,
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs to run a worker on each, e.g. 0,1,3 (CUDA_VISIBLE_DEVICES numbering).")] = None,
@@ -122,9 +122,8 @@ def _languages(value: str) -> str:
 def _manager(manager: str | None, password: str | None, config: Settings) -> tuple[str, str | None]:
     """The API URL and password to use: the options, else the settings, else Prefect's own."""
     default_api, default_auth = prefect_defaults()
-    api = api_url(manager) if manager else default_api
-    if not api:
-        fail("say where the manager is: ppcli worker -m http://manager:8000 (or set PREFECT_API_URL)", code=2)
+    # Without -m or PREFECT_API_URL: the manager on this machine (`ppcli manager` + `ppcli worker`).
+    api = api_url(manager or default_api or f"http://127.0.0.1:{config.port}")
     if password is None and config.worker_password is not None:
         password = config.worker_password.get_secret_value()
     return api.rstrip("/"), password or default_auth
