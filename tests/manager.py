@@ -14,21 +14,22 @@ PPCLI = [sys.executable, "-m", "podcastpile.cli"]
 class Manager:
     """A running `ppcli manager` subprocess and what clients need to reach it."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int) -> None:
+    def __init__(self, env: dict[str, str], log: Path, port: int, *options: str) -> None:
         self.env, self.log, self.port = env, log, port
         self.url = f"http://127.0.0.1:{port}"
         self.api = self.url + "/api"
         self.process = subprocess.Popen(
-            [*PPCLI, "manager", "--port", str(port), "--host", "127.0.0.1"],
+            [*PPCLI, "manager", "--port", str(port), "--host", "127.0.0.1", *options],
             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def output(self) -> str:
         return self.log.read_text()
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, timeout: float = 300, times: int = 1) -> None:
+        """Until the manager has said `ready` `times` times (a reload says it again)."""
         deadline = time.monotonic() + timeout
-        while "ready: open" not in self.output():
+        while self.output().count("ready: open") < times:
             assert self.process.poll() is None, f"manager exited:\n{self.output()[-4000:]}"
             assert time.monotonic() < deadline, f"manager not ready:\n{self.output()[-4000:]}"
             time.sleep(1)

@@ -131,6 +131,7 @@ def manager(
                 stack.stop()
                 stack.start()
                 stamp = _code_stamp()
+                say(f"ready: open {public} (restarted)")
             if gpu_pool_limit and not warned_workers and _online_workers(api, auth, config.work_pool) > 1:
                 warned_workers = True
                 errors.print(literal(

@@ -21,12 +21,11 @@ import pytest
 from podcastpile.store import EpisodeStore, make_engine, migrate
 from tests import postgres
 from tests.pipeline.conftest import pipeline_environment
-from tests.manager import PPCLI, Manager
+from tests.manager import PPCLI, ROOT, Manager
 from tests.prefect_server import free_port
 from tests.processes import stop_tree
 from tests.wayback import AdHost, WaybackDouble
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 PASSWORD = "correct horse battery"
 
 
@@ -186,13 +185,21 @@ def test_manager_on_a_sqlite_prefect_database_runs_one_batch_at_a_time(
     so and caps the gpu pool at one running batch (unless --allow-sqlite-workers)."""
     ia, _ = internet_archive
     env = manager_environment(tmp_path, f"sqlite:///{tmp_path / 'episodes.db'}", ia)
-    running = Manager(env, tmp_path / "manager.log", free_port())
+    running = Manager(env, tmp_path / "manager.log", free_port(), "--reload")
     try:
         running.wait_ready()
         pool = httpx.get(f"{running.api}/work_pools/gpu").json()
         assert pool["concurrency_limit"] == 1
         assert "Prefect database: SQLite (one batch at a time" in running.output()
         assert "auth: off" in running.output()
+        # --reload: a changed source file restarts the server and the CPU worker.
+        server_before = _descendants(running.process.pid)
+        watched = ROOT / "deployments" / "__init__.py"
+        os.utime(watched)
+        running.wait_ready(times=2)
+        assert "code changed" in running.output()
+        assert not [pid for pid in server_before if _alive(pid)], "the old server and worker must be gone"
+        assert httpx.get(f"{running.api}/work_pools/gpu").json()["concurrency_limit"] == 1
     finally:
         running.process.send_signal(signal.SIGTERM)
         code = running.process.wait(timeout=120)
