@@ -21,6 +21,7 @@ from prefect.client.schemas.objects import StateType, WorkerStatus
 from prefect.deployments import run_deployment
 
 from podcastpile.config import Settings
+from podcastpile.runs import DEAD_STATES
 from tasks.resources import store_for
 
 
@@ -52,7 +53,7 @@ def requeue_dead_runs(settings: Settings, deployment: str, hours: float = 6.0) -
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id])),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(
-                    any_=[StateType.CRASHED, StateType.FAILED, StateType.CANCELLED])),
+                    any_=[StateType(name) for name in DEAD_STATES])),
                 end_time=FlowRunFilterEndTime(after_=since),
             ),
             limit=200,

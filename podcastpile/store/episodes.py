@@ -631,6 +631,17 @@ class EpisodeStore:
                 )
             ).scalar_one()
 
+    def leased_by_run(self) -> dict[str | None, int]:
+        """Leased (assigned or processing) episodes per claiming flow run id (None: claimed
+        with no run recorded). Reads only leased rows, through the status index."""
+        with self.engine.execution_options(**READ_ONLY).connect() as connection:
+            rows = connection.execute(
+                select(_episodes.c.claimed_by_run, func.count())
+                .where(_episodes.c.status.in_(LEASED))
+                .group_by(_episodes.c.claimed_by_run)
+            ).all()
+        return {run: count for run, count in rows}
+
     def _leased_update(
         self, episode_id: int, token: str, values: dict[str, Any], connection: Any = None
     ) -> Any:
