@@ -50,16 +50,17 @@ class ClaimGuard:
     @classmethod
     def start(cls, database_url: str, claims: list[Any], *, max_attempts: int) -> "ClaimGuard":
         """Start a guard for `claims` (`podcastpile.store.Claim`s) on the store at `database_url`."""
+        # Same interpreter, environment and working directory as the batch, so it imports the
+        # same code; this package's own root comes last on the path, only as a fallback (before
+        # the standard library, as PYTHONPATH would put it, it could shadow stdlib modules).
         package_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        # The guard must import this very code, wherever the batch imported it from.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        boot = f"import sys; sys.path.append({package_root!r}); from podcastpile.claimguard import main; sys.exit(main())"
         # Through sh so the signals are ignored from the first instruction on (an ignored
         # signal stays ignored across exec): a stop right after the claim must not kill a guard
         # that has not reached main() yet.
         process = subprocess.Popen(
-            ["/bin/sh", "-c", 'trap "" HUP INT TERM; exec "$0" -m podcastpile.claimguard', sys.executable],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
+            ["/bin/sh", "-c", 'trap "" HUP INT TERM; exec "$0" -c "$1"', sys.executable, boot],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             start_new_session=True,  # out of reach of signals to the batch's process group
         )
         assert process.stdin is not None
