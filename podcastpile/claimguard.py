@@ -114,7 +114,9 @@ def main() -> int:
                          archive_required=False)
     held = {episode_id: token for episode_id, token in job["claims"]}
     if sys.stdin.read().strip() == DONE:
-        return 0
+        # Nothing to flush or close: skip the interpreter's teardown (0.2-0.9 s with SQLAlchemy
+        # loaded, measured on a busy machine), which the batch would wait for in dismiss().
+        os._exit(0)
     deadline = time.monotonic() + RETRY_SECONDS
     while True:
         try:
