@@ -1,8 +1,9 @@
 """The dispatcher: keeps batch runs waiting for the GPU workers while episodes are ready.
 
-Runs on a short schedule on the CPU pool. Each run first returns to the queue what dead runs
-held (batch runs marked crashed by the heartbeat automation, and leases past their deadline),
-so nothing waits for a claim to notice. Then it counts claimable episodes and batch runs not yet started, and
+Runs on a short schedule on the CPU pool. Each run first cancels the dispatch runs that fell
+late (while no CPU worker was up): one run does the work of all of them. Then it returns to
+the queue what dead runs held (batch runs marked crashed by the heartbeat automation, and
+leases past their deadline), so nothing waits for a claim to notice. Then it counts claimable episodes and batch runs not yet started, and
 tops the waiting runs up to one per online worker (or `max_waiting`). A worker that finishes a
 batch finds the next one already waiting, so GPUs are not left idle between batches, and
 the number of runs stays bounded however long the queue is: no flood of runs.
@@ -16,6 +17,7 @@ from prefect import flow, get_run_logger
 
 from tasks.settings import flow_settings
 from tasks.dispatch import (
+    cancel_late_runs,
     count_online_workers,
     count_ready,
     count_waiting_runs,
@@ -32,6 +34,8 @@ def dispatch(deployment: str = BATCH_DEPLOYMENT, max_waiting: int | None = None)
     """Create the batch runs the ready episodes need; returns how many were created."""
     settings = flow_settings()
     logger = get_run_logger()
+    if late := cancel_late_runs():
+        logger.info("cancelled %d dispatch runs that fell late: this run does their work", late)
     for run_id, count in requeue_dead_runs(settings, deployment).items():
         logger.warning("requeued %d episodes held by dead batch run %s", count, run_id)
     if expired := requeue_expired(settings):

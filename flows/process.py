@@ -18,6 +18,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import deployment, flow_run
 
 from podcastpile.archive.wayback import digest_matches
+from podcastpile.claimguard import ClaimGuard
 from podcastpile.config import ArchiveMode, Settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
 from podcastpile.fetch import remove_orphaned_downloads
@@ -134,6 +135,9 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     if not claims:
         logger.info("no episodes ready")
         return summary
+    # Gives the claims back if this process is killed before it settles them: the Prefect
+    # worker SIGKILLs its runs when it is stopped, and the kernel may too (see claimguard).
+    guard = ClaimGuard.start(settings.database_url, claims, max_attempts=settings.max_attempts)
     started = time.perf_counter()
     loaded_before = models_for(settings).loaded_count
     # Keep the leases alive from the claim on: loading models can take a while.
@@ -155,7 +159,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
                 keeper.drop(claim.episode_id)
                 done += 1
         finally:  # models failed to load, or stopped (SIGTERM): give back what was not finished
-            release_unfinished(settings, claims[done:])
+            if release_unfinished(settings, claims[done:]) is not None:
+                guard.dismiss()  # every claim is settled; if not, the guard retries once we are gone
             for download in downloads.values():
                 if download is not None:
                     _discard(download)

@@ -12,6 +12,8 @@ from prefect.client.schemas.filters import (
     DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterEndTime,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     WorkerFilter,
@@ -19,9 +21,47 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType, WorkerStatus
 from prefect.deployments import run_deployment
+from prefect.runtime import deployment as this_deployment
+from prefect.runtime import flow_run as this_flow_run
+from prefect.states import Cancelled
 
 from podcastpile.config import Settings
+from podcastpile.runs import DEAD_STATES
 from tasks.resources import store_for
+
+
+@task(name="cancel-late-dispatch-runs", cache_policy=NONE)
+def cancel_late_runs(most: int = 2000) -> int:
+    """Cancel the other runs of this run's deployment that are due but not started: runs that
+    fell late while no CPU worker was up. This run does their work; returns how many.
+
+    The deployment's concurrency limit (1, CANCEL_NEW) cancels late runs a worker submits
+    together, but a worker that takes one run at a time (`--limit 1`) would start each in turn,
+    seconds of process start-up apiece, hundreds after an outage of hours. Cancelled here
+    before a worker takes them, they never start a process. Runs scheduled for later are kept.
+    """
+    me, deployment_id = this_flow_run.get_id(), this_deployment.get_id()
+    if not (me and deployment_id):
+        return 0  # called outside a deployment run (a test, an ad-hoc call): nothing to judge
+    cancelled = 0
+    with get_client(sync_client=True) as client:
+        while cancelled < most:
+            late = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(not_any_=[me]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                    expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
+                ),
+                limit=200,
+            )
+            for run in late:
+                client.set_flow_run_state(
+                    run.id, Cancelled(message=f"fell late; dispatch run {this_flow_run.get_name()} did its work"))
+            cancelled += len(late)
+            if len(late) < 200:
+                break
+    return cancelled
 
 
 @task(name="count-ready-episodes", cache_policy=NONE)
@@ -52,7 +92,7 @@ def requeue_dead_runs(settings: Settings, deployment: str, hours: float = 6.0) -
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id])),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(
-                    any_=[StateType.CRASHED, StateType.FAILED, StateType.CANCELLED])),
+                    any_=[StateType(name) for name in DEAD_STATES])),
                 end_time=FlowRunFilterEndTime(after_=since),
             ),
             limit=200,

@@ -74,16 +74,18 @@ def fail_episode(settings: Settings, claim: Claim, error: EpisodeError) -> Episo
                     lambda: store.fail(claim.episode_id, claim.lease_token, error))
 
 
-def release_unfinished(settings: Settings, claims: list[Claim]) -> int:
-    """Give back claims a stopping batch did not finish, in one statement, as a plain call.
+def release_unfinished(settings: Settings, claims: list[Claim]) -> int | None:
+    """Give back claims a stopping batch did not finish, in one statement, as a plain call;
+    returns how many, or None when the store could not be reached.
 
     Not a task on purpose: it runs in a `finally` while the run is being terminated, when
     Prefect's task machinery (and its logging to a worker that may be gone) cannot be relied
-    on. A failure is swallowed: an unreleased lease is requeued when its run is found dead.
+    on. A failure is swallowed: the batch's claim guard tries again once the process is gone,
+    and failing that an unreleased lease is requeued when its run is found dead.
     """
     if not claims:
         return 0
     try:
         return store_for(settings).release_claims(claims)
     except Exception:
-        return 0
+        return None

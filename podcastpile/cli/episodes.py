@@ -212,15 +212,20 @@ def list_(
 def stats(json_output: JsonOption = False) -> None:
     """Counts by status, the archive stage, hours of audio done, failures by reason."""
     from podcastpile.cli.archive import archive_stats, archive_table
+    from podcastpile.runs import held_by_runs
 
     store = open_store()
     result = store.stats()
     archive = archive_stats(store)
+    held = held_by_runs(store.leased_by_run())  # asks the Prefect API only if something is leased
     if json_output:
         print(json.dumps({
             "total": result.total,
             "by_status": result.by_status,
             "expired_leases": result.expired_leases,
+            "held_by_dead_runs": held.dead,  # null when unknown, with the reason below
+            "held_by_runs_unknown_to_prefect": held.unknown_runs,
+            "held_by_runs_unknown_reason": held.reason,
             "audio_hours_done": round(result.audio_hours_done, 3),
             "failures_by_reason": result.failures_by_reason,
             "archive": archive,
@@ -233,6 +238,7 @@ def stats(json_output: JsonOption = False) -> None:
     console.print(table)
     console.print(archive_table(archive))
     console.print(f"leases past their deadline: {result.expired_leases:,}")
+    console.print(f"held by dead runs: {held.describe()}")
     console.print(f"audio done: {result.audio_hours_done:,.2f} hours")
     if result.failures_by_reason:
         failures = Table("reason", "episodes", title="Failures")

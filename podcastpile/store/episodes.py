@@ -576,6 +576,52 @@ class EpisodeStore:
                 ).rowcount
         return released
 
+    def give_back_abandoned(self, held: Mapping[int, str], reason: str = "run-crashed") -> tuple[int, int]:
+        """Give back episodes (id → lease token) whose process died holding them; returns
+        (released, requeued).
+
+        Used by the claim guard (`podcastpile.claimguard`) once the batch process that claimed
+        them is gone. Episodes not started yet (`assigned`) go back as a release does: they cannot
+        have caused the death, so their attempt is not counted. The one in progress
+        (`processing`) goes back as a crashed run's does (`requeue_run`): its attempt counts and
+        it fails once attempts are used up, so an episode that kills its process every time
+        (out of memory, a decoder crash) cannot block the queue. Only episodes still held under
+        those lease tokens change.
+        """
+        now = self.clock()
+        released = requeued = 0
+        with self._writer.begin() as connection:
+            for token in set(held.values()):
+                still_held = (
+                    _episodes.c.id.in_([episode for episode, t in held.items() if t == token])
+                    & (_episodes.c.lease_token == token)
+                )
+                released += connection.execute(
+                    update(_episodes)
+                    .where(still_held, _episodes.c.status == EpisodeStatus.assigned.value)
+                    .values(status=EpisodeStatus.pending, lease_token=None, leased_until=None,
+                            attempts=_episodes.c.attempts - 1, updated_at=now)
+                ).rowcount
+                requeued += connection.execute(
+                    update(_episodes)
+                    .where(still_held, _episodes.c.status == EpisodeStatus.processing.value)
+                    .values(**self._requeue_values(now, reason, "the batch process holding it died"))
+                ).rowcount
+        return released, requeued
+
+    def _requeue_values(self, now: datetime, reason: str, why: str) -> dict[str, Any]:
+        """Column values that return a dead holder's episode to the queue, attempt counted
+        (`failed` once attempts are used up), with `why` and the attempt in its error."""
+        exhausted = _episodes.c.attempts >= self.max_attempts
+        return dict(
+            status=case((exhausted, EpisodeStatus.failed.value), else_=EpisodeStatus.pending.value),
+            error_code=reason[:64],
+            error=literal(f"{why} (attempt ") + cast(_episodes.c.attempts, String) + f" of {self.max_attempts})",
+            lease_token=None,
+            leased_until=None,
+            updated_at=now,
+        )
+
     def requeue_expired(self) -> int:
         """Return expired leases to the queue, or fail them once attempts are used up.
 
@@ -611,20 +657,10 @@ class EpisodeStore:
 
         The claim already counted the attempt, as for an expired lease. Returns how many.
         """
-        now = self.clock()
-        exhausted = _episodes.c.attempts >= self.max_attempts
         statement = (
             update(_episodes)
             .where(_episodes.c.claimed_by_run == run_id, _episodes.c.status.in_(LEASED))
-            .values(
-                status=case((exhausted, EpisodeStatus.failed.value), else_=EpisodeStatus.pending.value),
-                error_code=reason[:64],
-                error=literal(f"the run {run_id} holding it died (attempt ")
-                + cast(_episodes.c.attempts, String) + f" of {self.max_attempts})",
-                lease_token=None,
-                leased_until=None,
-                updated_at=now,
-            )
+            .values(**self._requeue_values(self.clock(), reason, f"the run {run_id} holding it died"))
         )
         with self._writer.begin() as connection:
             return connection.execute(statement).rowcount
@@ -646,6 +682,17 @@ class EpisodeStore:
             return connection.execute(
                 select(func.count()).where(_episodes.c.status.in_(LEASED))
             ).scalar_one()
+
+    def leased_by_run(self) -> dict[str | None, int]:
+        """Leased (assigned or processing) episodes per claiming flow run id (None: claimed
+        with no run recorded). Reads only leased rows, through the status index."""
+        with self.engine.execution_options(**READ_ONLY).connect() as connection:
+            rows = connection.execute(
+                select(_episodes.c.claimed_by_run, func.count())
+                .where(_episodes.c.status.in_(LEASED))
+                .group_by(_episodes.c.claimed_by_run)
+            ).all()
+        return {run: count for run, count in rows}
 
     def _leased_update(
         self, episode_id: int, token: str, values: dict[str, Any], connection: Any = None

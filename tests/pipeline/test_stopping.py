@@ -9,9 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+from podcastpile.cli.stopping import descendants
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
+from tests import postgres
 from tests.loopback import LoopbackServer
 from tests.pipeline.conftest import pipeline_environment
+from tests.pipeline.test_crash_recovery import kill_tree, stack_environment, start_worker
+from tests.pipeline.test_worker_e2e import run
+from tests.prefect_server import prefect_server
 
 
 def test_one_sigterm_to_ppcli_process_releases_unfinished_episodes(
@@ -69,3 +74,73 @@ def test_ppcli_process_waits_for_episodes_another_process_holds(tmp_path: Path, 
     assert run.returncode == 0, log.read_text()[-3000:]
     assert [row.status for row in store.list()] == ["completed"] * 3
     engine.dispose()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _claim_guards(database_url: str) -> list[int]:
+    """Live claim guards of this test's batches (found by the episode database in their environment)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if b"podcastpile.claimguard" in (proc / "cmdline").read_bytes() and \
+                    database_url.encode() in (proc / "environ").read_bytes() and _alive(int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_one_sigterm_to_a_plain_prefect_worker_gives_its_batch_back(
+    tmp_path: Path, slow_host: LoopbackServer
+) -> None:
+    """`prefect worker start --pool gpu`, not `ppcli worker`: on one SIGTERM the Prefect 3.9
+    worker SIGKILLs its flow run at once and exits; the batch's claim guard gives the episodes
+    back: not started ones as released, the one in progress requeued with its attempt counted."""
+    with postgres.fresh_database("episodes") as episodes_url, prefect_server(tmp_path) as prefect_env:
+        env = stack_environment(prefect_env, episodes_url)
+        run(["bash", "deployments/setup.sh"], env)
+        engine = make_engine(episodes_url)
+        migrate(engine)
+        store = EpisodeStore(engine, archive_required=False)
+        store.add([NewEpisode(slow_host.url(f"/ep/plain-{i}.wav"), language="en") for i in range(4)])
+        cpu = start_worker("cpu", env, tmp_path / "cpu.log")
+        gpu = start_worker("gpu", env, tmp_path / "gpu.log")
+        try:
+            deadline = time.monotonic() + 240
+            while not any(row.status == "completed" for row in store.list()):
+                assert time.monotonic() < deadline and gpu.poll() is None, (tmp_path / "gpu.log").read_text()[-3000:]
+                time.sleep(0.2)
+            flow_runs = descendants(gpu.pid)
+            assert flow_runs and _claim_guards(episodes_url), "a batch runs, guarded"
+            held = {row.id for row in store.list() if row.status in ("assigned", "processing")}
+            assert held, "the batch is mid-way"
+            os.kill(gpu.pid, signal.SIGTERM)  # the worker only; its flow run lives in its own session
+            signalled = time.monotonic()
+
+            gpu.wait(timeout=60)
+            assert time.monotonic() - signalled < 20, "the worker exits promptly"
+            while any(row.status in ("assigned", "processing") for row in store.list()):
+                assert time.monotonic() - signalled < 10, [(r.id, r.status) for r in store.list()]
+                time.sleep(0.1)
+            back = time.monotonic() - signalled
+            while any(_alive(pid) for pid in flow_runs) or _claim_guards(episodes_url):
+                assert time.monotonic() - signalled < 15, "no flow run or guard outlives the stop"
+                time.sleep(0.1)
+            print(f"worker gone and {len(held)} episodes back {back:.1f} s after the SIGTERM")
+        finally:
+            if gpu.poll() is None:
+                kill_tree(gpu)
+            kill_tree(cpu)
+        rows = {row.id: row for row in store.list()}
+        assert {rows[i].status for i in held} == {"pending"}
+        assert all(row.lease_token is None for row in rows.values())
+        requeued = [i for i in held if rows[i].attempts == 1]  # the one in progress, if any, counts
+        assert len(requeued) <= 1 and all(rows[i].error_code == "run-crashed" for i in requeued)
+        assert sorted(rows[i].attempts for i in held if i not in requeued) == [0] * (len(held) - len(requeued))
+        engine.dispose()

@@ -1,0 +1,101 @@
+"""The claim guard gives a killed batch's episodes back at once, and keeps out of a batch that
+settled its claims itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from podcastpile.store import EpisodeStore, NewEpisode
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A batch process in miniature: claims three episodes, starts a guard, starts the first one.
+OWNER = textwrap.dedent("""
+    import sys, time
+    from podcastpile.claimguard import ClaimGuard
+    from podcastpile.store import EpisodeStore, make_engine
+    url, settle = sys.argv[1], sys.argv[2] == "settle"
+    store = EpisodeStore(make_engine(url), archive_required=False, max_attempts=3)
+    claims = store.claim_batch("owner", 3)
+    guard = ClaimGuard.start(url, claims, max_attempts=3)
+    store.start(claims[0].episode_id, claims[0].lease_token)
+    if settle:  # finishes the first, gives back the second, keeps the third held on purpose
+        store.complete(claims[0].episode_id, claims[0].lease_token, {"duration": 1.0})
+        store.release(claims[1].episode_id, claims[1].lease_token)
+        guard.dismiss()
+    print(guard.pid, flush=True)
+    time.sleep(0 if settle else 600)
+""")
+
+
+def _owner(database_url: str, mode: str) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, database_url, mode], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    line = owner.stdout.readline()
+    assert line, owner.communicate()
+    return owner, int(line)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_a_killed_batch_gets_its_episodes_back_within_a_second(store: EpisodeStore, database_url: str) -> None:
+    store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(4)])
+    owner, guard = _owner(database_url, "hold")
+    try:
+        os.kill(guard, signal.SIGTERM)  # what stops a worker's process group does not stop the guard
+        os.kill(owner.pid, signal.SIGKILL)  # as the Prefect worker does to its runs when stopped
+        killed = time.monotonic()
+        owner.wait(timeout=10)
+        while any(row.status in ("assigned", "processing") for row in store.list()):
+            assert time.monotonic() - killed < 10, [(row.status, row.attempts) for row in store.list()]
+            time.sleep(0.05)
+        print(f"given back {time.monotonic() - killed:.2f} s after the kill")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    rows = store.list()
+    in_progress = rows[0]
+    assert (in_progress.status, in_progress.attempts, in_progress.error_code) == ("pending", 1, "run-crashed")
+    assert "batch process holding it died (attempt 1 of 3)" in in_progress.error
+    assert [(row.status, row.attempts) for row in rows[1:]] == [("pending", 0)] * 3  # not counted
+    assert all(row.lease_token is None for row in rows)
+    deadline = time.monotonic() + 10
+    while _alive(guard):
+        assert time.monotonic() < deadline, "the guard must exit once it gave the episodes back"
+        time.sleep(0.05)
+
+
+def test_a_dismissed_guard_touches_nothing_and_is_reaped(store: EpisodeStore, database_url: str) -> None:
+    store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(3)])
+    owner, guard = _owner(database_url, "settle")
+    _, stderr = owner.communicate(timeout=30)
+    assert owner.returncode == 0, stderr
+    assert not Path(f"/proc/{guard}").exists()  # exited and reaped by the batch, no zombie left
+    assert [row.status for row in store.list()] == ["completed", "pending", "assigned"]
+
+
+def test_give_back_abandoned_is_fenced_by_lease_tokens_and_counts_attempts(store: EpisodeStore) -> None:
+    store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(3)])
+    first, second, third = store.claim_batch("dead", 3)
+    store.start(first.episode_id, first.lease_token)
+    store.release(third.episode_id, third.lease_token)
+    (retaken,) = store.claim_batch("alive", 1)  # someone else holds the third one now
+    held = {c.episode_id: c.lease_token for c in (first, second, third)}
+    store.max_attempts = 1  # the in-progress one has used up its attempts
+    assert store.give_back_abandoned(held) == (1, 1)
+    assert [(row.status, row.attempts) for row in store.list()] == [("failed", 1), ("pending", 0), ("assigned", 1)]
+    assert store.get(retaken.episode_id).lease_token == retaken.lease_token
