@@ -12,8 +12,8 @@ at the same moment. Each counter row is one cell of episodes:
   `duration_seconds` in whole microseconds (integers add and subtract exactly; a float total
   would drift), non-finite durations counting 0.
 
-On PostgreSQL a cell is spread over slots (one per group of server processes), which readers
-sum. A cell whose episodes all moved on stays as a row of zeros.
+On PostgreSQL a cell is spread over slots (each writing transaction adds to one that no other
+open transaction is writing), which readers sum. A cell whose episodes all moved on stays as a row of zeros.
 """
 
 from __future__ import annotations

@@ -139,8 +139,9 @@ class EpisodeCounter(Base):
     here in the same transaction as the change, whatever code path made it (claims, results,
     operator commands, COPY imports, hand-written SQL). A row is one cell: the episodes with one
     status, failure reason and archive outcome, and their summed duration. Concurrent writers
-    on PostgreSQL spread over `slot`s (by server process) so they do not queue on one hot row;
-    readers sum the slots. See `podcastpile/store/counters.py` for what each column holds.
+    on PostgreSQL spread over `slot`s (each writing transaction takes one no other open
+    transaction holds) so they do not queue on one hot row; readers sum the slots. See
+    `podcastpile/store/counters.py` for what each column holds.
     """
 
     __tablename__ = "episode_counters"

@@ -8,9 +8,10 @@ episodes of one status, failure reason and archive outcome (see `podcastpile/sto
 
 PostgreSQL: statement-level triggers over transition tables, so a statement changing N rows
 (a batch claim, a bulk requeue, a COPY of 20,000 rows) updates each affected cell once, not N
-times; changes that leave every cell as it was (renewing a lease) write nothing. Concurrent
-writers add to a slot chosen by their server process, so hundreds of workers do not queue on
-one hot row; readers sum the slots. SQLite (one writer at a time): row-level triggers.
+times; changes that leave every cell as it was (renewing a lease) write nothing. Each cell is
+spread over slots: a writing transaction takes a slot no other open transaction holds, so
+hundreds of workers do not queue on one hot row; readers sum the slots. SQLite (one writer at
+a time): row-level triggers.
 
 The counters are filled from the existing rows here. Creating the triggers locks `episodes`
 against writes until the migration commits (PostgreSQL: CREATE TRIGGER; SQLite: the write
@@ -35,9 +36,10 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-# Slots per cell on PostgreSQL. More slots, fewer writers sharing a row; readers sum them all
-# (16 × a few dozen cells stays a few hundred rows).
+# Slots per cell on PostgreSQL: up to this many transactions add to the counters at once
+# without waiting on each other; readers sum them all (16 × a few dozen cells: a few hundred rows).
 SLOTS = 16
+_SLOT_LOCK_KEY = 0x636E7472  # "cntr": the advisory locks (this key, slot) a writer holds a slot by
 _TRIGGERS = ("insert", "update", "delete", "truncate")
 _KEY = ("status", "reason", "archived")
 # The statuses in the order of an episode's life (a status not listed sorts after them).
@@ -96,16 +98,28 @@ def _add_change(change: str, slot: str) -> str:
 def _postgresql_upgrade() -> None:
     added = f"SELECT {_cells('')}, 1 AS n, {_microseconds('', 'postgresql')} AS us FROM new_rows"
     removed = f"SELECT {_cells('')}, -1 AS n, -({_microseconds('', 'postgresql')}) AS us FROM old_rows"
-    slot = f"(pg_backend_pid() % {SLOTS})::smallint"
+    # The slot: the first, from this server process's own, that no other open transaction is
+    # writing (a transaction-scoped advisory lock per slot says so), so concurrent writers do
+    # not wait on each other's counter rows. With every slot taken, wait for its own.
     op.execute(f"""
         CREATE OR REPLACE FUNCTION episode_counters_count() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            slots CONSTANT integer := {SLOTS};
+            preferred integer := pg_backend_pid() % slots;
+            chosen smallint := preferred;
         BEGIN
+            FOR step IN 0 .. slots - 1 LOOP
+                IF pg_try_advisory_xact_lock({_SLOT_LOCK_KEY}, (preferred + step) % slots) THEN
+                    chosen := (preferred + step) % slots;
+                    EXIT;
+                END IF;
+            END LOOP;
             IF TG_OP = 'INSERT' THEN
-                {_add_change(added, slot)};
+                {_add_change(added, "chosen")};
             ELSIF TG_OP = 'DELETE' THEN
-                {_add_change(removed, slot)};
+                {_add_change(removed, "chosen")};
             ELSE
-                {_add_change(f"{added} UNION ALL {removed}", slot)};
+                {_add_change(f"{added} UNION ALL {removed}", "chosen")};
             END IF;
             RETURN NULL;
         END
