@@ -10,6 +10,7 @@ from sqlalchemy import inspect, text
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.store.engine import alembic_config, current_revision, head_revision
 from podcastpile.store.tables import Base
+from tests.counting import differences
 from tests.processes import run_together
 
 
@@ -75,6 +76,7 @@ def test_upgrade_from_each_previous_revision_keeps_rows(database_url: str) -> No
         assert row.url == "https://example.com/kept.mp3" and row.status == "pending"
         (claim,) = store.claim_batch("w", 1)  # and the upgraded database works as a queue
         store.complete(claim.episode_id, claim.lease_token, {"duration": 1.0})
+        assert not differences(engine), f"episode counters wrong after upgrading from {previous}"
         engine.dispose()
 
 

@@ -11,8 +11,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, describe_event
-from podcastpile.archive.wayback import ServiceRefused, WaybackClient
 from podcastpile.cli import app
 from podcastpile.cli.display import say
 from podcastpile.cli.episodes import console, fail, open_store, settings
@@ -57,6 +55,10 @@ def archive(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Archive waiting episodes in the Internet Archive now, in this process (no Prefect needed)."""
+    # Here, not at the top: the stage loads httpx, which `ppcli stats` (using this module) does without.
+    from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, describe_event
+    from podcastpile.archive.wayback import ServiceRefused, WaybackClient
+
     config = settings()
     if not config.archives:
         fail("ARCHIVE_MODE=off: there is nothing to archive")

@@ -13,14 +13,11 @@ from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from podcastpile.cli import app
 from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import Settings, SettingsError, load_settings
-from podcastpile.netguard import AddressGuard, allow_any, is_public
-from podcastpile.sources import Entry, SourceError, read_source
 from podcastpile.store import (
     EpisodeStatus,
     EpisodeStore,
@@ -29,7 +26,6 @@ from podcastpile.store import (
     StoreUnavailable,
     normalize_language,
 )
-from podcastpile.netguard import address_kind, literal_address
 from podcastpile.urls import InvalidURL, display_url, mask_secrets, normalize_url
 
 LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
@@ -50,6 +46,8 @@ def private_address(url: str) -> str | None:
 
     Literal only (an IP in any form a resolver reads, or localhost): no DNS at queueing time.
     """
+    from podcastpile.netguard import address_kind, literal_address  # loads httpx: not for `stats`
+
     try:
         host = urlsplit(url.strip()).hostname or ""
     except ValueError:
@@ -113,6 +111,12 @@ def import_(
     json_output: JsonOption = False,
 ) -> None:
     """Add many episodes from a file or feed; reports added / already present / rejected."""
+    # Here, not at the top: they load httpx, which the quick commands (`stats`) do without.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from podcastpile.netguard import AddressGuard, allow_any, is_public
+    from podcastpile.sources import Entry, SourceError, read_source
+
     check_addresses = not settings().allow_private_addresses
     guard = AddressGuard(allow=is_public if check_addresses else allow_any)
     try:

@@ -7,7 +7,6 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.exc import SQLAlchemyError
 
 from podcastpile.cli import app
@@ -24,7 +23,9 @@ def export_command(
     json_output: JsonOption = False,
 ) -> None:
     """Export completed episodes not yet in the dataset; rerunning exports nothing twice."""
-    # Imported here so other commands start without loading pyarrow.
+    # Imported here so other commands start without loading pyarrow (or rich's progress bars).
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from podcastpile.dataset.destination import DestinationError
     from podcastpile.dataset.export import DatasetInconsistent, export_dataset
     from podcastpile.dataset.writer import WriterLimits

@@ -22,7 +22,6 @@ from datetime import timedelta
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from podcastpile.cli import app
@@ -30,7 +29,6 @@ from podcastpile.cli.archive import archive_state
 from podcastpile.cli.display import literal, say
 from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
 from podcastpile.cli.episodes import EXIT_MODEL_LOAD, console, errors, fail, open_store, settings
-from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
 from podcastpile.store.episodes import utcnow
 from podcastpile.store.tables import ARCHIVE_WAITING, Episode
@@ -56,6 +54,8 @@ def process(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Archive, download, diarize and transcribe episodes now, through the Prefect flows the workers run."""
+    from podcastpile.fetch import remove_orphaned_downloads  # loads httpx: only for this command
+
     remove_orphaned_downloads()  # temp audio of killed runs on this machine: nothing else removes it
     if live:
         os.environ["ARCHIVE_MODE"] = "off"  # the flows read their settings from the environment
@@ -147,6 +147,7 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
     os.environ["DATABASE_URL"] = str(store.engine.url.render_as_string(hide_password=False))
     from flows.archive import archive_flow  # Prefect and the flows load only for this command
     from flows.process import process_batch
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.fields[episode]}"), TextColumn("{task.description}", markup=False),

@@ -16,7 +16,6 @@ from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.config import SettingsError, load_settings
 from podcastpile.errors import EpisodeError
 from podcastpile.cli.episodes import EXIT_MODEL_LOAD
-from podcastpile.fetch import remove_orphaned_downloads
 from podcastpile.urls import display_url, mask_secrets
 
 
@@ -39,6 +38,8 @@ def transcribe_command(
         settings = load_settings()
     except SettingsError as error:
         _fail(str(error))
+    from podcastpile.fetch import remove_orphaned_downloads  # loads httpx: only for this command
+
     remove_orphaned_downloads()  # temp audio of killed runs on this machine: nothing else removes it
     from podcastpile.models import ModelLoadError, SpeechModels
     from podcastpile.speech import process_source

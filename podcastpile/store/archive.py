@@ -21,6 +21,8 @@ from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from podcastpile.store.counters import read_counts
+from podcastpile.store.engine import READ_ONLY
 from podcastpile.store.episodes import EpisodeStore, LeaseLost
 from podcastpile.store.tables import (
     ARCHIVE_WAITING,
@@ -315,19 +317,20 @@ class ArchiveQueue:
     # --- reading --------------------------------------------------------------------------------
 
     def stats(self, daily_bytes: int) -> ArchiveStats:
-        """The archive stage's counts (waiting, submitted, archived, deferred, today's usage)."""
+        """The archive stage's counts (waiting, submitted, archived, deferred, today's usage).
+
+        Status and capture counts come from the episode counters; deferred episodes (those
+        with a back-off or quota time still ahead) from the partial index on
+        `archive_not_before`, so nothing here scans the episodes waiting for a capture.
+        """
         now = self.clock()
-        status = _episodes.c.status
-        deferred_rows = (status == EpisodeStatus.archive_pending.value) & (_episodes.c.archive_not_before > now)
-        with self.store.engine.connect() as connection:
-            by_status = dict(connection.execute(
-                select(status, func.count()).where(status.in_([s.value for s in ARCHIVE_WAITING]))
-                .group_by(status)
-            ).all())
-            archived = dict(connection.execute(
-                select(_episodes.c.archive_reused, func.count())
-                .where(_episodes.c.archive_url.is_not(None)).group_by(_episodes.c.archive_reused)
-            ).all())
+        deferred_rows = and_(
+            _episodes.c.status == EpisodeStatus.archive_pending.value,
+            _episodes.c.archive_not_before.is_not(None),  # the partial index's condition
+            _episodes.c.archive_not_before > now,
+        )
+        with self.store.engine.execution_options(**READ_ONLY).connect() as connection:
+            counts = read_counts(connection)
             deferred = dict(connection.execute(
                 select(func.coalesce(_episodes.c.error_code, "backoff"), func.count())
                 .where(deferred_rows).group_by(_episodes.c.error_code)
@@ -341,12 +344,12 @@ class ArchiveQueue:
             pauses = dict(connection.execute(
                 select(_pauses.c.reason, _pauses.c.until).where(_pauses.c.until > now)
             ).all())
-        waiting = by_status.get(EpisodeStatus.archive_pending.value, 0) - sum(deferred.values())
+        waiting = counts.by_status.get(EpisodeStatus.archive_pending.value, 0) - sum(deferred.values())
         return ArchiveStats(
             waiting=waiting,
-            submitted=by_status.get(EpisodeStatus.archiving.value, 0),
-            archived_new=archived.get(False, 0),
-            archived_reused=archived.get(True, 0),
+            submitted=counts.by_status.get(EpisodeStatus.archiving.value, 0),
+            archived_new=counts.archived.get("new", 0),
+            archived_reused=counts.archived.get("reused", 0),
             deferred=deferred,
             deferred_until=deferred_until,
             bytes_today=today.bytes if today else 0,

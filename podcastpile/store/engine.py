@@ -20,7 +20,7 @@ READ_ONLY = {"podcastpile_read_only": True}
 # The newest migration's revision. Opening a store compares the database against it with one
 # query, so commands on an up-to-date database never import Alembic (a third of `ppcli stats`'s
 # start-up). tests/test_migrations.py checks it is the real head.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 
 class StoreUnavailable(RuntimeError):
@@ -58,6 +58,9 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Rows an INSERT OR REPLACE deletes then fire delete triggers too, so the episode
+        # counters (migration 0005) stay exact even for that statement.
+        cursor.execute("PRAGMA recursive_triggers=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

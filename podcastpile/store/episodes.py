@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from podcastpile.errors import EpisodeError
 from podcastpile.machine import local_address
+from podcastpile.store.counters import MICROSECONDS_PER_HOUR, read_counts
 from podcastpile.store.engine import READ_ONLY, make_engine, migrate
 from podcastpile.store.tables import ARCHIVE_WAITING, LEASED, Episode, EpisodeStatus, Result
 from podcastpile.urls import InvalidURL, normalize_url, url_hash
@@ -667,21 +668,24 @@ class EpisodeStore:
 
     def count_claimable(self) -> int:
         """Episodes a claim would take now: ready ones plus leases already past their deadline."""
-        now = self.clock()
         with self.engine.execution_options(**READ_ONLY).connect() as connection:
-            return connection.execute(
-                select(func.count()).where(
-                    (_episodes.c.status == EpisodeStatus.pending.value)
-                    | (_episodes.c.status.in_(LEASED) & (_episodes.c.leased_until < now))
-                )
-            ).scalar_one()
+            ready = read_counts(connection).by_status.get(EpisodeStatus.pending.value, 0)
+            return ready + self._count_expired(connection)
+
+    def _count_expired(self, connection: Any) -> int:
+        """Held leases past their deadline: a range of the (status, leased_until) index, so the
+        cost follows the expired leases, not the table."""
+        return connection.execute(
+            select(func.count()).where(
+                _episodes.c.status.in_(LEASED), _episodes.c.leased_until < self.clock()
+            )
+        ).scalar_one()
 
     def count_leased(self) -> int:
         """Episodes held by a claim now (assigned or processing), expired leases included."""
         with self.engine.execution_options(**READ_ONLY).connect() as connection:
-            return connection.execute(
-                select(func.count()).where(_episodes.c.status.in_(LEASED))
-            ).scalar_one()
+            counts = read_counts(connection).by_status
+        return sum(counts.get(status.value, 0) for status in LEASED)
 
     def leased_by_run(self) -> dict[str | None, int]:
         """Leased (assigned or processing) episodes per claiming flow run id (None: claimed
@@ -774,39 +778,25 @@ class EpisodeStore:
     def count(self, status: EpisodeStatus) -> int:
         """How many episodes have `status` (e.g. how many are ready for workers)."""
         with self.engine.execution_options(**READ_ONLY).connect() as connection:
-            return connection.execute(
-                select(func.count()).where(_episodes.c.status == status.value)
-            ).scalar_one()
+            return read_counts(connection).by_status.get(EpisodeStatus(status).value, 0)
 
     def stats(self) -> Stats:
-        """Counts by status, expired leases, hours of audio completed, failures by reason."""
-        now = self.clock()
+        """Counts by status, expired leases, hours of audio completed, failures by reason.
+
+        Read from the counters the database keeps (`counters.py`) plus the expired leases, so
+        the time does not grow with the table.
+        """
         with self.engine.execution_options(**READ_ONLY).connect() as connection:
-            by_status = connection.execute(
-                select(_episodes.c.status, func.count()).group_by(_episodes.c.status)
-            ).all()
-            seconds = connection.execute(
-                select(func.coalesce(func.sum(_episodes.c.duration_seconds), 0.0)).where(
-                    _episodes.c.status == EpisodeStatus.completed
-                )
-            ).scalar_one()
-            failures = connection.execute(
-                select(func.coalesce(_episodes.c.error_code, "unknown"), func.count())
-                .where(_episodes.c.status == EpisodeStatus.failed)
-                .group_by(_episodes.c.error_code)
-            ).all()
-            expired = connection.execute(
-                select(func.count()).where(
-                    _episodes.c.status.in_(LEASED), _episodes.c.leased_until < now
-                )
-            ).scalar_one()
-        counts = {status.value: 0 for status in EpisodeStatus}
-        counts.update({status: count for status, count in by_status})
+            counts = read_counts(connection)
+            expired = self._count_expired(connection)
+        by_status = {status.value: 0 for status in EpisodeStatus}
+        by_status.update(counts.by_status)
+        done_us = counts.duration_us_by_status.get(EpisodeStatus.completed.value, 0)
         return Stats(
-            by_status=counts,
+            by_status=by_status,
             expired_leases=expired,
-            audio_hours_done=float(seconds) / 3600.0,
-            failures_by_reason=dict(sorted(failures, key=lambda item: -item[1])),
+            audio_hours_done=done_us / MICROSECONDS_PER_HOUR,
+            failures_by_reason=counts.failures_by_reason,
         )
 
 

@@ -16,9 +16,11 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -119,7 +121,37 @@ class Episode(Base):
         Index("ix_episodes_audio_sha256", "audio_sha256"),
         # the episodes a crashed run held
         Index("ix_episodes_claimed_by_run", "claimed_by_run"),
+        # archive episodes deferred to a later time (a few): `ppcli stats` finds them without a
+        # scan of everything waiting for a capture. Partial, so claims never touch it.
+        Index(
+            "ix_episodes_archive_not_before",
+            "archive_not_before",
+            postgresql_where=text("archive_not_before IS NOT NULL"),
+            sqlite_where=text("archive_not_before IS NOT NULL"),
+        ),
     )
+
+
+class EpisodeCounter(Base):
+    """Episode counts the database keeps current, so statistics never count the `episodes` table.
+
+    Triggers on `episodes` (migration 0005) add each inserted, updated or deleted row's change
+    here in the same transaction as the change, whatever code path made it (claims, results,
+    operator commands, COPY imports, hand-written SQL). A row is one cell: the episodes with one
+    status, failure reason and archive outcome, and their summed duration. Concurrent writers
+    on PostgreSQL spread over `slot`s (each writing transaction takes one no other open
+    transaction holds) so they do not queue on one hot row; readers sum the slots. See
+    `podcastpile/store/counters.py` for what each column holds.
+    """
+
+    __tablename__ = "episode_counters"
+
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)  # failed: error_code; else ''
+    archived: Mapped[str] = mapped_column(String(8), primary_key=True)  # no, new, reused, unknown
+    episodes: Mapped[int] = mapped_column(BigInteger)
+    duration_us: Mapped[int] = mapped_column(BigInteger)  # summed duration_seconds, microseconds
 
 
 class ArchiveSubmission(Base):
