@@ -23,7 +23,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
-import httpx
 import typer
 
 from podcastpile.cli import app
@@ -198,6 +197,8 @@ class _Stack:
         return env
 
     def _wait_healthy(self, timeout: float = 180.0) -> None:
+        import httpx
+
         api = os.environ["PREFECT_API_URL"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -246,6 +247,8 @@ def _prefect_database_is_sqlite() -> bool:
 
 
 def _online_workers(api: str, auth: str | None, pool: str) -> int:
+    import httpx
+
     try:
         response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, headers=headers(auth), timeout=5)
         return sum(1 for worker in response.json() if worker.get("status") == "ONLINE")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 from urllib.parse import urlsplit
 
-import httpx
-
 TIMEOUT_SECONDS = 10.0
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
@@ -54,6 +52,8 @@ def check_manager(api: str, password: str | None) -> None:
     `GET /health` is open on a Prefect server with auth on; `GET /admin/version` is not, so a
     401 there means the password is missing or wrong. The password is never part of a message.
     """
+    import httpx  # here, not at the top: every ppcli command imports this module
+
     where = manager_address(api)
     if urlsplit(api).scheme not in ("http", "https"):
         raise ManagerProblem(f"the manager address must be a URL such as http://manager:8000, not {where!r}")
@@ -76,6 +76,8 @@ def check_manager(api: str, password: str | None) -> None:
 
 def flow_run_state(api: str, password: str | None, run_id: str) -> str | None:
     """The state type of a flow run (`RUNNING`, `COMPLETED`…), None when it cannot be read now."""
+    import httpx
+
     try:
         answer = httpx.get(f"{api}/flow_runs/{run_id}", headers=headers(password), timeout=TIMEOUT_SECONDS)
         answer.raise_for_status()
@@ -84,7 +86,7 @@ def flow_run_state(api: str, password: str | None, run_id: str) -> str | None:
         return None
 
 
-def _reason(error: httpx.HTTPError) -> str:
+def _reason(error: Exception) -> str:
     """One line for a transport error (some have empty or multi-line messages)."""
     text = " ".join(str(error).split())
     return text or type(error).__name__
