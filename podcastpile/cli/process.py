@@ -145,6 +145,7 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
     # The flows open the store this command opened, even where a server's store block names
     # another (flows fall back to that block only when DATABASE_URL is not set).
     os.environ["DATABASE_URL"] = str(store.engine.url.render_as_string(hide_password=False))
+    _pin_temporary_server()
     from flows.archive import archive_flow  # Prefect and the flows load only for this command
     from flows.process import process_batch
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -257,3 +258,27 @@ def _print_results(store: EpisodeStore, rows: list) -> None:  # type: ignore[typ
         for turn in result.get("turns", [])[:50]:
             table.add_row(literal(turn["speaker"]), f"{turn['start']:.2f}", f"{turn['end']:.2f}", literal(turn["text"]))
         console.print(table)
+
+
+def _pin_temporary_server() -> None:
+    """Give Prefect's temporary server (used when no PREFECT_API_URL is set) a port the OS chose.
+
+    Prefect picks one at random in 8000-8999 after checking it is free: two `ppcli process` runs
+    starting together can pick the same one, and then one talks to the other's server until
+    that one exits ("connection refused" mid-run; seen under parallel tests). The OS hands out
+    its ephemeral ports in turn, so two processes asking at once get different ones. Registered the way Prefect's own
+    test harness does, so every Prefect client in this process uses it.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    import socket
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    SubprocessASGIServer._instances[None] = SubprocessASGIServer(port=port)
+
