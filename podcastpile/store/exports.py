@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from podcastpile.store.engine import READ_ONLY
 from podcastpile.store.episodes import utcnow
 from podcastpile.store.tables import DatasetExport, DatasetShard, Episode, EpisodeStatus, Result
+
+# How long an export waits for the lock of a run that was just killed (PostgreSQL frees it when
+# the dead run's server process notices).
+LOCK_WAIT_SECONDS = 10.0
 
 _episodes = Episode.__table__
 _results = Result.__table__
@@ -113,10 +118,17 @@ class ExportLedger:
         if self.engine.dialect.name == "postgresql":
             key = int.from_bytes(hashlib.md5(self.dataset.encode()).digest()[:8], "big", signed=True)
             with self.engine.connect() as connection:
-                got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar_one()
-                connection.commit()  # the lock is the session's; do not sit idle in a transaction
-                if not got:
-                    raise ExportBusy(f"another export to {self.dataset} is running")
+                # A killed export's lock outlives it until its server process notices the
+                # closed connection (a moment, longer on a busy server): wait that long.
+                deadline = time.monotonic() + LOCK_WAIT_SECONDS
+                while True:
+                    got = connection.execute(select(func.pg_try_advisory_lock(key))).scalar_one()
+                    connection.commit()  # the lock is the session's; do not sit idle in a transaction
+                    if got:
+                        break
+                    if time.monotonic() > deadline:
+                        raise ExportBusy(f"another export to {self.dataset} is running")
+                    time.sleep(0.5)
                 try:
                     yield
                 finally:

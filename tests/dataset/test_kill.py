@@ -89,8 +89,10 @@ def test_kill_mid_shard_then_rerun(store: EpisodeStore, database_url: str, tmp_p
 
 
 def test_second_export_to_the_same_dataset_is_refused_until_the_first_dies(
-    store: EpisodeStore, database_url: str, tmp_path: Path
+    store: EpisodeStore, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Refused at once, not after waiting out a lock that might be a dead run's.
+    monkeypatch.setattr("podcastpile.store.exports.LOCK_WAIT_SECONDS", 0.0)
     add_completed(store, [f"https://example.com/busy-{n}.mp3" for n in range(EPISODES)])
     out = tmp_path / "dataset"
     child = subprocess.Popen(
