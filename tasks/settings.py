@@ -33,7 +33,8 @@ def flow_settings() -> Settings:
 def stored_database_url() -> str | None:
     """The URL in the server's store block, or None when there is no block (or no server)."""
     from prefect.settings import PREFECT_API_URL
-    from prefect_sqlalchemy import SqlAlchemyConnector
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+    from sqlalchemy.engine import make_url
 
     if not PREFECT_API_URL.value():
         return None
@@ -41,4 +42,6 @@ def stored_database_url() -> str | None:
         connector = SqlAlchemyConnector.load(STORE_BLOCK)
     except ValueError:  # no such block: setup has not saved one
         return None
-    return connector._rendered_url.render_as_string(hide_password=False)
+    info = connector.connection_info
+    url = info.create_url() if isinstance(info, ConnectionComponents) else make_url(str(info))
+    return url.render_as_string(hide_password=False)

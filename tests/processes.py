@@ -69,3 +69,14 @@ def stop_tree(process: "subprocess.Popen", grace: float = 60.0) -> None:
             pass
     signal_all([pid for pid in tree if pid != os.getpid()] + descendants(process.pid), signal.SIGKILL)
     process.wait()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a running process (a zombie waiting to be reaped counts as gone)."""
+    from pathlib import Path
+
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from podcastpile.store import EpisodeStore, NewEpisode
+from tests.processes import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,13 +45,6 @@ def _owner(database_url: str, mode: str) -> tuple[subprocess.Popen, int]:
     return owner, int(line)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
 
 def test_a_killed_batch_gets_its_episodes_back_within_a_second(store: EpisodeStore, database_url: str) -> None:
     store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(4)])
@@ -74,7 +68,7 @@ def test_a_killed_batch_gets_its_episodes_back_within_a_second(store: EpisodeSto
     assert [(row.status, row.attempts) for row in rows[1:]] == [("pending", 0)] * 3  # not counted
     assert all(row.lease_token is None for row in rows)
     deadline = time.monotonic() + 10
-    while _alive(guard):
+    while alive(guard):
         assert time.monotonic() < deadline, "the guard must exit once it gave the episodes back"
         time.sleep(0.05)
 

@@ -4,7 +4,7 @@ against a recount of the table (`tests/counting.py`), and under concurrent worke
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,6 +17,7 @@ from podcastpile.store import operations
 from podcastpile.store.archive import ArchiveClaim, ArchiveQueue, Capture
 from podcastpile.store.engine import alembic_config
 from podcastpile.store.tables import EpisodeStatus
+from tests import postgres
 from tests.conftest import FakeClock
 from tests.counting import assert_exact, differences
 from tests.processes import run_together
@@ -189,6 +190,17 @@ class Scenario:
                           status=status, d=self._duration())
 
 
+@pytest.fixture
+def pg_store(clock: FakeClock) -> Iterator[EpisodeStore]:
+    """A store on PostgreSQL only: for what SQLite does not have (TRUNCATE, concurrent writers)."""
+    with postgres.fresh_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        store = EpisodeStore(engine, lease_seconds=600, max_attempts=3, archive_required=False, clock=clock)
+        yield store
+        store.close()
+
+
 def drop_trigger(store: EpisodeStore, name: str) -> None:
     on = " ON episodes" if store.engine.dialect.name == "postgresql" else ""
     with store.engine.begin() as connection:
@@ -237,9 +249,8 @@ def test_many_rows_in_one_statement(store: EpisodeStore) -> None:
 
 
 @pytest.mark.parametrize("reset", ["counted", "uncounted"])
-def test_truncate_resets_the_counters_on_postgresql(store: EpisodeStore, reset: str) -> None:
-    if store.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has no TRUNCATE")
+def test_truncate_resets_the_counters_on_postgresql(pg_store: EpisodeStore, reset: str) -> None:
+    store = pg_store  # SQLite has no TRUNCATE
     store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(5)])
     if reset == "uncounted":
         drop_trigger(store, "truncate")
@@ -324,11 +335,19 @@ def one_slot(engine: Any) -> None:
         connection.exec_driver_sql(one.replace("%", "%%"))  # no parameters: % is the operator
 
 
-@pytest.mark.parametrize("slots", ["spread", "one"])
-def test_concurrent_workers_leave_the_counters_exact(database_url: str, slots: str) -> None:
+def test_concurrent_workers_leave_the_counters_exact(database_url: str) -> None:
+    check_concurrent_workers(database_url, "spread")
+
+
+def test_concurrent_workers_on_one_slot_leave_the_counters_exact() -> None:
+    """Every PostgreSQL writer forced onto the same counter rows (SQLite has one writer at a time
+    and one slot anyway)."""
+    with postgres.fresh_database() as url:
+        check_concurrent_workers(url, "one")
+
+
+def check_concurrent_workers(database_url: str, slots: str) -> None:
     engine = make_engine(database_url)
-    if slots == "one" and engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time and one slot anyway")
     migrate(engine)
     if slots == "one":
         one_slot(engine)
@@ -345,11 +364,10 @@ def test_concurrent_workers_leave_the_counters_exact(database_url: str, slots: s
     store.close()
 
 
-def test_open_transactions_write_different_slots(store: EpisodeStore) -> None:
+def test_open_transactions_write_different_slots(pg_store: EpisodeStore) -> None:
     """On PostgreSQL each writing transaction holds its own slot, so writers never wait on each
-    other's counter rows (16 slots; here 6 transactions open at once)."""
-    if store.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time")
+    other's counter rows (16 slots; here 6 transactions open at once; SQLite has one writer)."""
+    store = pg_store
     store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(6)])
     connections = [store.engine.connect() for _ in range(6)]
     held = []

@@ -23,7 +23,8 @@ from tests import postgres
 from tests.pipeline.conftest import pipeline_environment
 from tests.manager import PPCLI, ROOT, Manager
 from tests.prefect_server import free_port
-from tests.processes import stop_tree
+from podcastpile.cli.stopping import descendants
+from tests.processes import alive, stop_tree
 from tests.wayback import AdHost, WaybackDouble
 
 PASSWORD = "correct horse battery"
@@ -157,25 +158,13 @@ def test_manager_and_one_worker_take_created_episodes_to_the_dataset(
     assert [a["name"] for a in automations].count("podcastpile-crash-silent-runs") == 1
 
     # Ctrl+C once stops everything the manager started.
-    children = _descendants(manager.process.pid)
+    children = descendants(manager.process.pid)
     manager.process.send_signal(signal.SIGINT)
     assert manager.process.wait(timeout=120) == 0, manager.output()[-3000:]
     time.sleep(1)
-    assert not [pid for pid in children if _alive(pid)], "the manager left processes behind"
+    assert not [pid for pid in children if alive(pid)], "the manager left processes behind"
 
 
-def _descendants(pid: int) -> list[int]:
-    from podcastpile.cli.stopping import descendants
-
-    return descendants(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_manager_on_a_sqlite_prefect_database_runs_one_batch_at_a_time(
@@ -193,12 +182,12 @@ def test_manager_on_a_sqlite_prefect_database_runs_one_batch_at_a_time(
         assert "Prefect database: SQLite (one batch at a time" in running.output()
         assert "auth: off" in running.output()
         # --reload: a changed source file restarts the server and the CPU worker.
-        server_before = _descendants(running.process.pid)
+        server_before = descendants(running.process.pid)
         watched = ROOT / "deployments" / "__init__.py"
         os.utime(watched)
         running.wait_ready(times=2)
         assert "code changed" in running.output()
-        assert not [pid for pid in server_before if _alive(pid)], "the old server and worker must be gone"
+        assert not [pid for pid in server_before if alive(pid)], "the old server and worker must be gone"
         assert httpx.get(f"{running.api}/work_pools/gpu").json()["concurrency_limit"] == 1
     finally:
         running.process.send_signal(signal.SIGTERM)
