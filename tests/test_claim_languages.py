@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import BindParameter, text
 from sqlalchemy.sql import visitors
 from sqlalchemy.dialects import postgresql
 
 from podcastpile.machine import local_address
-from podcastpile.store import EpisodeStore, NewEpisode
+from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.store.episodes import _claim_statement, _language_params
 from podcastpile.version import code_version
+from tests import postgres
 
 
 def explain(connection: Any, statement: Any, params: dict[str, Any]) -> str:
@@ -83,3 +85,18 @@ def test_language_claim_still_walks_the_queue_index(store: EpisodeStore) -> None
     assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
     claims = store.claim_batch("w", 16, languages=["es"])
     assert len(claims) == 16 and {c.language for c in claims} == {"es"}
+
+
+def test_a_claim_over_tcp_records_the_address_postgresql_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers on other machines reach PostgreSQL over TCP: the claim records the address the
+    server sees them come from, not the claimer's own guess (set apart here to tell them apart)."""
+    monkeypatch.setattr("podcastpile.store.episodes.local_address", lambda: "192.0.2.1")
+    with postgres.tcp_server() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        store = EpisodeStore(engine, archive_required=False)
+        add(store, [None, None])
+        store.claim_batch("remote-gpu0/run", 1)
+        store.claim_batch("remote-gpu1/run", 1, worker_ip="10.1.2.3")
+        assert [store.get(i).worker_ip for i in (1, 2)] == ["127.0.0.1", "10.1.2.3"]
+        engine.dispose()
