@@ -13,10 +13,9 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from podcastpile.store import EpisodeStore
-from podcastpile.store.tables import Episode, EpisodeCounter
+from podcastpile.store.tables import episode_counters as _counters
+from podcastpile.store.tables import episodes as _episodes
 
-_episodes = Episode.__table__
-_counters = EpisodeCounter.__table__
 Cell = tuple[str, str, str]  # status, reason, archived
 
 

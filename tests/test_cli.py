@@ -46,6 +46,19 @@ def test_create_list_stats_on_each_database(database_url: str, tmp_path: Path) -
     assert "total" in ppcli("stats", cwd=tmp_path, database_url=database_url).stdout
 
 
+def test_stats_loads_only_what_it_needs(database_url: str, tmp_path: Path) -> None:
+    """`ppcli stats` is meant to answer at once: it reads counters through SQLAlchemy Core, so
+    the ORM, the HTTP client and Prefect stay unloaded (each costs a tenth of a second or more)."""
+    assert ppcli("create", "https://example.com/ep1.mp3", cwd=tmp_path, database_url=database_url).returncode == 0
+    result = ppcli("stats", "--json", cwd=tmp_path, database_url=database_url, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["total"] == 1
+    loaded = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "sqlalchemy.engine" in loaded  # the measure works
+    heavy = sorted(name for name in loaded if name.split(".")[0] in ("httpx", "prefect") or name.startswith("sqlalchemy.orm"))
+    assert heavy == []
+
+
 def test_default_database_is_sqlite_in_the_working_directory(tmp_path: Path) -> None:
     result = ppcli("create", "https://example.com/a.mp3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

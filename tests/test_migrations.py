@@ -9,7 +9,7 @@ from sqlalchemy import inspect, text
 
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.store.engine import alembic_config, current_revision, head_revision
-from podcastpile.store.tables import Base
+from podcastpile.store.tables import metadata
 from tests.counting import differences
 from tests.processes import run_together
 
@@ -48,7 +48,7 @@ def test_models_match_migrations(database_url: str) -> None:
     migrate(engine)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        diff = compare_metadata(context, Base.metadata)
+        diff = compare_metadata(context, metadata)
     assert diff == [], f"tables.py and the migrations disagree: {diff}"
     engine.dispose()
 
@@ -60,7 +60,7 @@ def test_upgrade_from_each_previous_revision_keeps_rows(database_url: str) -> No
         engine = make_engine(database_url)
         with engine.begin() as connection:  # start from scratch for each previous revision
             # children before parents, so foreign keys never block a drop
-            for table in [t.name for t in reversed(Base.metadata.sorted_tables)] + ["alembic_version"]:
+            for table in [t.name for t in reversed(metadata.sorted_tables)] + ["alembic_version"]:
                 connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
         migrate(engine, previous)
         assert current_revision(engine) == previous

@@ -26,7 +26,8 @@ from podcastpile.store import (
     retry_selection,
 )
 from podcastpile.store.archive import ArchiveQueue
-from podcastpile.store.tables import DatasetExport, Result
+from podcastpile.store.tables import dataset_exports
+from podcastpile.store.tables import results as results_table
 from tests.conftest import FakeClock
 from tests.dataset.conftest import read_parquet_rows, synthetic_result
 from tests.dataset.test_export import SMALL, by_id, listed_files
@@ -203,7 +204,7 @@ def test_invalidate_by_code_version_model_and_completion_time(store: EpisodeStor
         invalidate_selection()
 
     with store.engine.connect() as connection:
-        created_before = dict(connection.execute(select(Result.episode_id, Result.created_at)).all())
+        created_before = dict(connection.execute(select(results_table.c.episode_id, results_table.c.created_at)).all())
     assert invalidate(store, code_version="v1") == 1
     assert invalidate(store, model="diar-fp-bad") == 1
     assert invalidate(store, completed_after=cutoff) == 1
@@ -213,7 +214,7 @@ def test_invalidate_by_code_version_model_and_completion_time(store: EpisodeStor
         assert store.result(episode_id) == results[episode_id]  # kept until replaced
     assert store.get(old_asr).status == "completed" and store.get(failed).status == "failed"
     with store.engine.connect() as connection:
-        assert dict(connection.execute(select(Result.episode_id, Result.created_at)).all()) == created_before
+        assert dict(connection.execute(select(results_table.c.episode_id, results_table.c.created_at)).all()) == created_before
     assert invalidate(store, code_version="v1") == 0  # no longer completed
 
 
@@ -229,7 +230,7 @@ def test_invalidated_result_replaces_its_parquet_row(store: EpisodeStore, clock:
 
     assert invalidate(store, code_version="v1") == 1
     with store.engine.connect() as connection:
-        assert connection.execute(select(func.count()).select_from(DatasetExport)).scalar_one() == 3
+        assert connection.execute(select(func.count()).select_from(dataset_exports)).scalar_one() == 3
     # Not completed now: nothing to export, and the old row stays in the dataset meanwhile.
     assert export_dataset(store.engine, str(out), limits=SMALL).episodes_written == 0
     assert by_id(read_parquet_rows(listed_files(out)))[key]["text"] == old_text

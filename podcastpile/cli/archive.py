@@ -6,7 +6,7 @@ import json
 import socket
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,10 +14,13 @@ from rich.table import Table
 from podcastpile.cli import app
 from podcastpile.cli.display import say
 from podcastpile.cli.episodes import console, fail, open_store, settings
-from podcastpile.store import Episode, EpisodeStore
+from podcastpile.store import EpisodeStore
 from podcastpile.store.archive import ArchiveStats, archive_queue_for
 from podcastpile.store.episodes import utcnow
 from podcastpile.urls import mask_secrets
+
+if TYPE_CHECKING:
+    from podcastpile.store.rows import Episode
 
 
 def archive_state(row: Episode, now: datetime | None = None) -> str:

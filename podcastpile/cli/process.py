@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -31,7 +31,10 @@ from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
 from podcastpile.cli.episodes import EXIT_MODEL_LOAD, console, errors, fail, open_store, settings
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
 from podcastpile.store.episodes import utcnow
-from podcastpile.store.tables import ARCHIVE_WAITING, Episode
+from podcastpile.store.tables import ARCHIVE_WAITING
+
+if TYPE_CHECKING:
+    from podcastpile.store.rows import Episode
 from podcastpile.urls import InvalidURL, normalize_url
 
 DONE = {EpisodeStatus.completed.value, EpisodeStatus.failed.value, EpisodeStatus.duplicate.value}

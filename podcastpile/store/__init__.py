@@ -1,5 +1,7 @@
 """The episode store: queue and record of episodes, on SQLite or PostgreSQL."""
 
+from typing import TYPE_CHECKING, Any
+
 from podcastpile.store.engine import StoreUnavailable, make_engine, migrate
 from podcastpile.store.episodes import (
     AddSummary,
@@ -23,7 +25,21 @@ from podcastpile.store.operations import (
     retry,
     retry_selection,
 )
-from podcastpile.store.tables import Episode, EpisodeStatus
+from podcastpile.store.tables import EpisodeStatus
+
+if TYPE_CHECKING:
+    from podcastpile.store.rows import Episode
+
+
+def __getattr__(name: str) -> Any:
+    # `Episode` is the ORM's row class; loading it lazily keeps the ORM out of commands that
+    # never read whole rows (`ppcli stats`).
+    if name == "Episode":
+        from podcastpile.store.rows import Episode
+
+        return Episode
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AddSummary", "Claim", "Episode", "EpisodeStatus", "EpisodeStore", "LeaseLost", "NewEpisode",

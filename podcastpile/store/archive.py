@@ -24,19 +24,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from podcastpile.store.counters import read_counts
 from podcastpile.store.engine import READ_ONLY
 from podcastpile.store.episodes import EpisodeStore, LeaseLost
-from podcastpile.store.tables import (
-    ARCHIVE_WAITING,
-    ArchiveDay,
-    ArchivePause,
-    ArchiveSubmission,
-    Episode,
-    EpisodeStatus,
-)
-
-_episodes = Episode.__table__
-_submissions = ArchiveSubmission.__table__
-_days = ArchiveDay.__table__
-_pauses = ArchivePause.__table__
+from podcastpile.store.tables import ARCHIVE_WAITING, EpisodeStatus
+from podcastpile.store.tables import archive_days as _days
+from podcastpile.store.tables import archive_pauses as _pauses
+from podcastpile.store.tables import archive_submissions as _submissions
+from podcastpile.store.tables import episodes as _episodes
 _RATE_LOCK_ID = 0x73_70_6E_32  # "spn2": one submission window per database
 # Submissions reach the service a little after they are counted here; a window this much
 # longer than the nominal one keeps the service's own count within the limit.

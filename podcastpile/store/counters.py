@@ -23,9 +23,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from podcastpile.store.tables import EpisodeCounter
+from podcastpile.store.tables import episode_counters as _counters
 
-_counters = EpisodeCounter.__table__
 MICROSECONDS_PER_HOUR = 3_600_000_000
 
 

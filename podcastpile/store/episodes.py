@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Engine,
@@ -36,20 +36,24 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.orm import Session
 
 from podcastpile.errors import EpisodeError
 from podcastpile.machine import local_address
 from podcastpile.store.counters import MICROSECONDS_PER_HOUR, read_counts
 from podcastpile.store.engine import READ_ONLY, make_engine, migrate
-from podcastpile.store.tables import ARCHIVE_WAITING, LEASED, Episode, EpisodeStatus, Result
+from podcastpile.store.tables import ARCHIVE_WAITING, LEASED, EpisodeStatus
+from podcastpile.store.tables import episodes as _episodes
+from podcastpile.store.tables import results as _results
 from podcastpile.urls import InvalidURL, normalize_url, url_hash
 from podcastpile.version import code_version as current_code_version
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from podcastpile.store.rows import Episode
+
 Clock = Callable[[], datetime]
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
-_episodes = Episode.__table__
-_results = Result.__table__
 
 
 @lru_cache(maxsize=64)
@@ -733,9 +737,19 @@ class EpisodeStore:
 
     # --- reading ----------------------------------------------------------------------------------
 
+    # Whole rows come back as `Episode` objects through the ORM, imported here on first use:
+    # the writes, claims and counts above never need it, and `ppcli stats` skips its imports.
+
+    def _session(self) -> "Session":
+        from sqlalchemy.orm import Session
+
+        return Session(self.engine.execution_options(**READ_ONLY), expire_on_commit=False)
+
     def get(self, episode_id: int) -> Episode:
         """One episode by id; raises `UnknownEpisode`."""
-        with Session(self.engine.execution_options(**READ_ONLY), expire_on_commit=False) as session:
+        from podcastpile.store.rows import Episode
+
+        with self._session() as session:
             episode = session.get(Episode, episode_id)
         if episode is None:
             raise UnknownEpisode(f"no episode with id {episode_id}")
@@ -743,8 +757,10 @@ class EpisodeStore:
 
     def find(self, url: str) -> Episode | None:
         """The episode with this URL (normalized first), or None."""
+        from podcastpile.store.rows import Episode
+
         key = url_hash(normalize_url(url))
-        with Session(self.engine.execution_options(**READ_ONLY), expire_on_commit=False) as session:
+        with self._session() as session:
             return session.scalars(select(Episode).where(Episode.url_hash == key)).first()
 
     def result(self, episode_id: int) -> dict[str, Any] | None:
@@ -763,6 +779,8 @@ class EpisodeStore:
         offset: int = 0,
     ) -> list[Episode]:
         """Episodes, oldest first. `status="expired"` lists held leases past their deadline."""
+        from podcastpile.store.rows import Episode
+
         query = select(Episode).order_by(Episode.id).offset(offset)
         if status == "expired":
             query = query.where(Episode.status.in_(LEASED), Episode.leased_until < self.clock())
@@ -772,7 +790,7 @@ class EpisodeStore:
             query = query.where(Episode.language == normalize_language(language))
         if limit is not None:
             query = query.limit(limit)
-        with Session(self.engine.execution_options(**READ_ONLY), expire_on_commit=False) as session:
+        with self._session() as session:
             return list(session.scalars(query))
 
     def count(self, status: EpisodeStatus) -> int:

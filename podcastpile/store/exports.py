@@ -26,16 +26,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from podcastpile.store.engine import READ_ONLY
 from podcastpile.store.episodes import utcnow
-from podcastpile.store.tables import DatasetExport, DatasetShard, Episode, EpisodeStatus, Result
+from podcastpile.store.tables import EpisodeStatus
+from podcastpile.store.tables import dataset_exports as _exports
+from podcastpile.store.tables import dataset_shards as _shards
+from podcastpile.store.tables import episodes as _episodes
+from podcastpile.store.tables import results as _results
 
 # How long an export waits for the lock of a run that was just killed (PostgreSQL frees it when
 # the dead run's server process notices).
 LOCK_WAIT_SECONDS = 10.0
 
-_episodes = Episode.__table__
-_results = Result.__table__
-_shards = DatasetShard.__table__
-_exports = DatasetExport.__table__
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, up
 
 from podcastpile.store.engine import READ_ONLY
 from podcastpile.store.episodes import EpisodeStore
-from podcastpile.store.tables import Episode, EpisodeStatus, Result
+from podcastpile.store.tables import EpisodeStatus
+from podcastpile.store.tables import episodes as _episodes
+from podcastpile.store.tables import results as _results
 
-_episodes = Episode.__table__
-_results = Result.__table__
 
 # What `ppcli retry --status` accepts: the end states that a retry can sensibly undo.
 RETRYABLE = (EpisodeStatus.failed, EpisodeStatus.duplicate)

@@ -17,10 +17,10 @@ from sqlalchemy import func, select
 
 from podcastpile.store.engine import READ_ONLY
 from podcastpile.store.episodes import EpisodeStore, Stats
-from podcastpile.store.tables import Episode, EpisodeStatus
+from podcastpile.store.tables import EpisodeStatus
+from podcastpile.store.tables import episodes as _episodes
 from podcastpile.urls import display_url
 
-_episodes = Episode.__table__
 
 
 @dataclass

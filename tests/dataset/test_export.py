@@ -19,7 +19,7 @@ from podcastpile.dataset.export import export_dataset
 from podcastpile.dataset.schema import EPISODES_SCHEMA, SCHEMA_VERSION, explode_turns
 from podcastpile.dataset.writer import WriterLimits
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
-from podcastpile.store.tables import Episode, EpisodeStatus, Result
+from podcastpile.store.tables import EpisodeStatus, episodes, results
 from tests.dataset.conftest import add_completed, read_parquet_rows, synthetic_result
 
 SMALL = WriterLimits(max_rows=3, row_group_rows=2)  # several shards and row groups from a few rows
@@ -28,7 +28,7 @@ SMALL = WriterLimits(max_rows=3, row_group_rows=2)  # several shards and row gro
 def store_rows(store: EpisodeStore) -> dict[str, dict[str, Any]]:
     """What the store holds for each completed episode, in the dataset's terms, by url_hash."""
     with store.engine.connect() as connection:
-        created = dict(connection.execute(select(Result.episode_id, Result.created_at)).all())
+        created = dict(connection.execute(select(results.c.episode_id, results.c.created_at)).all())
     expected = {}
     for episode in store.list(status="completed", limit=None):
         result = store.result(episode.id)
@@ -165,7 +165,7 @@ def test_incremental_exports_and_reprocessed_episode_replaced(
     target = first_ids[1]
     with store.engine.begin() as connection:
         connection.execute(
-            update(Episode.__table__).where(Episode.id == target).values(status=EpisodeStatus.pending)
+            update(episodes).where(episodes.c.id == target).values(status=EpisodeStatus.pending)
         )
     assert export_dataset(store.engine, str(out), limits=SMALL).episodes_written == 0  # old row stays
     old_files = set(manifest(out)["configs"]["episodes"]["files"])

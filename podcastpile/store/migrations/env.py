@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 
 from podcastpile.store.engine import make_engine
-from podcastpile.store.tables import Base
+from podcastpile.store.tables import metadata
 
 config = context.config
 connection = config.attributes.get("connection")
@@ -18,7 +18,7 @@ connection = config.attributes.get("connection")
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
