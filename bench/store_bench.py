@@ -213,19 +213,22 @@ def bench_claim_statement(claims: int = 2000, rounds: int = 5) -> dict:
 
 
 # One statement's worth of rows in their final state, like `write_urls`'s URLs: most done (half
-# of those from an Internet Archive copy, a third of those reused), some failed, some held,
-# some waiting, and one in 100,000 deferred by the archive stage.
+# of those from an Internet Archive copy, a third of those reused), some failed, some waiting,
+# one in 100,000 deferred by the archive stage, and HELD_LEASES held. Held leases scale with
+# the fleet, not the table: one batch per GPU at a time, so 500 GPUs with batches of 16 hold
+# 8,000 (`ppcli stats` reads each held lease for its run: about 2.3 us each here).
+HELD_LEASES = 8_000
 _FILL = f"""
 INSERT INTO episodes ({COPY_COLUMNS}, duration_seconds, error_code, leased_until, lease_token,
                       worker_id, archive_url, archive_reused, archive_not_before, completed_at)
 SELECT md5(u), u, 'show-' || (i % 5000), 'en',
        CASE WHEN i % 100000 = 5 THEN 'archive_pending' WHEN i % 10 < 7 THEN 'completed'
-            WHEN i % 10 = 7 THEN 'failed' WHEN i % 10 = 8 THEN 'assigned' ELSE 'pending' END,
+            WHEN i % 10 = 7 THEN 'failed' WHEN i % 10 = 8 AND i < __HELD__ * 10 THEN 'assigned' ELSE 'pending' END,
        1, 0, now, now,
        CASE WHEN i % 10 < 7 AND i % 100000 <> 5 THEN 1800 + i % 3600 + (i % 1000) / 1000.0 END,
        CASE WHEN i % 10 = 7 THEN (ARRAY['http-404', 'not-audio', 'lease-expired'])[1 + i % 3] END,
-       CASE WHEN i % 10 = 8 THEN now + interval '1 hour' END,
-       CASE WHEN i % 10 = 8 THEN md5(i::text) END,
+       CASE WHEN i % 10 = 8 AND i < __HELD__ * 10 THEN now + interval '1 hour' END,
+       CASE WHEN i % 10 = 8 AND i < __HELD__ * 10 THEN md5(i::text) END,
        CASE WHEN i % 10 < 9 THEN 'host' || (i % 50) || '/run' END,
        CASE WHEN i % 10 < 7 AND i % 2 = 0
             THEN 'https://web.archive.org/web/20260101000000id_/' || u END,
@@ -245,7 +248,8 @@ def fill(url: str, n: int, chunk: int = 1_000_000) -> float:
     with psycopg.connect(libpq(url), autocommit=True) as connection:
         for low in range(0, n, chunk):
             high = min(n, low + chunk) - 1  # generate_series includes both ends
-            connection.execute(_FILL.replace("__LOW__", str(low)).replace("__HIGH__", str(high)))
+            connection.execute(_FILL.replace("__LOW__", str(low)).replace("__HIGH__", str(high))
+                               .replace("__HELD__", str(HELD_LEASES)))
         connection.execute("VACUUM ANALYZE")
     return time.perf_counter() - start
 

@@ -59,6 +59,17 @@ def test_stats_loads_only_what_it_needs(database_url: str, tmp_path: Path) -> No
     assert heavy == []
 
 
+def test_stats_ends_without_teardown_but_with_its_output_and_exit_status(tmp_path: Path) -> None:
+    """`ppcli stats` skips the interpreter's teardown: what it printed and its exit status must
+    still come through, on success (output to a pipe, block-buffered) and on failure."""
+    database = f"sqlite:///{tmp_path / 'episodes.db'}"
+    assert ppcli("create", "https://example.com/ep1.mp3", cwd=tmp_path, database_url=database).returncode == 0
+    done = ppcli("stats", cwd=tmp_path, database_url=database)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("audio done: 0.00 hours"), done.stdout[-500:]
+    refused = ppcli("stats", cwd=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none")
+    assert refused.returncode == 2 and "cannot open the episode database" in refused.stderr, refused.stderr
+
+
 def test_default_database_is_sqlite_in_the_working_directory(tmp_path: Path) -> None:
     result = ppcli("create", "https://example.com/a.mp3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -219,9 +219,13 @@ def stats(json_output: JsonOption = False) -> None:
     from podcastpile.runs import held_by_runs
 
     store = open_store()
-    result = store.stats()
-    archive = archive_stats(store)
-    held = held_by_runs(store.leased_by_run())  # asks the Prefect API only if something is leased
+    try:
+        result = store.stats()
+        archive = archive_stats(store)
+        leased = store.leased_by_run()
+    finally:
+        store.close()  # closed here: the command ends without the interpreter's teardown
+    held = held_by_runs(leased)  # asks the Prefect API only if something is leased
     if json_output:
         print(json.dumps({
             "total": result.total,
