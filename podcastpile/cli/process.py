@@ -55,6 +55,7 @@ def process(
     ] = False,
     out: Annotated[str | None, typer.Option(help="Also export the results as Parquet to this folder.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    grace: Annotated[float, typer.Option(min=0, help="Seconds one SIGTERM/Ctrl+C gives the current step before exiting anyway.")] = 60.0,
 ) -> None:
     """Archive, download, diarize and transcribe episodes now, through the Prefect flows the workers run."""
     from podcastpile.fetch import remove_orphaned_downloads  # loads httpx: only for this command
@@ -77,7 +78,7 @@ def process(
     if live:
         store.skip_archive(ids)
     try:
-        with graceful_signals():
+        with graceful_signals(grace):
             _run_flows(store, ids, quiet=json_output)
     except KeyboardInterrupt:
         # The flows' `finally` blocks released what they had not finished.

@@ -3,13 +3,17 @@ a second one stops at once.
 
 `graceful_signals()` turns the first SIGTERM into a KeyboardInterrupt in the main thread (so
 `finally` blocks run: a batch releases the episodes it has not finished) and makes a second
-SIGTERM or Ctrl+C end the process immediately.
+SIGTERM or Ctrl+C end the process immediately. With a `grace`, a stop that is still not done
+after that many seconds ends the process too: the batch's claim guard gives its episodes back.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,14 +23,21 @@ EXIT_INTERRUPTED = 130
 
 
 @contextmanager
-def graceful_signals() -> Iterator[None]:
-    """First SIGTERM or SIGINT: KeyboardInterrupt (clean up); second: exit now."""
+def graceful_signals(grace: float | None = None) -> Iterator[None]:
+    """First SIGTERM or SIGINT: KeyboardInterrupt (clean up), within `grace` seconds if given;
+    second: exit now."""
     received = {"count": 0}
 
     def handle(signum: int, frame: FrameType | None) -> None:
         received["count"] += 1
         if received["count"] > 1:
             os._exit(EXIT_INTERRUPTED)
+        if grace is not None:
+            # The interrupt lands wherever the main thread is; a step that will not end (or a
+            # lock the interrupt left held) must not keep the process up for ever.
+            deadline = threading.Timer(grace, _stop_overdue, args=(grace,))
+            deadline.daemon = True
+            deadline.start()
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -35,6 +46,20 @@ def graceful_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _stop_overdue(grace: float) -> None:
+    """The graceful stop outlived its grace: say where each thread was, stop our children (such
+    as Prefect's temporary server), end. Claim guards ignore the signal and give back the claims."""
+    try:
+        print(f"stopping took longer than {grace:g} s; exiting now: the unfinished episodes are given back "
+              "to the queue by the claim guard. Where each thread was:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: exit all the same
+        pass
+    finally:
+        signal_all(children(os.getpid()), signal.SIGTERM)
+        os._exit(EXIT_INTERRUPTED)
 
 
 def children(pid: int) -> list[int]:
