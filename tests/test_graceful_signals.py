@@ -17,8 +17,8 @@ HANGING_STOP = textwrap.dedent("""
     import subprocess, sys, threading, time
     from podcastpile.cli.stopping import graceful_signals
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    print(child.pid, flush=True)
     with graceful_signals(grace=float(sys.argv[1])):
+        print(child.pid, flush=True)  # ready only once the handlers are in place
         try:
             time.sleep(300)
         finally:  # as a batch's `finally` releasing its episodes

@@ -112,3 +112,13 @@ def test_many_processes_migrating_at_once(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_the_episode_row_types_every_column_of_episodes() -> None:
+    """`rows.Episode` maps `tables.episodes` whole; its annotations type the attributes, and a
+    column added to the table without one would be an untyped attribute."""
+    from podcastpile.store.rows import Episode
+    from podcastpile.store.tables import episodes
+
+    assert set(Episode.__annotations__) == {column.name for column in episodes.columns}
+    assert set(Episode.__mapper__.columns.keys()) == {column.name for column in episodes.columns}
