@@ -38,6 +38,18 @@ def test_gpus_come_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert list_gpus() == [0, 1]
 
 
+def test_without_m_it_says_where_it_looked_for_the_manager(tmp_path: Path) -> None:
+    # `ppcli manager -p 8870` then a bare `ppcli worker`: the worker looks at PORT, and must say so.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "WORKER_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PORT="9")
+    result = subprocess.run([sys.executable, "-m", "podcastpile.cli", "worker"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot reach the manager at http://127.0.0.1:9: ")
+    assert lines[0].endswith("(no -m given, so this machine at PORT=9; name the manager with -m http://HOST:PORT)")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -19,6 +19,10 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 class ManagerProblem(RuntimeError):
     """The manager cannot be used as given; the message is one line for the operator."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable  # nothing answered there (as opposed to a refusal)
+
 
 def api_url(manager: str) -> str:
     """The Prefect API URL for a manager address: `http://host:8000` → `http://host:8000/api`."""
@@ -63,7 +67,7 @@ def check_manager(api: str, password: str | None) -> None:
             raise ManagerProblem(f"no Prefect API at {where} (GET {api}/health answered {health.status_code})")
         answer = httpx.get(f"{api}/admin/version", headers=headers(password), timeout=TIMEOUT_SECONDS)
     except httpx.HTTPError as error:
-        raise ManagerProblem(f"cannot reach the manager at {where}: {_reason(error)}") from None
+        raise ManagerProblem(f"cannot reach the manager at {where}: {_reason(error)}", unreachable=True) from None
     if answer.status_code == 401:
         if password:
             raise ManagerProblem(f"the manager at {where}: wrong worker password (-p/--password or WORKER_PASSWORD)")

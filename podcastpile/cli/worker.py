@@ -49,11 +49,13 @@ def worker(
     config = settings()
     devices = _devices(gpus, all_gpus)
     wanted = _languages(languages) if languages is not None else config.worker_languages
-    api, secret = _manager(manager, password, config)
+    api, secret, guessed = _manager(manager, password, config)
     try:
         check_manager(api, secret)
     except ManagerProblem as problem:
-        fail(str(problem), code=2)
+        # A manager started with `-p` elsewhere than PORT is not where a bare `ppcli worker` looks.
+        hint = f" (no -m given, so this machine at PORT={config.port}; name the manager with -m http://HOST:PORT)"
+        fail(str(problem) + (hint if guessed and problem.unreachable else ""), code=2)
 
     explicit = worker_id is not None or "worker_id" in config.model_fields_set
     names = worker_names(worker_id or config.worker_id, explicit=explicit, gpus=devices)
@@ -119,11 +121,13 @@ def _languages(value: str) -> str:
     return ",".join(code for code in codes if code)
 
 
-def _manager(manager: str | None, password: str | None, config: Settings) -> tuple[str, str | None]:
-    """The API URL and password to use: the options, else the settings, else Prefect's own."""
+def _manager(manager: str | None, password: str | None, config: Settings) -> tuple[str, str | None, bool]:
+    """The API URL and password to use (the options, else the settings, else Prefect's own), and
+    whether the URL is only the guess of a manager on this machine."""
     default_api, default_auth = prefect_defaults()
     # Without -m or PREFECT_API_URL: the manager on this machine (`ppcli manager` + `ppcli worker`).
+    guessed = not (manager or default_api)
     api = api_url(manager or default_api or f"http://127.0.0.1:{config.port}")
     if password is None and config.worker_password is not None:
         password = config.worker_password.get_secret_value()
-    return api.rstrip("/"), password or default_auth
+    return api.rstrip("/"), password or default_auth, guessed
