@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,24 @@ def test_without_m_it_says_where_it_looked_for_the_manager(tmp_path: Path) -> No
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: cannot reach the manager at http://127.0.0.1:9: ")
     assert lines[0].endswith("(no -m given, so this machine at PORT=9; name the manager with -m http://HOST:PORT)")
+
+
+def test_without_m_it_says_so_when_another_service_holds_port(tmp_path: Path) -> None:
+    # Port 8000 is a common one for development servers: a 404 there is "no manager", not a refusal.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # answers 501 to GET
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "WORKER_"))}
+        env.update(PREFECT_HOME=str(tmp_path / "prefect"), PORT=str(port))
+        result = subprocess.run([sys.executable, "-m", "podcastpile.cli", "worker"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: no Prefect API at http://127.0.0.1:{port} (GET ")
+    assert lines[0].endswith(f"(no -m given, so this machine at PORT={port}; name the manager with -m http://HOST:PORT)")
 
 
 @pytest.mark.parametrize(

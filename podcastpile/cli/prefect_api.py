@@ -19,9 +19,10 @@ FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 class ManagerProblem(RuntimeError):
     """The manager cannot be used as given; the message is one line for the operator."""
 
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+    def __init__(self, message: str, *, no_manager: bool = False) -> None:
         super().__init__(message)
-        self.unreachable = unreachable  # nothing answered there (as opposed to a refusal)
+        # Nothing listens there, or something other than Prefect does (as opposed to a refusal).
+        self.no_manager = no_manager
 
 
 def api_url(manager: str) -> str:
@@ -64,10 +65,12 @@ def check_manager(api: str, password: str | None) -> None:
     try:
         health = httpx.get(f"{api}/health", timeout=TIMEOUT_SECONDS)
         if health.status_code != 200:
-            raise ManagerProblem(f"no Prefect API at {where} (GET {api}/health answered {health.status_code})")
+            raise ManagerProblem(
+                f"no Prefect API at {where} (GET {api}/health answered {health.status_code})", no_manager=True
+            )
         answer = httpx.get(f"{api}/admin/version", headers=headers(password), timeout=TIMEOUT_SECONDS)
     except httpx.HTTPError as error:
-        raise ManagerProblem(f"cannot reach the manager at {where}: {_reason(error)}", unreachable=True) from None
+        raise ManagerProblem(f"cannot reach the manager at {where}: {_reason(error)}", no_manager=True) from None
     if answer.status_code == 401:
         if password:
             raise ManagerProblem(f"the manager at {where}: wrong worker password (-p/--password or WORKER_PASSWORD)")

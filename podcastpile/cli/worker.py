@@ -53,9 +53,10 @@ def worker(
     try:
         check_manager(api, secret)
     except ManagerProblem as problem:
-        # A manager started with `-p` elsewhere than PORT is not where a bare `ppcli worker` looks.
-        hint = f" (no -m given, so this machine at PORT={config.port}; name the manager with -m http://HOST:PORT)"
-        fail(str(problem) + (hint if guessed and problem.unreachable else ""), code=2)
+        message = str(problem)
+        if guessed and problem.no_manager:  # e.g. `ppcli manager -p 8870`, or another service on PORT
+            message += f" (no -m given, so this machine at PORT={config.port}; name the manager with -m http://HOST:PORT)"
+        fail(message, code=2)
 
     explicit = worker_id is not None or "worker_id" in config.model_fields_set
     names = worker_names(worker_id or config.worker_id, explicit=explicit, gpus=devices)
