@@ -5,7 +5,7 @@ published sizes — Parakeet-TDT-0.6B-v2 (FastConformer 24 x 1024, TDT decoder) 
 Sortformer 4spk-v2 (NEST FastConformer 17 x 512 + 18-layer transformer) — with random
 weights, saved as .nemo files and loaded through the project's own `SpeechModels` (the local
 .nemo code path). A few synthetic hour-long episodes are served over HTTP on 127.0.0.1 and
-each goes through the real per-episode steps of `podcastpile.speech`:
+each goes through the real per-episode steps of `podcastpile.speech.pipeline`:
 fetch → decode → diarize → transcribe → build_result.
 
 Stdout: one JSON object (throughput, share of time per step, GPU name, peak GPU memory,
@@ -186,7 +186,7 @@ def calibrate_emission(models: Any, episode_seconds: float, tokens_per_minute: f
     """
     import torch
 
-    from podcastpile.models import SpeechModels
+    from podcastpile.speech.nemo_models import SpeechModels
 
     loaded = models.asr("en")
     SpeechModels._set_attention(loaded, local=episode_seconds > models.local_attention_above_seconds)
@@ -227,7 +227,7 @@ def build_models(out_dir: Path, sizes: Sizes) -> dict[str, Any]:
     from nemo.collections.asr.models import EncDecRNNTBPEModel, SortformerEncLabelModel
     from omegaconf import OmegaConf
 
-    from podcastpile.models import _quiet_nemo
+    from podcastpile.speech.nemo_models import _quiet_nemo
 
     _quiet_nemo()
     tiny = load_tiny_builders()
@@ -342,27 +342,30 @@ def reset_peak(device: str) -> None:
 
 
 def run_episode(url: str, models: Any, device: str) -> dict[str, Any]:
-    """One episode through podcastpile.speech's steps, timed per step, with per-step peak GPU memory."""
-    from podcastpile import speech
+    """One episode through the pipeline's own chain (`podcastpile.speech.pipeline.STEPS`), timed
+    per step (waiting for the GPU at each step's end), with each step's peak GPU memory."""
+    from podcastpile.speech import pipeline
 
     clock = Clock(device)
     peaks: dict[str, float | None] = {}
-    with speech.fetch(url, FETCH_SETTINGS) as downloaded:
+
+    def measured(step: Any, episode: Any, models: Any) -> Any:
+        reset_peak(device)
+        clock.lap("load")  # anything between steps (model loading) is not a step's time
+        episode = step(episode, models)
+        clock.lap(step.name)
+        if step.needs_models:
+            peaks[step.name] = peak_gib(device)
+        return episode
+
+    with pipeline.fetch(url, FETCH_SETTINGS) as downloaded:
         clock.lap("download")
-        decoded = speech.decode(downloaded)
-        clock.lap("decode")
-        reset_peak(device)
-        diarization = speech.diarize(models, decoded)
-        clock.lap("diarize")
-        peaks["diarize"] = peak_gib(device)
-        reset_peak(device)
-        transcript = speech.transcribe(models, decoded, "en")
-        clock.lap("transcribe")
-        peaks["transcribe"] = peak_gib(device)
-        result = speech.build_result(downloaded, decoded, diarization, transcript,
-                                     sum(clock.seconds.values()) - clock.seconds["download"])
-        clock.lap("merge")
+        episode = pipeline.EpisodeWork(downloaded, language="en")
+        result = pipeline.run_chain(episode, models, runner=measured)
+    clock.seconds.pop("load", None)
     asr = models.asr("en")
+    transcript = episode.transcript
+    assert transcript is not None
     return {
         "audio_seconds": result.duration, "seconds": {k: round(v, 3) for k, v in clock.seconds.items()},
         "peak_gpu_gib": peaks, "local_attention": asr.local_attention,
@@ -441,7 +444,7 @@ def episode_body(minutes: float, audio_format: str) -> tuple[bytes, str]:
 
 def load_speech_models(built: dict[str, Any], args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The project's `SpeechModels` over the built .nemo files, both loaded (and warmed up) on the device."""
-    from podcastpile.models import SpeechModels
+    from podcastpile.speech.nemo_models import SpeechModels
 
     threshold = {} if args.local_attention_above is None else {
         "local_attention_above_seconds": args.local_attention_above}

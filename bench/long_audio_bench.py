@@ -97,9 +97,9 @@ def survival(result, repetitions: int, period: float, truth_turns: list[dict]) -
 
 def child(path: Path, repetitions: int, old_plan: bool) -> dict:
     """One episode in this process; prints nothing but the JSON (the parent reads it)."""
-    from podcastpile.fetch import local_file
-    from podcastpile.models import SpeechModels
-    from podcastpile.speech import build_result, decode
+    from podcastpile.net.fetch import local_file
+    from podcastpile.speech.nemo_models import SpeechModels
+    from podcastpile.speech.pipeline import build_result, decode
 
     models = SpeechModels(
         diar_model=str(FIXTURES / "tiny_diar.nemo"), asr_model=str(FIXTURES / "tiny_asr.nemo"),
@@ -189,8 +189,8 @@ def full_size_smoke(seconds: float) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     import gpu_pipeline
 
-    from podcastpile.audio import AudioFormat, DecodedAudio
-    from podcastpile.models import LoadedModel, SpeechModels, _quiet_nemo
+    from podcastpile.speech.audio import AudioFormat, DecodedAudio
+    from podcastpile.speech.nemo_models import LoadedModel, SpeechModels, _quiet_nemo
 
     _quiet_nemo()
     tiny = gpu_pipeline.load_tiny_builders()

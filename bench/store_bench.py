@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from podcastpile.sources import read_source  # noqa: E402
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate  # noqa: E402
-from podcastpile.store.episodes import utcnow  # noqa: E402
-from podcastpile.urls import normalize_url, url_hash  # noqa: E402
+from podcastpile.store.clock import utcnow  # noqa: E402
+from podcastpile.net.urls import normalize_url, url_hash  # noqa: E402
 from podcastpile.store.archive import ArchiveQueue  # noqa: E402
 from tests import postgres  # noqa: E402
 from tests.counting import slow_stats  # noqa: E402

@@ -1,6 +1,8 @@
 """Make sure a Prefect server has everything the pipeline needs; safe to run again at any time.
 
-`ppcli setup` (and `ppcli manager`, once its server is healthy) runs `setup()`:
+`ppcli setup` (and `ppcli manager`, once its server is healthy) runs `setup()` on the server
+it found by the rule every command follows (`podcastpile.prefect_api`), whatever Prefect's
+own settings in this process name:
   1. the episode database, migrated;
   2. work pools: `gpu` (one batch per run, the job template in gpu-pool.json) and `cpu`
      (archive, dispatch, export, stats);
@@ -19,10 +21,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from podcastpile.config import Settings, safe_database_url
+from podcastpile.prefect_api import PrefectAPI
 from podcastpile.store import EpisodeStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,32 +35,47 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 def setup(
     settings: Settings,
+    api: PrefectAPI,
     *,
     say: Callable[[str], None] = print,
     gpu_pool_limit: int | None = None,
 ) -> None:
-    """Create or update everything on the server PREFECT_API_URL names (env or Prefect profile).
+    """Create or update everything on the Prefect server at `api`, with its credentials.
 
     `gpu_pool_limit` caps how many batches run at once across all GPU workers (the manager
     sets 1 when Prefect's own database is SQLite, which fails under concurrent runs).
     """
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():  # never set up a throwaway temporary server by mistake
-        raise RuntimeError("PREFECT_API_URL is not set: which Prefect server?")
     EpisodeStore.open(settings).close()
     say(f"episode database: {safe_database_url(settings.database_url)} (migrated)")
-    create_work_pools(settings.work_pool, gpu_pool_limit)
-    limit = "no limit" if gpu_pool_limit is None else f"{gpu_pool_limit} batch at a time"
-    say(f"work pools: {settings.work_pool} ({limit}), cpu")
-    deploy()
-    say("deployments: every one in prefect.yaml")
-    from deployments.automations import main as create_automations
+    with prefect_client_settings(api):
+        create_work_pools(settings.work_pool, gpu_pool_limit)
+        limit = "no limit" if gpu_pool_limit is None else f"{gpu_pool_limit} batch at a time"
+        say(f"work pools: {settings.work_pool} ({limit}), cpu")
+        deploy(api)
+        say("deployments: every one in prefect.yaml")
+        from deployments.automations import main as create_automations
 
-    create_automations(quiet=True)
-    say("automations: crash detection (deployments/automations.yaml)")
-    save_store_block(settings)
-    say("store connection: block 'podcastpile-store' (workers without DATABASE_URL use it)")
+        create_automations(quiet=True)
+        say("automations: crash detection (deployments/automations.yaml)")
+        save_store_block(settings)
+        say("store connection: block 'podcastpile-store' (workers without DATABASE_URL use it)")
+
+
+@contextmanager
+def prefect_client_settings(api: PrefectAPI) -> Iterator[None]:
+    """Inside: every Prefect client of this process talks to `api` with its credentials.
+
+    Prefect reads its settings once, when it is first imported; a settings context replaces
+    them for what runs inside, so the caller need not set the environment before that import.
+    Without this, a process with no PREFECT_API_URL would set up a temporary server of its own
+    and throw it away.
+    """
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
+
+    updates = {PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string, PREFECT_API_KEY: api.api_key}
+    with temporary_settings(updates={key: value for key, value in updates.items() if value},
+                            restore_defaults={key for key, value in updates.items() if not value}):
+        yield
 
 
 def create_work_pools(gpu_pool: str, gpu_pool_limit: int | None) -> None:
@@ -74,13 +93,13 @@ def create_work_pools(gpu_pool: str, gpu_pool_limit: int | None) -> None:
         client.create_work_pool(WorkPoolCreate(name="cpu", type="process"), overwrite=True)
 
 
-def deploy() -> None:
-    """`prefect deploy --all` from the project root, where prefect.yaml is.
+def deploy(api: PrefectAPI) -> None:
+    """`prefect deploy --all` from the project root, where prefect.yaml is, to the server at `api`.
 
     A subprocess because `prefect deploy` is a CLI with no stable Python API; it records the
     root as the flows' working directory (prefect.yaml has no pull steps).
     """
-    env = {**os.environ, "PREFECT_CLI_PROMPT": "false"}
+    env = {**os.environ, **api.client_environment(), "PREFECT_CLI_PROMPT": "false"}
     result = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:

@@ -19,17 +19,19 @@ from prefect.runtime import deployment, flow_run
 
 from podcastpile.archive.wayback import digest_matches
 from podcastpile.claimguard import ClaimGuard
-from podcastpile.config import ArchiveMode, Settings
+from podcastpile.config import Settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
-from podcastpile.fetch import remove_orphaned_downloads
+from podcastpile.net.fetch import remove_orphaned_downloads
 from podcastpile.leases import LeaseKeeper
 from podcastpile.store import Claim, LeaseLost, NewEpisode
 from podcastpile.store.outage import StoreOutage
-from podcastpile.urls import mask_secrets
+from podcastpile.net.urls import mask_secrets
+from podcastpile.speech.nemo_models import SpeechModels
+from podcastpile.speech.pipeline import EpisodeWork, Step, run_chain
 from tasks.export import publish_when_drained
 from tasks.settings import flow_settings
 from tasks.resources import models_for, store_for
-from tasks.speech import decode_audio, diarize, download_audio, load_models, merge_turns, transcribe
+from tasks.speech import download_audio, load_models, run_step
 from tasks.store import claim_episodes, complete_episode, fail_episode, release_unfinished, start_episode
 
 
@@ -38,17 +40,8 @@ def _worker_name(settings: Settings) -> str:
     return f"{settings.worker_id}/{str(run)[:8]}" if run else settings.worker_id
 
 
-def _allowed_url(settings: Settings, claim: Claim) -> str | None:
-    """The URL to download: the archived copy. The original URL only with ARCHIVE_MODE=off, or
-    =prefer once archiving failed for good (an episode of that mode is ready without a copy only
-    then); with `required` never, whatever state the episode is in."""
-    if claim.archive_url:
-        return claim.archive_url
-    return None if settings.archive_mode == ArchiveMode.required else claim.url
-
-
 def _process_episode(
-    settings: Settings, models: Any, claim: Claim, download: PrefectFuture | None
+    settings: Settings, models: SpeechModels, claim: Claim, download: PrefectFuture | None
 ) -> dict[str, Any]:
     """One episode's DAG inside the batch; every outcome is recorded, nothing is raised."""
     logger = get_run_logger()
@@ -75,18 +68,19 @@ def _process_episode(
         if first is not None:
             outcome.update(status="duplicate", reason=f"same audio as episode {first}")
             return outcome
-        started = time.perf_counter()
-        ep = f"ep{claim.episode_id}"  # task runs named by episode in the UI
         # A cut file from the archive stays cut; one from the original host may download whole next time.
-        live = claim.archive_url is None
-        decoded = decode_audio.with_options(timeout_seconds=budget(), task_run_name=f"decode-{ep}")(downloaded, live)
-        diarization = diarize.with_options(timeout_seconds=budget(), task_run_name=f"diarize-{ep}")(models, decoded)
-        transcript = transcribe.with_options(timeout_seconds=budget(), task_run_name=f"transcribe-{ep}")(
-            models, decoded, claim.language)
-        result = merge_turns.with_options(task_run_name=f"merge-{ep}")(
-            downloaded, decoded, diarization, transcript, time.perf_counter() - started)
+        episode = EpisodeWork(downloaded, language=claim.language, live=claim.archive_url is None)
+
+        def as_task(step: Step, episode: EpisodeWork, models: SpeechModels) -> EpisodeWork:
+            # task runs named by step and episode in the UI, each bounded by what is left of the budget
+            return run_step.with_options(
+                name=step.name, task_run_name=f"{step.name}-ep{claim.episode_id}", timeout_seconds=budget(),
+            )(step, episode, models)
+
+        result = run_chain(episode, models, runner=as_task)
         complete_episode(settings, claim, result)
-        outcome.update(status="completed", audio_seconds=result["duration"], speakers=result["num_speakers"])
+        outcome.update(status="completed", audio_seconds=result.duration, speakers=result.num_speakers,
+                       step_seconds=episode.seconds)
     except LeaseLost as error:
         logger.warning("episode %s: %s; result dropped", claim.episode_id, error)
         outcome.update(status="lease-lost", reason=str(error))
@@ -151,7 +145,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
             for index, claim in enumerate(claims):
                 for ahead in range(index, min(index + 1 + settings.prefetch, len(claims))):
                     if ahead not in downloads:
-                        url = _allowed_url(settings, claims[ahead])
+                        url = claims[ahead].download_url
                         named = download_audio.with_options(task_run_name=f"download-ep{claims[ahead].episode_id}")
                         downloads[ahead] = named.submit(url, settings) if url else None
                 outcome = _process_episode(settings, models, claim, downloads.pop(index))
@@ -167,6 +161,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
     summary["audio_seconds"] = round(sum(o.get("audio_seconds", 0.0) for o in summary["outcomes"]), 3)
     summary["by_status"] = dict(Counter(o["status"] for o in summary["outcomes"]))
+    summary["step_seconds"] = _step_totals(summary["outcomes"])
     create_table_artifact(
         key="batch-outcomes",
         table=[{k: mask_secrets(str(o[k])) if k in ("reason", "url") and k in o else o.get(k, "")
@@ -179,6 +174,14 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
         publish_when_drained(settings)  # a drained queue is published now, not at the hourly export
     logger.info("batch done: %s, %.0f s of audio in %.1f s", _outcome_line(summary["by_status"]), summary["audio_seconds"], summary["wall_seconds"])
     return summary
+
+
+def _step_totals(outcomes: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds each step of the chain spent over the batch's episodes: where the batch's time went."""
+    totals: Counter[str] = Counter()
+    for outcome in outcomes:
+        totals.update(outcome.get("step_seconds", {}))
+    return {name: round(seconds, 3) for name, seconds in totals.items()}
 
 
 def _outcome_line(by_status: dict[str, int]) -> str:
@@ -209,10 +212,9 @@ def process_episode(url: str, language: str | None = None, podcast_id: str | Non
     """Add one episode by URL (if new) and process it now: for ad-hoc runs from the Prefect UI."""
     settings = flow_settings()
     store = store_for(settings)
-    summary = store.add([NewEpisode(url, language=language, podcast_id=podcast_id)])
-    if summary.rejected:
-        raise ValueError(summary.rejected[0].reason)
-    episode = store.find(url)
+    new = NewEpisode.checked(url, language=language, podcast_id=podcast_id)  # ValueError: refused
+    store.add([new])
+    episode = store.find(new)
     assert episode is not None
     if episode.status in ("archive_pending", "archiving"):
         from flows.archive import archive_flow

@@ -1,7 +1,8 @@
 """The stats flow: publish the operator's dashboard as Prefect artifacts, on a schedule.
 
-One stable artifact key each, so the Prefect UI shows the dashboard's history (Artifacts →
-`podcastpile-dashboard`), next to the per-batch tables.
+One stable artifact key each, so the Prefect UI shows the dashboard's history (at
+`/artifacts/key/podcastpile-dashboard`, and on each stats run's Artifacts tab), next to the
+per-batch tables.
 """
 
 from __future__ import annotations

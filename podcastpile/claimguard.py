@@ -107,11 +107,12 @@ def main() -> int:
         return 0  # the batch died before it said what to guard: crash detection handles it
     job = json.loads(line)
     # Ready before it is needed: the process that stops a worker may stop us soon after.
-    from podcastpile.store import EpisodeStore, make_engine
-    from podcastpile.urls import mask_secrets
+    from podcastpile.store import EpisodeStore
+    from podcastpile.net.urls import mask_secrets
 
-    store = EpisodeStore(make_engine(job["database_url"]), max_attempts=job["max_attempts"],
-                         archive_required=False)
+    # No migration: the batch that started us opened (and migrated) this database already.
+    store = EpisodeStore.open_url(job["database_url"], migrate=False, max_attempts=job["max_attempts"],
+                                  archive_required=False)
     held = {episode_id: token for episode_id, token in job["claims"]}
     if sys.stdin.read().strip() == DONE:
         # Nothing to flush or close: skip the interpreter's teardown (0.2-0.9 s with SQLAlchemy

@@ -1,8 +1,9 @@
 """Settings, read from the environment and `.env`.
 
-The seed system's names and defaults are kept (`DATABASE_URL`, `HOST`, `PORT`,
-`WORKER_AUTH_ENABLED`, `WORKER_PASSWORD`, `JOB_TIMEOUT_HOURS`); everything the pipeline adds
-has a default that works on a laptop. `.env.example` documents every field.
+The original Podcast Pile's names and defaults still hold (`DATABASE_URL`, `HOST`, `PORT`,
+`WORKER_AUTH_ENABLED`, `WORKER_PASSWORD`, `JOB_TIMEOUT_HOURS`), so its `.env` files keep
+working; everything else has a default that works on a laptop. `.env.example` and
+docs/settings.md document every field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from podcastpile.urls import MASK, mask_secrets
+from podcastpile.net.urls import MASK, mask_secrets
+# The store owns what a database URL means; the settings only check and show DATABASE_URL.
+from podcastpile.store.engine import normalize_database_url
 
 
 class SettingsError(ValueError):
@@ -34,9 +37,9 @@ class DiarizationLatency(StrEnum):
 
 
 class ArchiveMode(StrEnum):
-    """How episodes relate to the Internet Archive (see the README's archive section)."""
+    """How episodes relate to the Internet Archive (see docs/archive.md)."""
 
-    required = "required"  # only archived copies are ever downloaded (the seed's rule)
+    required = "required"  # only archived copies are ever downloaded: the dataset is reproducible
     prefer = "prefer"  # archive first; after a permanent archive failure, download the original
     off = "off"  # no archiving: download the original URL
 
@@ -52,7 +55,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    # --- the seed's settings -------------------------------------------------------------------
+    # --- the original Podcast Pile's settings ------------------------------------------------
     database_url: str = Field(
         "sqlite:///./podcastpile.db",
         description="Episode database. SQLite for one machine; postgresql://... for many workers.",
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="Address the manager (Prefect server) binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the manager (Prefect server) serves on.")
     worker_auth_enabled: bool = Field(False, description="Require a password from workers.")
-    worker_password: SecretStr | None = Field(None, description="Worker password when auth is on.")
+    worker_password: SecretStr | None = Field(None, description="The password the manager demands when auth is on; clients send it whenever set.")
     run_retention_days: float = Field(
         30.0, ge=1 / 24,
         description="The manager's Prefect server deletes flow runs (and their logs) older than this.",
@@ -193,7 +196,7 @@ class Settings(BaseSettings):
     @field_validator("worker_languages")
     @classmethod
     def _check_worker_languages(cls, value: str) -> str:
-        from podcastpile.store.episodes import normalize_language
+        from podcastpile.store.languages import normalize_language
 
         # Normalized here so a typo stops the worker at start, not its first claim.
         codes = [normalize_language(part) for part in value.split(",") if part.strip()]
@@ -247,6 +250,11 @@ class Settings(BaseSettings):
         return self.archive_mode != ArchiveMode.off
 
     @property
+    def archive_only(self) -> bool:
+        """Only archived copies are ever downloaded, never the original URL."""
+        return self.archive_mode == ArchiveMode.required
+
+    @property
     def languages(self) -> list[str] | None:
         """WORKER_LANGUAGES as a list; None: every language."""
         return self.worker_languages.split(",") if self.worker_languages else None
@@ -260,14 +268,6 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         """DATABASE_URL with an explicit driver (psycopg 3 for PostgreSQL)."""
         return normalize_database_url(self.database_url)
-
-
-def normalize_database_url(url: str) -> str:
-    """Give a plain `postgresql://` URL the psycopg 3 driver; leave explicit drivers alone."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
 
 
 def safe_database_url(value: str) -> str:

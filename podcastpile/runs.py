@@ -3,9 +3,10 @@
 `ppcli stats` shows how many leased episodes are held by dead batch runs next to the expired
 leases. The store records the run of each claim (`claimed_by_run`); Prefect knows which runs
 are dead. Importing Prefect costs seconds and `ppcli stats` must answer in a fraction of one,
-so this is one plain HTTP request (`POST {PREFECT_API_URL}/flow_runs/filter`) with the stdlib
-client (a third of httpx's import time), a short timeout, and never an exception: when there
-is no server to ask, the count is unknown and says why.
+so this is one plain HTTP request (`POST {api}/flow_runs/filter`) with the stdlib client (a
+third of httpx's import time), a short timeout, and never an exception: when there is no
+server to ask, the count is unknown and says why. Which server, and with which password, is
+the rule every command follows (`podcastpile.prefect_api`).
 
 A run is dead in the states `dispatch` requeues the episodes of (`DEAD_STATES`, used by
 tasks/dispatch.py too): crashed, failed or cancelled. A run id the server does not know (a run
@@ -16,13 +17,12 @@ counted apart, as held by runs unknown to Prefect.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+
+from podcastpile.prefect_api import PrefectAPI
 
 # The flow-run state types whose episodes `dispatch` gives back at once (tasks/dispatch.py).
 DEAD_STATES = ("CRASHED", "FAILED", "CANCELLED")
@@ -51,43 +51,17 @@ class HeldByRuns:
         return f"{self.dead:,}"
 
 
-def api_url() -> str | None:
-    """PREFECT_API_URL from the environment, else from the active Prefect profile (what
-    `prefect config set` writes), else None."""
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        return url.rstrip("/")
-    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
-    try:
-        import tomllib
+def run_states(
+    run_ids: list[str], api: PrefectAPI | None, *, timeout: float = TIMEOUT_SECONDS
+) -> dict[str, str]:
+    """State type (`RUNNING`, `CRASHED`, …) of each run the server at `api` knows, by run id.
 
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active")
-    url = profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") if active else None
-    return str(url).rstrip("/") if url else None
-
-
-def _headers() -> dict[str, str]:
-    """Prefect's own client rule: PREFECT_API_AUTH_STRING (HTTP Basic), else PREFECT_API_KEY."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if auth := os.environ.get("PREFECT_API_AUTH_STRING"):
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    elif key := os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
-
-
-def run_states(run_ids: list[str], *, timeout: float = TIMEOUT_SECONDS) -> dict[str, str]:
-    """State type (`RUNNING`, `CRASHED`, …) of each run the server knows, by run id.
-
-    Raises `RunStatesUnavailable` with a short reason when it cannot be asked or does not answer.
+    Raises `RunStatesUnavailable` with a short reason when there is no server (`api` is None),
+    or it cannot be asked, or it does not answer.
     """
-    url = api_url()
-    if not url:
+    if api is None:
         raise RunStatesUnavailable("no Prefect server")
+    headers = {"Content-Type": "application/json", "Accept": "application/json", **api.headers()}
     from urllib.error import HTTPError, URLError
     from urllib.request import Request, urlopen
 
@@ -95,7 +69,7 @@ def run_states(run_ids: list[str], *, timeout: float = TIMEOUT_SECONDS) -> dict[
     for start in range(0, len(run_ids), _PAGE):
         page = run_ids[start:start + _PAGE]
         body = json.dumps({"flow_runs": {"id": {"any_": page}}, "limit": _PAGE}).encode()
-        request = Request(f"{url}/flow_runs/filter", data=body, headers=_headers(), method="POST")
+        request = Request(f"{api.url}/flow_runs/filter", data=body, headers=headers, method="POST")
         try:
             with urlopen(request, timeout=timeout) as response:
                 runs = json.loads(response.read())
@@ -111,9 +85,12 @@ def run_states(run_ids: list[str], *, timeout: float = TIMEOUT_SECONDS) -> dict[
     return states
 
 
-def held_by_runs(leased: Mapping[str | None, int], *, timeout: float = TIMEOUT_SECONDS) -> HeldByRuns:
+def held_by_runs(
+    leased: Mapping[str | None, int], api: PrefectAPI | None, *, timeout: float = TIMEOUT_SECONDS
+) -> HeldByRuns:
     """Split leased-episode counts per claiming run (`EpisodeStore.leased_by_run`) into held by
-    dead runs and by runs Prefect does not know; asks the server only when something is leased."""
+    dead runs and by runs Prefect does not know, asking the server at `api` (None: there is
+    none) only when something is leased."""
     held: dict[str, int] = {}  # canonical run id → episodes
     unrecorded = 0  # claims with no run id, or one that is no Prefect run id
     for run, count in leased.items():
@@ -125,7 +102,7 @@ def held_by_runs(leased: Mapping[str | None, int], *, timeout: float = TIMEOUT_S
     if not held:
         return HeldByRuns(dead=0, unknown_runs=unrecorded)
     try:
-        states = run_states(sorted(held), timeout=timeout)
+        states = run_states(sorted(held), api, timeout=timeout)
     except RunStatesUnavailable as error:
         return HeldByRuns(dead=None, unknown_runs=None, reason=str(error))
     states = {_canonical(run): state for run, state in states.items()}

@@ -17,9 +17,9 @@ import httpx
 
 from podcastpile import __version__
 from podcastpile.store import NewEpisode, Rejected
-from podcastpile.fetch import download_client
-from podcastpile.netguard import AddressGuard, BlockedAddress
-from podcastpile.urls import display_url, mask_secrets, podcast_uid
+from podcastpile.net.fetch import download_client
+from podcastpile.net.guard import AddressGuard, BlockedAddress
+from podcastpile.net.urls import display_url, mask_secrets, podcast_uid
 
 Entry = NewEpisode | Rejected
 USER_AGENT = f"podcastpile/{__version__} (+https://github.com/podcastpile)"

@@ -297,8 +297,8 @@ def asr_is_right(model, wav: Path, turns: list[dict], log=print) -> bool:
     import soundfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from podcastpile.merge import merge_words
-    from podcastpile.result import Segment, Word
+    from podcastpile.speech.merge import merge_words
+    from podcastpile.speech.result import Segment, Word
 
     samples, _ = soundfile.read(str(wav), dtype="float32")
     hypothesis = model.transcribe([samples], batch_size=1, timestamps=True, verbose=False)

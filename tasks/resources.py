@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
+from typing import Any
 
 from podcastpile.config import Settings
-from podcastpile.models import SpeechModels
+from podcastpile.speech.nemo_models import SpeechModels
 from podcastpile.store import EpisodeStore
 
 
-@cache
-def _store(database_url: str, lease_seconds: float, max_attempts: int, archive_required: bool) -> EpisodeStore:
-    from podcastpile.store import make_engine, migrate
-
-    engine = make_engine(database_url)
-    migrate(engine)
-    return EpisodeStore(
-        engine, lease_seconds=lease_seconds, max_attempts=max_attempts,
-        archive_required=archive_required,
-    )
+_stores: dict[tuple[Any, ...], EpisodeStore] = {}
+_stores_lock = threading.Lock()
 
 
 def store_for(settings: Settings) -> EpisodeStore:
     """The process's store for these settings (one engine and connection pool per database)."""
-    return _store(
-        settings.database_url, settings.lease_seconds, settings.max_attempts,
-        settings.archives,
-    )
+    key = (settings.database_url, settings.lease_seconds, settings.max_attempts, settings.archive_mode)
+    with _stores_lock:
+        if key not in _stores:
+            _stores[key] = EpisodeStore.open(settings)
+        return _stores[key]
 
 
 @cache

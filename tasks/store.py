@@ -17,6 +17,7 @@ from prefect.cache_policies import NONE
 from podcastpile.config import Settings
 from podcastpile.errors import EpisodeError
 from podcastpile.machine import gpu_name
+from podcastpile.speech.result import EpisodeResult
 from podcastpile.store import Claim, EpisodeStatus
 from podcastpile.store.outage import ride_out
 from podcastpile.version import code_version
@@ -59,11 +60,12 @@ def start_episode(settings: Settings, claim: Claim, sha256: str | None = None) -
 
 
 @task(name="complete-episode", task_run_name="complete-ep{claim.episode_id}", **_db)
-def complete_episode(settings: Settings, claim: Claim, result: dict[str, Any]) -> None:
+def complete_episode(settings: Settings, claim: Claim, result: EpisodeResult) -> None:
     """Store the result; refused if the lease was lost meanwhile."""
     store = store_for(settings)
+    stored = result.to_dict()  # the store keeps JSON; everything before it passes the typed result
     _patient(settings, f"complete episode {claim.episode_id}",
-             lambda: store.complete(claim.episode_id, claim.lease_token, result))
+             lambda: store.complete(claim.episode_id, claim.lease_token, stored))
 
 
 @task(name="fail-episode", task_run_name="fail-ep{claim.episode_id}", **_db)

@@ -27,7 +27,7 @@ class FakeClock:
     """A clock tests move by hand, so lease expiry needs no sleeping."""
 
     def __init__(self) -> None:
-        from podcastpile.store.episodes import utcnow
+        from podcastpile.store.clock import utcnow
 
         self.now = utcnow()
 

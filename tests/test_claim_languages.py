@@ -11,7 +11,8 @@ from sqlalchemy.dialects import postgresql
 
 from podcastpile.machine import local_address
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
-from podcastpile.store.episodes import _claim_statement, _language_params
+from podcastpile.store.claims import claim_statement as _claim_statement
+from podcastpile.store.claims import language_params as _language_params
 from podcastpile.version import code_version
 from tests import postgres
 

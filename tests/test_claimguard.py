@@ -13,6 +13,7 @@ from pathlib import Path
 
 from podcastpile.store import EpisodeStore, NewEpisode
 from tests.processes import alive
+from tests.storehelpers import release
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +22,7 @@ OWNER = textwrap.dedent("""
     import sys, time
     from podcastpile.claimguard import ClaimGuard
     from podcastpile.store import EpisodeStore, make_engine
+    from tests.storehelpers import release
     url, settle = sys.argv[1], sys.argv[2] == "settle"
     store = EpisodeStore(make_engine(url), archive_required=False, max_attempts=3)
     claims = store.claim_batch("owner", 3)
@@ -28,7 +30,7 @@ OWNER = textwrap.dedent("""
     store.start(claims[0].episode_id, claims[0].lease_token)
     if settle:  # finishes the first, gives back the second, keeps the third held on purpose
         store.complete(claims[0].episode_id, claims[0].lease_token, {"duration": 1.0})
-        store.release(claims[1].episode_id, claims[1].lease_token)
+        release(store, claims[1].episode_id, claims[1].lease_token)
         guard.dismiss()
     print(guard.pid, flush=True)
     time.sleep(0 if settle else 600)
@@ -86,7 +88,7 @@ def test_give_back_abandoned_is_fenced_by_lease_tokens_and_counts_attempts(store
     store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(3)])
     first, second, third = store.claim_batch("dead", 3)
     store.start(first.episode_id, first.lease_token)
-    store.release(third.episode_id, third.lease_token)
+    release(store, third.episode_id, third.lease_token)
     (retaken,) = store.claim_batch("alive", 1)  # someone else holds the third one now
     held = {c.episode_id: c.lease_token for c in (first, second, third)}
     store.max_attempts = 1  # the in-progress one has used up its attempts

@@ -139,7 +139,7 @@ def test_transcribe_errors_show_the_source_literally(tmp_path: Path, source: str
 
 
 def test_process_results_print_urls_reasons_and_transcripts_literally(tmp_path: Path, capsys) -> None:
-    from podcastpile.cli.process import _print_results
+    from podcastpile.cli.views import print_results
 
     store = store_at(tmp_path)
     store.add([NewEpisode("https://h.example/[/red]done:x:.mp3"), NewEpisode("https://h.example/fail[bold].mp3")])
@@ -148,7 +148,7 @@ def test_process_results_print_urls_reasons_and_transcripts_literally(tmp_path: 
     result["turns"][0]["text"] = HOSTILE
     store.complete(done.episode_id, done.lease_token, result)
     store.fail(failed.episode_id, failed.lease_token, PermanentError("http-404", HOSTILE))
-    _print_results(store, [store.get(done.episode_id), store.get(failed.episode_id)])
+    print_results(store, [store.get(done.episode_id), store.get(failed.episode_id)])
     out = capsys.readouterr().out
     assert "episode 1 https://h.example/[/red]done:x:.mp3" in out
     assert HOSTILE_SHOWN in out

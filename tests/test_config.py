@@ -1,4 +1,4 @@
-"""Settings: the seed's names and defaults, `.env` reading, and one clear message for bad values."""
+"""Settings: the original Podcast Pile's names and defaults, `.env` reading, and one clear message for bad values."""
 
 from __future__ import annotations
 

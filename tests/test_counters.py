@@ -21,6 +21,7 @@ from tests import postgres
 from tests.conftest import FakeClock
 from tests.counting import assert_exact, differences
 from tests.processes import run_together
+from tests.storehelpers import mark_archived, release
 
 TRIGGERS = ["insert", "update", "delete"]
 CODES = ["http-404", "not-audio", "timeout", "lease-expired"]
@@ -101,7 +102,7 @@ class Scenario:
 
     def op_release(self) -> None:
         if claim := self._take(self.claims):
-            self.store.release(claim.episode_id, claim.lease_token)
+            release(self.store, claim.episode_id, claim.lease_token)
 
     def op_release_claims(self) -> None:
         taken = [self._take(self.claims) for _ in range(self.rng.randint(1, 4))]
@@ -156,7 +157,7 @@ class Scenario:
         waiting = self.store.list(status="archive_pending", limit=None)
         if waiting:
             episode = self.rng.choice(waiting)
-            self.store.mark_archived(episode.id, timestamp="20260101000000", archive_url=f"https://ia/{episode.id}")
+            mark_archived(self.store, episode.id, timestamp="20260101000000", archive_url=f"https://ia/{episode.id}")
 
     # --- SQL written by hand: the triggers cover it too ---------------------------------------
 
@@ -316,7 +317,7 @@ def work_concurrently(database_url: str, worker: str, barrier) -> int:  # type: 
                 kind = rng.choice([PermanentError, TransientError])
                 store.fail(claim.episode_id, claim.lease_token, kind(rng.choice(CODES), "why"))
             else:
-                store.release(claim.episode_id, claim.lease_token)
+                release(store, claim.episode_id, claim.lease_token)
         if worker == "w1" and retries < 3 and handled > 40 * (retries + 1):
             operations.retry(store, status=rng.choice([EpisodeStatus.failed, EpisodeStatus.duplicate]))
             retries += 1

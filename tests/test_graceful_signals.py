@@ -18,8 +18,11 @@ HANGING_STOP = textwrap.dedent("""
     from podcastpile.cli.stopping import graceful_signals
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     with graceful_signals(grace=float(sys.argv[1])):
-        print(child.pid, flush=True)  # ready only once the handlers are in place
         try:
+            # Ready only once the handlers are in place and the cleanup below is armed: a signal
+            # between this line and a `try` after it raised KeyboardInterrupt with no cleanup
+            # to run, and the process died of it (-2) instead of exiting 130.
+            print(child.pid, flush=True)
             time.sleep(300)
         finally:  # as a batch's `finally` releasing its episodes
             print("cleaning up", file=sys.stderr, flush=True)

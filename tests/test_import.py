@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from podcastpile.netguard import AddressGuard, allow_any
+from podcastpile.net.guard import AddressGuard, allow_any
 from podcastpile.sources import SourceError, read_source
 from podcastpile.store import NewEpisode, Rejected
-from podcastpile.urls import podcast_uid
+from podcastpile.net.urls import podcast_uid
 from tests.loopback import LoopbackServer, Reply
 
 RSS = b"""<?xml version="1.0" encoding="UTF-8"?>

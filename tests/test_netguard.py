@@ -22,11 +22,11 @@ import pytest
 
 from podcastpile.config import load_settings
 from podcastpile.errors import EpisodeError, PermanentError
-from podcastpile.fetch import download
-from podcastpile.netguard import (
+from podcastpile.net.fetch import download
+from podcastpile.net.guard import (
     AddressGuard, BlockedAddress, PinnedTransport, is_public, literal_address, system_resolver,
 )
-from podcastpile.speech import fetch
+from podcastpile.speech.pipeline import fetch
 from tests.loopback import LoopbackServer, Reply
 
 BODY = b"ID3" + b"\0" * 2000  # any bytes: these tests stop at the download

@@ -31,6 +31,7 @@ from podcastpile.store.tables import results as results_table
 from tests.conftest import FakeClock
 from tests.dataset.conftest import read_parquet_rows, synthetic_result
 from tests.dataset.test_export import SMALL, by_id, listed_files
+from tests.storehelpers import mark_archived
 from tests.test_cli import ppcli
 
 
@@ -149,8 +150,8 @@ def test_retry_duplicates(store: EpisodeStore) -> None:
 def test_failed_archive_goes_back_to_archive_pending(store: EpisodeStore, clock: FakeClock) -> None:
     archiving = EpisodeStore(store.engine, archive_required=True, max_attempts=3, clock=clock)
     archived, unarchivable = add(archiving, "archived", "unarchivable")
-    archiving.mark_archived(archived, timestamp="20260102030405",
-                            archive_url="https://web.archive.org/web/20260102030405id_/x")
+    mark_archived(archiving, archived, timestamp="20260102030405",
+                  archive_url="https://web.archive.org/web/20260102030405id_/x")
     fail(archiving, archived, "http-404")  # the download of the archived copy failed
     queue = ArchiveQueue(archiving, max_attempts=2)
     (claim,) = queue.claim("archiver", 1, episode_ids=[unarchivable])

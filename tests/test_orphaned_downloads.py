@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from podcastpile.fetch import remove_orphaned_downloads
+from podcastpile.net.fetch import remove_orphaned_downloads
 from tests.loopback import LoopbackServer, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # A child that downloads `url` into `folder` and stays stuck in the download (the server stalls).
 CHILD = """
 import sys
-from podcastpile.fetch import download
-from podcastpile.netguard import AddressGuard
+from podcastpile.net.fetch import download
+from podcastpile.net.guard import AddressGuard
 url, folder = sys.argv[1:3]
 with download(url, max_bytes=10**9, timeout_seconds=120, temp_dir=folder,
               guard=AddressGuard(allow=lambda address: True)):

@@ -17,9 +17,9 @@ from sqlalchemy import create_engine, text
 from podcastpile.archive.stage import describe_event
 from podcastpile.config import load_settings, normalize_database_url, safe_database_url
 from podcastpile.errors import EpisodeError
-from podcastpile.fetch import download
-from podcastpile.netguard import AddressGuard
-from podcastpile.urls import display_url, mask_secrets
+from podcastpile.net.fetch import download
+from podcastpile.net.guard import AddressGuard
+from podcastpile.net.urls import display_url, mask_secrets
 from tests.loopback import LoopbackServer, Reply
 from tests.test_cli import ppcli
 

@@ -7,6 +7,7 @@ import pytest
 from podcastpile.errors import PermanentError, TransientError
 from podcastpile.store import EpisodeStatus, EpisodeStore, LeaseLost, NewEpisode, UnknownEpisode
 from tests.conftest import FakeClock
+from tests.storehelpers import mark_archived, release
 
 RESULT = {
     "duration": 1800.0, "sha256": "a" * 64, "md5": "b" * 32, "processing_seconds": 12.5,
@@ -56,13 +57,13 @@ def test_archive_required_holds_episodes_until_archived(database_url: str) -> No
     assert episode.status == EpisodeStatus.archive_pending
     assert store.claim_batch("w", 5) == []
     archived = "https://web.archive.org/web/20260101000000id_/https://example.com/a.mp3"
-    store.mark_archived(episode.id, timestamp="20260101000000", archive_url=archived)
+    mark_archived(store, episode.id, timestamp="20260101000000", archive_url=archived)
     (claim,) = store.claim_batch("w", 5)
     assert claim.download_url == archived
     with pytest.raises(ValueError, match="not waiting"):
-        store.mark_archived(episode.id, timestamp="20260101000000", archive_url=archived)
+        mark_archived(store, episode.id, timestamp="20260101000000", archive_url=archived)
     with pytest.raises(UnknownEpisode):
-        store.mark_archived(999, timestamp="20260101000000", archive_url=archived)
+        mark_archived(store, 999, timestamp="20260101000000", archive_url=archived)
     engine.dispose()
 
 
@@ -153,7 +154,7 @@ def test_permanent_failure_is_final_and_counted_by_reason(store: EpisodeStore) -
 def test_release_returns_without_counting_an_attempt(store: EpisodeStore) -> None:
     add(store, 1)
     (claim,) = store.claim_batch("w", 1)
-    store.release(claim.episode_id, claim.lease_token)
+    release(store, claim.episode_id, claim.lease_token)
     row = store.get(1)
     assert (row.status, row.attempts, row.lease_token) == ("pending", 0, None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podcastpile.urls import InvalidURL, episode_uid, normalize_url, podcast_uid
+from podcastpile.net.urls import InvalidURL, episode_uid, normalize_url, podcast_uid
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from podcastpile.archive.wayback import (
 )
 from podcastpile.store import LeaseLost
 from podcastpile.store.archive import ArchiveClaim, ArchiveQueue, Capture, next_utc_midnight
-from podcastpile.urls import mask_secrets
+from podcastpile.net.urls import mask_secrets
 
 log = logging.getLogger(__name__)
 Event = Callable[[int, str, str], None]  # episode id, what happened, detail

@@ -1,4 +1,9 @@
-"""`ppcli`: the command line over the episode store and the pipeline."""
+"""`ppcli`: the command line over the episode store and the pipeline.
+
+The console script `ppcli` and `python -m podcastpile.cli` run `main()`. Importing this package
+registers every command; command modules import `podcastpile.cli.application` for the app
+and never this package, so none of them depends on the others being loaded first.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,18 @@ import os
 import sys
 from typing import NoReturn
 
-import typer
+# Each module registers its commands on `app`; `ppcli --help` lists them in this order.
+from podcastpile.cli import episodes  # noqa: F401,I001  (create, import, list, stats)
+from podcastpile.cli import transcribe  # noqa: F401
+from podcastpile.cli import export  # noqa: F401
+from podcastpile.cli import archive  # noqa: F401
+from podcastpile.cli import process  # noqa: F401
+from podcastpile.cli import worker  # noqa: F401
+from podcastpile.cli import operate  # noqa: F401  (retry, invalidate)
+from podcastpile.cli import manager  # noqa: F401  (setup, manager)
+from podcastpile.cli.application import app
 
-app = typer.Typer(
-    name="ppcli",
-    help="Podcast Pile: turn podcast episode URLs into a speech dataset.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-from podcastpile.cli import episodes  # noqa: E402,F401  (registers create/import/list/stats)
-from podcastpile.cli import transcribe  # noqa: E402,F401  (registers transcribe)
-from podcastpile.cli import export  # noqa: E402,F401  (registers export)
-from podcastpile.cli import process  # noqa: E402,F401  (registers process)
-from podcastpile.cli import archive  # noqa: E402,F401  (registers archive)
-from podcastpile.cli import worker  # noqa: E402,F401  (registers worker)
-from podcastpile.cli import operate  # noqa: E402,F401  (registers retry/invalidate)
-from podcastpile.cli import manager  # noqa: E402,F401  (registers manager/setup)
-
+__all__ = ["QUICK_EXIT_COMMANDS", "app", "exit_without_teardown", "main"]
 
 # Read-only commands that close what they open: they end without the interpreter's teardown.
 QUICK_EXIT_COMMANDS = frozenset({"stats"})

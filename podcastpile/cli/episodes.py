@@ -9,36 +9,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
-from rich.table import Table
 
-from podcastpile.cli import app
+from podcastpile.cli.application import app
+from podcastpile.cli.common import JsonOption, fail, open_store, settings
 from podcastpile.cli.display import console, errors, literal, say, tell
-from podcastpile.config import Settings, SettingsError, load_settings
-from podcastpile.store import (
-    EpisodeStatus,
-    EpisodeStore,
-    NewEpisode,
-    Rejected,
-    StoreUnavailable,
-    normalize_language,
-)
-from podcastpile.urls import InvalidURL, display_url, mask_secrets, normalize_url
+from podcastpile.cli.views import archive_stats, episode_dict, episode_table, print_stats, stats_dict
+from podcastpile.net.urls import display_url, mask_secrets
+from podcastpile.prefect_api import find_prefect_api
+from podcastpile.runs import held_by_runs
+from podcastpile.store import EpisodeStatus, NewEpisode, Rejected, normalize_language
 
 LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-EXIT_MODEL_LOAD = 3  # a model could not be loaded: fix the settings (or the network), not the input
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one clear line on stderr (outside text in it shown literally, passwords hidden) and exit non-zero."""
-    tell("error", mask_secrets(message), style="red")
-    raise typer.Exit(code)
 
 
 def private_address(url: str) -> str | None:
@@ -46,7 +31,7 @@ def private_address(url: str) -> str | None:
 
     Literal only (an IP in any form a resolver reads, or localhost): no DNS at queueing time.
     """
-    from podcastpile.netguard import address_kind, literal_address  # loads httpx: not for `stats`
+    from podcastpile.net.guard import address_kind, literal_address  # loads httpx: not for `stats`
 
     try:
         host = urlsplit(url.strip()).hostname or ""
@@ -60,22 +45,6 @@ def private_address(url: str) -> str | None:
     return f"{named} a {kind} address"
 
 
-def settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as error:
-        fail(str(error), code=2)
-
-
-def open_store() -> EpisodeStore:
-    """The store named by the settings, migrated; setting or database errors end the command."""
-    config = settings()
-    try:
-        return EpisodeStore.open(config)
-    except StoreUnavailable as error:
-        fail(str(error), code=2)
-
-
 @app.command()
 def create(
     url: Annotated[str, typer.Argument(help="Episode audio URL.")],
@@ -84,16 +53,13 @@ def create(
 ) -> None:
     """Add one episode (nothing happens if it is already there)."""
     try:
-        normalize_url(url)
-        normalize_language(language)
-    except (InvalidURL, ValueError) as error:
+        new = NewEpisode.checked(url, language=language, podcast_id=podcast_id)
+    except ValueError as error:  # InvalidURL is one
         fail(str(error))
     config = settings()
-    store = open_store()
-    summary = store.add([NewEpisode(url, language=language, podcast_id=podcast_id)])
-    if summary.rejected:
-        fail(summary.rejected[0].reason)
-    episode = store.find(url)
+    store = open_store(config)
+    summary = store.add([new])
+    episode = store.find(new)
     assert episode is not None  # just added or already present
     verb = "added" if summary.added else "already present:"
     say(f"{verb} episode {episode.id} ({episode.status}) {display_url(episode.url)}")
@@ -114,16 +80,17 @@ def import_(
     # Here, not at the top: they load httpx, which the quick commands (`stats`) do without.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from podcastpile.netguard import AddressGuard, allow_any, is_public
+    from podcastpile.net.guard import AddressGuard, allow_any, is_public
     from podcastpile.sources import Entry, SourceError, read_source
 
-    check_addresses = not settings().allow_private_addresses
+    config = settings()
+    check_addresses = not config.allow_private_addresses
     guard = AddressGuard(allow=is_public if check_addresses else allow_any)
     try:
         total, entries = read_source(source, guard=guard)
     except SourceError as error:
         fail(str(error))
-    store = open_store()
+    store = open_store(config)
     rejected: list[Rejected] = []
     private: list[Rejected] = []  # stored, but downloads will refuse them
 
@@ -193,21 +160,9 @@ def list_(
         fail(str(error))
     rows = open_store().list(status=status, language=language, limit=limit)
     if json_output:
-        print(json.dumps([_episode_dict(row) for row in rows], default=str))
+        print(json.dumps([episode_dict(row) for row in rows], default=str))
         return
-    # Only columns that say something for these rows, so the table fits a terminal.
-    columns = {"id": "id", "status": "status", "language": "lang", "attempts": "tries"}
-    if any(row.worker_id for row in rows):
-        columns["worker_id"] = "worker"
-    columns["url"] = "url"
-    if any(row.error for row in rows):
-        columns["error"] = "error"
-    table = Table()
-    for key, title in columns.items():
-        table.add_column(title, overflow="fold", no_wrap=key in ("id", "status"))
-    for row in rows:
-        table.add_row(*(literal(_shown(row, key)) for key in columns))
-    console.print(table)
+    console.print(episode_table(rows))
     if not rows:
         console.print("no episodes" + (f" with status {status}" if status else ""))
 
@@ -215,59 +170,17 @@ def list_(
 @app.command()
 def stats(json_output: JsonOption = False) -> None:
     """Counts by status, the archive stage, hours of audio done, failures by reason."""
-    from podcastpile.cli.archive import archive_stats, archive_table
-    from podcastpile.runs import held_by_runs
-
-    store = open_store()
+    config = settings()
+    store = open_store(config)
     try:
         result = store.stats()
-        archive = archive_stats(store)
+        archive = archive_stats(store, config)
         leased = store.leased_by_run()
     finally:
         store.close()  # closed here: the command ends without the interpreter's teardown
-    held = held_by_runs(leased)  # asks the Prefect API only if something is leased
+    # Asks the Prefect API (the one every command talks to) only if something is leased.
+    held = held_by_runs(leased, find_prefect_api(config))
     if json_output:
-        print(json.dumps({
-            "total": result.total,
-            "by_status": result.by_status,
-            "expired_leases": result.expired_leases,
-            "held_by_dead_runs": held.dead,  # null when unknown, with the reason below
-            "held_by_runs_unknown_to_prefect": held.unknown_runs,
-            "held_by_runs_unknown_reason": held.reason,
-            "audio_hours_done": round(result.audio_hours_done, 3),
-            "failures_by_reason": result.failures_by_reason,
-            "archive": archive,
-        }))
+        print(json.dumps(stats_dict(result, archive, held)))
         return
-    table = Table("status", "episodes", title="Episodes")
-    for name, count in result.by_status.items():
-        table.add_row(literal(name), f"{count:,}")
-    table.add_row("[b]total[/b]", f"[b]{result.total:,}[/b]")
-    console.print(table)
-    console.print(archive_table(archive))
-    console.print(f"leases past their deadline: {result.expired_leases:,}")
-    console.print(f"held by dead runs: {held.describe()}")
-    console.print(f"audio done: {result.audio_hours_done:,.2f} hours")
-    if result.failures_by_reason:
-        failures = Table("reason", "episodes", title="Failures")
-        for reason, count in result.failures_by_reason.items():
-            failures.add_row(literal(mask_secrets(reason)), f"{count:,}")
-        console.print(failures)
-
-
-def _shown(row: Any, key: str) -> str:
-    """A column of `ppcli list`'s table: URLs and error reasons with passwords hidden."""
-    value = getattr(row, key)
-    if value is None:
-        return ""
-    return mask_secrets(value) if key in ("url", "error") else str(value)
-
-
-def _episode_dict(row: Any) -> dict[str, Any]:
-    keys = [
-        "id", "url", "podcast_id", "language", "status", "attempts", "worker_id", "leased_until",
-        "archive_url", "archive_timestamp", "archive_reused", "archive_error", "duration_seconds",
-        "audio_sha256", "duplicate_of", "error_code",
-        "error", "created_at", "updated_at", "completed_at",
-    ]
-    return {key: getattr(row, key) for key in keys}
+    print_stats(result, archive, held)

@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from podcastpile.cli import app
+from podcastpile.cli.application import app
+from podcastpile.cli.common import EXIT_SETUP, JsonOption, fail, open_store, settings
 from podcastpile.cli.display import errors, say
-from podcastpile.cli.episodes import JsonOption, fail, open_store, settings
 
 
 @app.command("export")
@@ -32,7 +32,7 @@ def export_command(
     from podcastpile.store.exports import ExportBusy
 
     config = settings()
-    store = open_store()
+    store = open_store(config)
     location = out or config.dataset_dir
     limits = WriterLimits(max_bytes=config.shard_max_bytes, max_rows=config.shard_max_rows)
     progress = Progress(
@@ -52,7 +52,7 @@ def export_command(
     except (OSError, ValueError) as error:  # pyarrow/fsspec I/O and format errors
         fail(f"{location}: {error}".splitlines()[0])
     except SQLAlchemyError as error:
-        fail(f"episode database: {error}".splitlines()[0], code=2)
+        fail(f"episode database: {error}".splitlines()[0], code=EXIT_SETUP)
     if json_output:
         print(json.dumps(asdict(summary)))
         return

@@ -1,14 +1,17 @@
 """`ppcli manager` and `ppcli setup`: the Prefect server, set up for the pipeline, as one command.
 
-The manager is what the seed's FastAPI manager was, mapped onto Prefect: it starts Prefect's
-server (API, /docs and the UI on one port; deployments/server.py) with the project's settings, waits until it
-is healthy, runs setup (store migrated, work pools, deployments, automations, the store block)
+The manager is the one service every worker talks to: it starts Prefect's server (API, /docs
+and the UI on one port; deployments/server.py) with the project's settings, waits until it is
+healthy, runs setup (store migrated, work pools, deployments, automations, the store block)
 and runs a CPU worker for what belongs next to the server (archive, dispatch, export, stats).
 A one-machine install is `ppcli manager` plus one `ppcli worker`; more GPU machines only run
 `ppcli worker -m http://manager:PORT`.
 
 With WORKER_AUTH_ENABLED the server's auth string is WORKER_PASSWORD: the API and the UI ask
-for it (only /api/health and /api/ready stay open; deployments/server.py closes the docs), and workers pass it with `-p`.
+for it (only /api/health and /api/ready stay open; deployments/server.py closes the docs), and
+workers pass it with `-p` or their own WORKER_PASSWORD. `ppcli setup` finds its server and
+password by the rule every command follows (`podcastpile.prefect_api`), without the guess of a
+manager on this machine: setting up the wrong server would be worse than naming one.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from typing import Annotated
 
 import typer
 
-from podcastpile.cli import app
-from podcastpile.cli.display import literal, say
-from podcastpile.cli.episodes import errors, fail, settings
-from podcastpile.cli.prefect_api import ManagerProblem, api_url, check_manager, headers
+from podcastpile.cli.application import app
+from podcastpile.cli.common import EXIT_FAILED, EXIT_SETUP, fail, settings
+from podcastpile.cli.display import errors, literal, say
+from podcastpile.cli.manager_api import ManagerProblem, check_manager, is_healthy, online_workers
 from podcastpile.cli.stopping import descendants, signal_all
 from podcastpile.config import Settings, safe_database_url
+from podcastpile.prefect_api import PrefectAPI, find_prefect_api, server_password
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # What --reload watches: the pipeline's code and configuration.
@@ -42,42 +46,29 @@ EXIT_STOPPED = 0
 @app.command("setup")
 def setup_command(
     manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL).")] = None,
-    password: Annotated[str | None, typer.Option("--password", "-p", help="The manager's password (default: WORKER_PASSWORD when auth is on).")] = None,
+    password: Annotated[str | None, typer.Option("--password", "-p", help="The manager's password (default: WORKER_PASSWORD, else PREFECT_API_AUTH_STRING).")] = None,
     one_batch_at_a_time: Annotated[bool, typer.Option(help="Cap the gpu pool at one running batch (for a SQLite Prefect database).")] = False,
 ) -> None:
     """Create or update everything the pipeline needs on a Prefect server; safe to rerun."""
     config = settings()
-    api = api_url(manager) if manager else os.environ.get("PREFECT_API_URL")
-    if not api:
-        fail("no Prefect server named: use -m http://host:port or set PREFECT_API_URL", code=2)
-    auth = password or _password(config) or os.environ.get("PREFECT_API_AUTH_STRING")
+    api = find_prefect_api(config, manager=manager, password=password)
+    if api is None:
+        fail("no Prefect server named: use -m http://host:port or set PREFECT_API_URL", code=EXIT_SETUP)
     try:
-        check_manager(api, auth)
+        check_manager(api)
     except ManagerProblem as problem:
-        fail(str(problem), code=2)
-    _client_environment(api, auth)
-    _run_setup(config, 1 if one_batch_at_a_time else None)
+        fail(str(problem), code=EXIT_SETUP)
+    _run_setup(config, api, 1 if one_batch_at_a_time else None)
 
 
-def _password(config: Settings) -> str | None:
-    secret = config.worker_password if config.worker_auth_enabled else None
-    return secret.get_secret_value() if secret else None
-
-
-def _client_environment(api: str, auth: str | None) -> None:
-    """Point this process's Prefect client at the server (before Prefect is imported)."""
-    os.environ["PREFECT_API_URL"] = api
-    if auth:
-        os.environ["PREFECT_API_AUTH_STRING"] = auth
-
-
-def _run_setup(config: Settings, gpu_pool_limit: int | None) -> None:
+def _run_setup(config: Settings, api: PrefectAPI, gpu_pool_limit: int | None) -> None:
+    """Set up the server at `api` for the pipeline; a failure is one line and exit 1."""
     from deployments.setup import setup
 
     try:
-        setup(config, say=lambda line: say(f"setup: {line}"), gpu_pool_limit=gpu_pool_limit)
+        setup(config, api, say=lambda line: say(f"setup: {line}"), gpu_pool_limit=gpu_pool_limit)
     except Exception as error:  # noqa: BLE001 - one line for the operator; details in the chain
-        fail(f"setup failed: {type(error).__name__}: {error}", code=1)
+        fail(f"setup failed: {type(error).__name__}: {error}", code=EXIT_FAILED)
 
 
 @app.command()
@@ -92,14 +83,16 @@ def manager(
     config = settings()
     port = port or config.port
     host = host or config.host
-    auth = _password(config)
+    auth = server_password(config)  # what the server demands; None: it is open
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    api = f"http://{local}:{port}/api"
-    _client_environment(api, auth)  # before Prefect is imported: it reads its settings once
+    # Its own calls to the server follow the rule every client follows, given this address
+    # and the password the server demands.
+    api = find_prefect_api(config, manager=f"http://{local}:{port}", password=auth)
+    assert api is not None  # named explicitly
     sqlite = _prefect_database_is_sqlite()
     # At most one batch at a time on SQLite: concurrent runs make it fail (database is locked).
     gpu_pool_limit = 1 if sqlite and not allow_sqlite_workers else None
-    stack = _Stack(host, port, auth, config, gpu_pool_limit, cpu_runs)
+    stack = _Stack(host, port, auth, api, config, gpu_pool_limit, cpu_runs)
     public = f"http://{socket.gethostname() if local == '127.0.0.1' else local}:{port}"
     _announce(config, public, auth, sqlite, gpu_pool_limit)
 
@@ -124,14 +117,14 @@ def manager(
             time.sleep(1)
             dead = stack.dead()
             if dead:
-                fail(f"{dead} exited; stopping the manager", code=1)
+                fail(f"{dead} exited; stopping the manager", code=EXIT_FAILED)
             if reload and _code_stamp() != stamp:
                 say("code changed: restarting the server and the CPU worker")
                 stack.stop()
                 stack.start()
                 stamp = _code_stamp()
                 say(f"ready: open {public} (restarted)")
-            if gpu_pool_limit and not warned_workers and _online_workers(api, auth, config.work_pool) > 1:
+            if gpu_pool_limit and not warned_workers and online_workers(api, config.work_pool) > 1:
                 warned_workers = True
                 errors.print(literal(
                     "several GPU workers are online but Prefect's database is SQLite: batches run one "
@@ -143,6 +136,7 @@ def manager(
 
 
 def _announce(config: Settings, public: str, auth: str | None, sqlite: bool, gpu_pool_limit: int | None) -> None:
+    """What the manager serves and how GPU machines join it, printed once at start."""
     say(f"Podcast Pile manager: {public}")
     say(f"  episode database: {safe_database_url(config.database_url)}")
     say(f"  auth: {'on (the UI and workers need WORKER_PASSWORD)' if auth else 'off'}")
@@ -159,27 +153,31 @@ def _announce(config: Settings, public: str, auth: str | None, sqlite: bool, gpu
 class _Stack:
     """The processes the manager runs: the Prefect server, then (after setup) a CPU worker."""
 
-    def __init__(self, host: str, port: int, auth: str | None, config: Settings,
+    def __init__(self, host: str, port: int, auth: str | None, api: PrefectAPI, config: Settings,
                  gpu_pool_limit: int | None, cpu_runs: int) -> None:
-        self.host, self.port, self.auth, self.config = host, port, auth, config
+        self.host, self.port, self.auth, self.api, self.config = host, port, auth, api, config
         self.gpu_pool_limit, self.cpu_runs = gpu_pool_limit, cpu_runs
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
 
     def start(self) -> None:
+        """Start the server, wait until it is healthy, set it up, then start the CPU worker."""
         self.server = subprocess.Popen(
             [sys.executable, "-m", "deployments.server", "--host", self.host, "--port", str(self.port)],
             cwd=ROOT, env=self._server_environment(), start_new_session=True,
         )
         self._wait_healthy()
-        _run_setup(self.config, self.gpu_pool_limit)
+        _run_setup(self.config, self.api, self.gpu_pool_limit)
+        # The worker runs in the project root, where this directory's .env is not read: its
+        # client settings come along in its environment.
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", os.environ["PREFECT_API_URL"],
+            [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", self.api.url,
              "--limit", str(self.cpu_runs), "--id", f"{socket.gethostname()}-cpu", "--grace", "30"],
-            cwd=ROOT, env=dict(os.environ), start_new_session=True,
+            cwd=ROOT, env={**os.environ, **self.api.client_environment()}, start_new_session=True,
         )
 
     def _server_environment(self) -> dict[str, str]:
+        """The server's environment: the project's settings as Prefect server settings."""
         env = dict(os.environ)
         env.pop("PREFECT_API_URL", None)  # the server's UI would otherwise point at it
         env.pop("PREFECT_API_AUTH_STRING", None)
@@ -197,20 +195,15 @@ class _Stack:
         return env
 
     def _wait_healthy(self, timeout: float = 180.0) -> None:
-        import httpx
-
-        api = os.environ["PREFECT_API_URL"]
+        """Until the server answers its health check; its exit or `timeout` ends the command."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.server is not None and self.server.poll() is not None:
-                fail(f"the Prefect server exited with code {self.server.returncode}", code=1)
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+                fail(f"the Prefect server exited with code {self.server.returncode}", code=EXIT_FAILED)
+            if is_healthy(self.api):
+                return
             time.sleep(0.5)
-        fail(f"the Prefect server did not become healthy within {timeout:g} s", code=1)
+        fail(f"the Prefect server did not become healthy within {timeout:g} s", code=EXIT_FAILED)
 
     def dead(self) -> str | None:
         """Which process died on its own, if any."""
@@ -233,6 +226,7 @@ class _Stack:
         self.worker = self.server = None
 
     def kill(self) -> None:
+        """Kill every process of the stack at once (a second signal)."""
         for process in (self.worker, self.server):
             if process is not None:
                 signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
@@ -244,16 +238,6 @@ def _prefect_database_is_sqlite() -> bool:
 
     url = get_current_settings().server.database.connection_url
     return url is None or url.get_secret_value().startswith("sqlite")
-
-
-def _online_workers(api: str, auth: str | None, pool: str) -> int:
-    import httpx
-
-    try:
-        response = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, headers=headers(auth), timeout=5)
-        return sum(1 for worker in response.json() if worker.get("status") == "ONLINE")
-    except (httpx.HTTPError, ValueError, AttributeError):
-        return 0
 
 
 def _code_stamp() -> tuple[float, ...]:

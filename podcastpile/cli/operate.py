@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from podcastpile.cli import app
+from podcastpile.cli.application import app
+from podcastpile.cli.common import JsonOption, fail, open_store
 from podcastpile.cli.display import console, literal, say
-from podcastpile.cli.episodes import JsonOption, fail, open_store
 from podcastpile.store import (
     EpisodeStore,
     Selection,

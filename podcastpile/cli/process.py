@@ -22,20 +22,17 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from podcastpile.cli import app
-from podcastpile.cli.archive import archive_state
-from podcastpile.cli.display import literal, say
+from podcastpile.cli.application import app
+from podcastpile.cli.common import EXIT_MODEL_LOAD, JsonOption, fail, open_store, settings
+from podcastpile.cli.display import errors, literal, say
 from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
-from podcastpile.cli.episodes import EXIT_MODEL_LOAD, console, errors, fail, open_store, settings
-from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, normalize_language
-from podcastpile.store.episodes import utcnow
+from podcastpile.cli.views import archive_state, print_results
+from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, utcnow
 from podcastpile.store.tables import ARCHIVE_WAITING
 
 if TYPE_CHECKING:
     from podcastpile.store.rows import Episode
-from podcastpile.urls import InvalidURL, normalize_url
 
 DONE = {EpisodeStatus.completed.value, EpisodeStatus.failed.value, EpisodeStatus.duplicate.value}
 SUCCEEDED = {EpisodeStatus.completed.value, EpisodeStatus.duplicate.value}
@@ -54,11 +51,11 @@ def process(
         typer.Option(help="Download the original URLs, not Internet Archive copies (ARCHIVE_MODE=off)."),
     ] = False,
     out: Annotated[str | None, typer.Option(help="Also export the results as Parquet to this folder.")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    json_output: JsonOption = False,
     grace: Annotated[float, typer.Option(min=0, help="Seconds one SIGTERM/Ctrl+C gives the current step before exiting anyway.")] = 60.0,
 ) -> None:
     """Archive, download, diarize and transcribe episodes now, through the Prefect flows the workers run."""
-    from podcastpile.fetch import remove_orphaned_downloads  # loads httpx: only for this command
+    from podcastpile.net.fetch import remove_orphaned_downloads  # loads httpx: only for this command
 
     remove_orphaned_downloads()  # temp audio of killed runs on this machine: nothing else removes it
     if live:
@@ -66,15 +63,13 @@ def process(
     config = settings()
     # Validate everything before writing anything: a command that refuses adds nothing.
     try:
-        for url in urls:
-            normalize_url(url)
-        normalize_language(language)
-    except (InvalidURL, ValueError) as error:
+        episodes = [NewEpisode.checked(url, language=language) for url in urls]
+    except ValueError as error:  # InvalidURL is one
         fail(str(error))
     _load_models(config, language)
-    store = open_store()
-    store.add([NewEpisode(url, language=language) for url in urls])
-    ids = sorted({episode.id for episode in (store.find(url) for url in urls) if episode is not None})
+    store = open_store(config)
+    store.add(episodes)
+    ids = sorted({found.id for found in map(store.find, episodes) if found is not None})
     if live:
         store.skip_archive(ids)
     try:
@@ -97,14 +92,14 @@ def process(
     else:
         for row in rows:
             say(f"episode {row.id} audio source: {archive_state(row)}")
-        _print_results(store, rows)
+        print_results(store, rows)
     if any(row.status not in SUCCEEDED for row in rows):
         raise typer.Exit(1)
 
 
 def _load_models(config: object, language: str | None) -> None:
     """Load the models before touching any episode: a missing model is one line, exit 3."""
-    from podcastpile.models import ModelLoadError
+    from podcastpile.speech.nemo_models import ModelLoadError
     from tasks.resources import models_for
 
     models = models_for(config)  # type: ignore[arg-type]  # the batch flow reuses these
@@ -232,36 +227,10 @@ def _archive_events_printed(ids: list[int], quiet: bool) -> Iterator[None]:
 
 
 def _export(out: str) -> None:
-    try:
-        from podcastpile.cli.export import export_command  # the Parquet export (its own issue)
-    except ImportError:
-        fail("--out needs the Parquet export, which is not built yet")
+    """--out: the same export as `ppcli export --out OUT`."""
+    from podcastpile.cli.export import export_command  # loads pyarrow: only when asked for
+
     export_command(out=out, json_output=False)
-
-
-def _print_results(store: EpisodeStore, rows: list) -> None:  # type: ignore[type-arg]
-    # Outside text (URLs, error reasons, transcripts) is printed literally, never as markup.
-    from rich.text import Text
-
-    from podcastpile.cli.display import literal
-    from podcastpile.urls import display_url, mask_secrets  # passwords in URLs are never printed
-
-    for row in rows:
-        if row.status != EpisodeStatus.completed:
-            console.print(Text.assemble((f"episode {row.id} {row.status}", "red"), ": ",
-                                        literal(mask_secrets(f"{row.error}  {row.url}"))), soft_wrap=True)
-            continue
-        result = store.result(row.id) or {}
-        console.print(Text.assemble((f"episode {row.id}", "green"), " ", literal(display_url(row.url))), soft_wrap=True)
-        console.print(
-            f"  {result.get('duration', 0):.1f} s of audio, {result.get('num_speakers', 0)} speakers, "
-            f"{sum(len(t['words']) for t in result.get('turns', []))} words, "
-            f"real-time factor {result.get('rtf', 0):.3f}",
-        )
-        table = Table("speaker", "start", "end", "text", show_header=True)
-        for turn in result.get("turns", [])[:50]:
-            table.add_row(literal(turn["speaker"]), f"{turn['start']:.2f}", f"{turn['end']:.2f}", literal(turn["text"]))
-        console.print(table)
 
 
 def _pin_temporary_server() -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 from types import FrameType
 
 from podcastpile.cli.display import errors, literal
-from podcastpile.cli.prefect_api import FINAL_STATES, flow_run_state
+from podcastpile.cli.manager_api import FINAL_STATES, flow_run_state
 from podcastpile.cli.stopping import alive, children, descendants, signal_all
+from podcastpile.prefect_api import PrefectAPI
 
 POLL_SECONDS = 0.2
 # After a run's process is gone, how long to wait for its final state to show in the API (the
@@ -68,14 +69,11 @@ def flow_run_of(pid: int) -> str | None:
 class Supervisor:
     """Watches worker children until a signal, an unexpected exit, or (--once) their runs end."""
 
-    def __init__(
-        self, workers: list[WorkerChild], *, grace: float, once: bool, api: str, password: str | None
-    ) -> None:
+    def __init__(self, workers: list[WorkerChild], *, grace: float, once: bool, api: PrefectAPI) -> None:
         self.workers = workers
         self.grace = grace
         self.once = once
-        self.api = api
-        self.password = password
+        self.api = api  # where --once reads the final state of each worker's run
         self.signals = 0
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -133,7 +131,7 @@ class Supervisor:
         if worker.run_ended_at is None:
             worker.run_ended_at = now
         assert worker.run_id is not None
-        state = flow_run_state(self.api, self.password, worker.run_id)
+        state = flow_run_state(self.api, worker.run_id)
         if state not in FINAL_STATES and now - worker.run_ended_at < FINAL_STATE_WAIT_SECONDS:
             return
         worker.outcome = state or "UNKNOWN"

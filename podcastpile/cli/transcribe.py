@@ -11,17 +11,12 @@ from contextlib import nullcontext
 import typer
 from rich.table import Table
 
-from podcastpile.cli import app
-from podcastpile.cli.display import console, errors, literal, say, tell
+from podcastpile.cli.application import app
+from podcastpile.cli.common import EXIT_MODEL_LOAD, fail
+from podcastpile.cli.display import console, errors, literal, say
 from podcastpile.config import SettingsError, load_settings
 from podcastpile.errors import EpisodeError
-from podcastpile.cli.episodes import EXIT_MODEL_LOAD
-from podcastpile.urls import display_url, mask_secrets
-
-
-def _fail(message: str, code: int = 1) -> None:
-    tell("error", mask_secrets(message), style="red")  # a URL in it may carry a password
-    raise typer.Exit(code=code)
+from podcastpile.net.urls import display_url, mask_secrets
 
 
 @app.command("transcribe")
@@ -37,21 +32,21 @@ def transcribe_command(
     try:
         settings = load_settings()
     except SettingsError as error:
-        _fail(str(error))
-    from podcastpile.fetch import remove_orphaned_downloads  # loads httpx: only for this command
+        fail(str(error))  # exit 1, unlike the store commands' 2: how this command always ended
+    from podcastpile.net.fetch import remove_orphaned_downloads  # loads httpx: only for this command
 
     remove_orphaned_downloads()  # temp audio of killed runs on this machine: nothing else removes it
-    from podcastpile.models import ModelLoadError, SpeechModels
-    from podcastpile.speech import process_source
+    from podcastpile.speech.nemo_models import ModelLoadError, SpeechModels
+    from podcastpile.speech.pipeline import process_source
 
     models = SpeechModels.from_settings(settings)
     try:
         with nullcontext() if as_json else errors.status("transcribing…"):
             result = process_source(source, models, settings, language=language)
     except EpisodeError as error:
-        _fail(f"{display_url(source)}: {error.code}: {mask_secrets(error.reason)}")
+        fail(f"{display_url(source)}: {error.code}: {mask_secrets(error.reason)}")
     except ModelLoadError as error:
-        _fail(str(error), code=EXIT_MODEL_LOAD)
+        fail(str(error), code=EXIT_MODEL_LOAD)
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return

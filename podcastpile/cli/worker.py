@@ -5,7 +5,9 @@ with `CUDA_VISIBLE_DEVICES` set to its GPU and its own name (`host-gpu0`, …), 
 the UI and every claim say which GPU took what. One SIGTERM or Ctrl+C stops their flow runs
 gracefully (unfinished episodes are released), then the workers; a second kills everything
 (see `supervise.py`). Before starting, the manager is asked whether it answers and accepts the
-worker password, so a wrong address or password is one clear line and exit 2.
+worker password, so a wrong address or password is one clear line and exit 2. The manager and
+the password are found by the rule every command follows (`podcastpile.prefect_api`); without
+-m or PREFECT_API_URL, the manager on this machine at PORT.
 Use it as a container's entrypoint or a systemd unit's ExecStart.
 """
 
@@ -20,23 +22,22 @@ from typing import Annotated
 
 import typer
 
-from podcastpile.cli import app
-from podcastpile.cli.episodes import fail, settings
-from podcastpile.cli.prefect_api import ManagerProblem, api_url, check_manager, prefect_defaults
+from podcastpile.cli.application import app
+from podcastpile.cli.common import EXIT_SETUP, fail, settings
+from podcastpile.cli.manager_api import ManagerProblem, check_manager
 from podcastpile.cli.supervise import Supervisor, WorkerChild, note
-from podcastpile.config import Settings
 from podcastpile.machine import list_gpus
+from podcastpile.prefect_api import find_prefect_api
 from podcastpile.store import normalize_language
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-
 
 
 @app.command()
 def worker(
     manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL, else the manager on this machine at PORT).")] = None,
     worker_id: Annotated[str | None, typer.Option("--id", "-i", help="Worker name (default: WORKER_ID, i.e. the hostname); with several GPUs each worker is ID-gpuN.")] = None,
-    password: Annotated[str | None, typer.Option("--password", "-p", help="Worker password (default: WORKER_PASSWORD). Prefer the setting: a command line is visible to every user of the machine.")] = None,
+    password: Annotated[str | None, typer.Option("--password", "-p", help="Worker password (default: WORKER_PASSWORD, else PREFECT_API_AUTH_STRING). Prefer the setting: a command line is visible to every user of the machine.")] = None,
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs to run a worker on each, e.g. 0,1,3 (CUDA_VISIBLE_DEVICES numbering).")] = None,
     all_gpus: Annotated[bool, typer.Option("--all-gpus", help="One worker per GPU this machine has.")] = False,
     once: Annotated[bool, typer.Option("--once", help="Process one batch (per worker), then exit: for scripts and cron.")] = False,
@@ -49,21 +50,22 @@ def worker(
     config = settings()
     devices = _devices(gpus, all_gpus)
     wanted = _languages(languages) if languages is not None else config.worker_languages
-    api, secret, guessed = _manager(manager, password, config)
+    api = find_prefect_api(config, manager=manager, password=password, guess_local=True)
+    assert api is not None  # guess_local: there is always one
     try:
-        check_manager(api, secret)
+        check_manager(api)
     except ManagerProblem as problem:
         message = str(problem)
-        if guessed and problem.no_manager:  # e.g. `ppcli manager -p 8870`, or another service on PORT
+        if api.guessed and problem.no_manager:  # e.g. `ppcli manager -p 8870`, or another service on PORT
             message += f" (no -m given, so this machine at PORT={config.port}; name the manager with -m http://HOST:PORT)"
-        fail(message, code=2)
+        fail(message, code=EXIT_SETUP)
 
     explicit = worker_id is not None or "worker_id" in config.model_fields_set
     names = worker_names(worker_id or config.worker_id, explicit=explicit, gpus=devices)
-    base = dict(os.environ, PREFECT_API_URL=api, WORKER_LANGUAGES=wanted)
-    if secret:
-        base["PREFECT_API_AUTH_STRING"] = secret  # what Prefect's client sends as Basic credentials
-    supervisor = Supervisor([], grace=grace, once=once, api=api, password=secret)
+    # The workers' Prefect clients (and their flow runs) talk to the API checked above, with
+    # the same credentials, whatever this machine's own Prefect profile says.
+    base = {**os.environ, **api.client_environment(), "WORKER_LANGUAGES": wanted}
+    supervisor = Supervisor([], grace=grace, once=once, api=api)
     # Handlers first: a signal while workers start must stop the ones already started.
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
@@ -76,7 +78,7 @@ def worker(
                 env["DEVICE"] = "cuda"  # the one GPU it sees is cuda:0 now
         command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", str(limit), "--name", name]
         note(f"worker {name}" + (f" on GPU {device}" if device is not None else "")
-             + f" (pool {pool or config.work_pool}, manager {api.removesuffix('/api')}"
+             + f" (pool {pool or config.work_pool}, manager {api.address}"
              + (f", languages {wanted}" if wanted else "") + (", one batch" if once else "") + ")")
         supervisor.workers.append(WorkerChild(name, subprocess.Popen(command, env=env, start_new_session=True)))
         if supervisor.signals:
@@ -95,21 +97,21 @@ def worker_names(base: str, *, explicit: bool, gpus: list[int] | None) -> list[s
 def _devices(gpus: str | None, all_gpus: bool) -> list[int] | None:
     """The GPUs to run workers on, None for one worker that sees whatever the machine has."""
     if gpus is not None and all_gpus:
-        fail("use --gpus or --all-gpus, not both", code=2)
+        fail("use --gpus or --all-gpus, not both", code=EXIT_SETUP)
     if all_gpus:
         found = list_gpus()
         if not found:
             fail("--all-gpus: no GPU found (nvidia-smi -L lists none, torch sees none); "
-                 "run without it for one CPU worker", code=2)
+                 "run without it for one CPU worker", code=EXIT_SETUP)
         return found
     if gpus is None:
         return None
     try:
         listed = [int(part) for part in gpus.split(",") if part.strip()]
     except ValueError:
-        fail(f"--gpus takes GPU numbers separated by commas, e.g. 0,1,3; not {gpus!r}", code=2)
+        fail(f"--gpus takes GPU numbers separated by commas, e.g. 0,1,3; not {gpus!r}", code=EXIT_SETUP)
     if not listed or min(listed) < 0 or len(set(listed)) != len(listed):
-        fail(f"--gpus takes distinct GPU numbers separated by commas, e.g. 0,1,3; not {gpus!r}", code=2)
+        fail(f"--gpus takes distinct GPU numbers separated by commas, e.g. 0,1,3; not {gpus!r}", code=EXIT_SETUP)
     return listed
 
 
@@ -118,17 +120,6 @@ def _languages(value: str) -> str:
     try:
         codes = [normalize_language(part) for part in value.split(",") if part.strip()]
     except ValueError as error:
-        fail(f"--languages: {error}", code=2)
+        fail(f"--languages: {error}", code=EXIT_SETUP)
     return ",".join(code for code in codes if code)
 
-
-def _manager(manager: str | None, password: str | None, config: Settings) -> tuple[str, str | None, bool]:
-    """The API URL and password to use (the options, else the settings, else Prefect's own), and
-    whether the URL is only the guess of a manager on this machine."""
-    default_api, default_auth = prefect_defaults()
-    # Without -m or PREFECT_API_URL: the manager on this machine (`ppcli manager` + `ppcli worker`).
-    guessed = not (manager or default_api)
-    api = api_url(manager or default_api or f"http://127.0.0.1:{config.port}")
-    if password is None and config.worker_password is not None:
-        password = config.worker_password.get_secret_value()
-    return api.rstrip("/"), password or default_auth, guessed

@@ -2,17 +2,18 @@
 
 from typing import TYPE_CHECKING, Any
 
-from podcastpile.store.engine import StoreUnavailable, make_engine, migrate
-from podcastpile.store.episodes import (
+from podcastpile.store.clock import Clock, utcnow
+from podcastpile.store.engine import StoreUnavailable, make_engine, migrate, normalize_database_url
+from podcastpile.store.episodes import EpisodeStore, StoreOptions, StoreSettings
+from podcastpile.store.languages import normalize_language
+from podcastpile.store.records import (
     AddSummary,
     Claim,
-    EpisodeStore,
     LeaseLost,
     NewEpisode,
     Rejected,
     Stats,
     UnknownEpisode,
-    normalize_language,
 )
 from podcastpile.store.operations import (
     Preview,
@@ -42,8 +43,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AddSummary", "Claim", "Episode", "EpisodeStatus", "EpisodeStore", "LeaseLost", "NewEpisode",
-    "Preview", "Rejected", "SampleRow", "Selection", "Stats", "StoreUnavailable", "UnknownEpisode",
-    "invalidate", "invalidate_selection", "make_engine", "migrate", "normalize_language", "preview",
-    "requeue", "retry", "retry_selection",
+    "AddSummary", "Claim", "Clock", "Episode", "EpisodeStatus", "EpisodeStore", "LeaseLost",
+    "NewEpisode", "Preview", "Rejected", "SampleRow", "Selection", "Stats", "StoreOptions",
+    "StoreSettings", "StoreUnavailable", "UnknownEpisode", "invalidate", "invalidate_selection",
+    "make_engine", "migrate", "normalize_database_url", "normalize_language", "preview", "requeue",
+    "retry", "retry_selection", "utcnow",
 ]

@@ -17,18 +17,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from podcastpile.store.clock import Clock
 from podcastpile.store.counters import read_counts
 from podcastpile.store.engine import READ_ONLY
-from podcastpile.store.episodes import EpisodeStore, LeaseLost
+from podcastpile.store.episodes import EpisodeStore
 from podcastpile.store.tables import ARCHIVE_WAITING, EpisodeStatus
 from podcastpile.store.tables import archive_days as _days
 from podcastpile.store.tables import archive_pauses as _pauses
 from podcastpile.store.tables import archive_submissions as _submissions
 from podcastpile.store.tables import episodes as _episodes
+
 _RATE_LOCK_ID = 0x73_70_6E_32  # "spn2": one submission window per database
 # Submissions reach the service a little after they are counted here; a window this much
 # longer than the nominal one keeps the service's own count within the limit.
@@ -106,7 +108,8 @@ class ArchiveQueue:
         self.fallback_to_live = fallback_to_live
 
     @property
-    def clock(self) -> Any:
+    def clock(self) -> Clock:
+        """The store's clock: the archive stage and the store agree on the time."""
         return self.store.clock
 
     # --- claims ---------------------------------------------------------------------------------
@@ -136,7 +139,7 @@ class ArchiveQueue:
                 _episodes.c.archive_submitted_at, _episodes.c.archive_attempts,
             )
         )
-        with self.store._writer.begin() as connection:
+        with self.store.queue_engine.begin() as connection:
             rows = connection.execute(statement).all()
         claims = [
             ArchiveClaim(row.id, row.url, row.archive_job_id, row.archive_submitted_at,
@@ -219,26 +222,12 @@ class ArchiveQueue:
         self._update(claim, status=EpisodeStatus.failed.value, error_code=code[:64], error=reason, **values)
         return EpisodeStatus.failed
 
-    def _update(self, claim: ArchiveClaim, connection: Any = None, **values: Any) -> None:
+    def _update(self, claim: ArchiveClaim, connection: Connection | None = None, **values: Any) -> None:
         """Update the claimed episode only while `claim` still holds its lease."""
-        now = self.clock()
-        statement = (
-            update(_episodes)
-            .where(
-                _episodes.c.id == claim.episode_id,
-                _episodes.c.lease_token == claim.lease_token,
-                _episodes.c.status.in_([s.value for s in ARCHIVE_WAITING]),
-                _episodes.c.leased_until >= now,
-            )
-            .values(updated_at=now, **values)
+        self.store.fenced_update(
+            claim.episode_id, claim.lease_token, values, held=ARCHIVE_WAITING, connection=connection,
+            lost_message=f"archive run no longer holds episode {claim.episode_id}",
         )
-        if connection is None:
-            with self.store._writer.begin() as own:
-                count = own.execute(statement).rowcount
-        else:
-            count = connection.execute(statement).rowcount
-        if count != 1:
-            raise LeaseLost(f"archive run no longer holds episode {claim.episode_id}")
 
     # --- shared limits --------------------------------------------------------------------------
 

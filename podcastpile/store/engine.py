@@ -11,8 +11,6 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from podcastpile.config import normalize_database_url
-
 _MIGRATIONS = Path(__file__).with_name("migrations")
 # Any constant works; it only has to be the same for every process migrating one database.
 _MIGRATION_LOCK_ID = 0x70_6F_64_63  # "podc"
@@ -25,6 +23,14 @@ SCHEMA_REVISION = "0005"
 
 class StoreUnavailable(RuntimeError):
     """The episode database cannot be reached or opened. The message names the (password-less) URL."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Give a plain `postgresql://` URL the psycopg 3 driver; leave explicit drivers alone."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
 
 
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
@@ -47,6 +53,26 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     # and SQLAlchemy then discards the dead pool.
     kwargs.setdefault("pool_recycle", 3600)
     return create_engine(url, **kwargs)
+
+
+def make_queue_engine(engine: Engine) -> Engine:
+    """The engine for lease changes (claim, start, renew, fail, release, requeue) beside `engine`.
+
+    Each is a single UPDATE, atomic by itself. On PostgreSQL they run in autocommit mode (no
+    BEGIN/COMMIT round trips) without waiting for the WAL flush (`synchronous_commit=off`):
+    a server crash can forget the last fraction of a second of lease changes, which only means
+    an episode is leased again; the forgotten lease token fences the old worker out, so nothing
+    is stored twice. Results and imports keep fully durable commits on the main engine.
+    SQLite keeps its `BEGIN IMMEDIATE` transactions, on `engine` itself.
+    """
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c synchronous_commit=off"},
+        pool_recycle=3600,
+    )
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -25,7 +25,7 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from podcastpile.store.engine import READ_ONLY
-from podcastpile.store.episodes import utcnow
+from podcastpile.store.clock import utcnow
 from podcastpile.store.tables import EpisodeStatus
 from podcastpile.store.tables import dataset_exports as _exports
 from podcastpile.store.tables import dataset_shards as _shards

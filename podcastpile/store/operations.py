@@ -29,7 +29,7 @@ from podcastpile.store.tables import results as _results
 
 # What `ppcli retry --status` accepts: the end states that a retry can sensibly undo.
 RETRYABLE = (EpisodeStatus.failed, EpisodeStatus.duplicate)
-# The result keys naming the models (and their weights) that made it; see `podcastpile.result`.
+# The result keys naming the models (and their weights) that made it; see `podcastpile.speech.result`.
 MODEL_KEYS = ("asr_model", "asr_fingerprint", "diar_model", "diar_fingerprint")
 
 

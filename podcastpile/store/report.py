@@ -16,10 +16,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from podcastpile.store.engine import READ_ONLY
-from podcastpile.store.episodes import EpisodeStore, Stats
+from podcastpile.store.episodes import EpisodeStore
+from podcastpile.store.records import Stats
 from podcastpile.store.tables import EpisodeStatus
 from podcastpile.store.tables import episodes as _episodes
-from podcastpile.urls import display_url
+from podcastpile.net.urls import display_url
 
 
 

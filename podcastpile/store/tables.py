@@ -36,7 +36,7 @@ _Json = JSON().with_variant(JSONB(), "postgresql")
 
 
 class EpisodeStatus(StrEnum):
-    """Where an episode is in its life. The seed's names are kept where they fit."""
+    """Where an episode is in its life (the original Podcast Pile's job statuses where they fit)."""
 
     archive_pending = "archive_pending"  # waiting for an Internet Archive capture
     archiving = "archiving"  # a Save Page Now capture was submitted and is being polled

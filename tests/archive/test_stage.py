@@ -10,7 +10,7 @@ import pytest
 
 from podcastpile.archive.stage import ArchiveLimits
 from podcastpile.store.archive import next_utc_midnight
-from podcastpile.store.episodes import utcnow
+from podcastpile.store.clock import utcnow
 from tests.archive.conftest import FAST, WAV, Harness
 from tests.wayback import sha1_base32
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from podcastpile.result import EpisodeResult, Segment, Turn, Word
+from podcastpile.speech.result import EpisodeResult, Segment, Turn, Word
 from podcastpile.store import EpisodeStore, NewEpisode
 
 

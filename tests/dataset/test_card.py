@@ -9,6 +9,7 @@ import pandas as pd
 from podcastpile.dataset.export import export_dataset
 from podcastpile.store import EpisodeStore, NewEpisode
 from tests.dataset.conftest import synthetic_result
+from tests.storehelpers import mark_archived
 
 
 def _complete_all(store: EpisodeStore, asr_model: str) -> None:
@@ -23,8 +24,8 @@ def test_card_counts_archived_and_live_rows_and_names_the_models(store: EpisodeS
     archiving = EpisodeStore(store.engine, archive_required=True, clock=clock)
     archiving.add([NewEpisode("https://example.com/archived.mp3", language="en")])
     (waiting,) = archiving.list(status="archive_pending")
-    archiving.mark_archived(waiting.id, timestamp="20260102030405",
-                            archive_url=f"https://web.archive.org/web/20260102030405id_/{waiting.url}")
+    mark_archived(archiving, waiting.id, timestamp="20260102030405",
+                  archive_url=f"https://web.archive.org/web/20260102030405id_/{waiting.url}")
     _complete_all(store, "nvidia/parakeet-tdt-0.6b-v2")
 
     out = tmp_path / "dataset"

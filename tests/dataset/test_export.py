@@ -21,6 +21,7 @@ from podcastpile.dataset.writer import WriterLimits
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.store.tables import EpisodeStatus, episodes, results
 from tests.dataset.conftest import add_completed, read_parquet_rows, synthetic_result
+from tests.storehelpers import mark_archived
 
 SMALL = WriterLimits(max_rows=3, row_group_rows=2)  # several shards and row groups from a few rows
 
@@ -102,8 +103,8 @@ def test_round_trip_with_pandas_duckdb_and_datasets(store: EpisodeStore, clock, 
     archiving = EpisodeStore(store.engine, archive_required=True, clock=clock)
     archiving.add([NewEpisode(f"https://example.com/archived-{n}.mp3", language="de") for n in range(2)])
     for episode in archiving.list(status="archive_pending"):
-        archiving.mark_archived(
-            episode.id, timestamp="20260102030405",
+        mark_archived(
+            archiving, episode.id, timestamp="20260102030405",
             archive_url=f"https://web.archive.org/web/20260102030405id_/{episode.url}",
         )
     add_completed(store, [], seed=100)  # claims and completes the archived ones

@@ -38,7 +38,7 @@ def test_process_live_urls_and_export(tmp_path: Path, audio_host: AudioHost, con
 
 
 def test_process_archives_first_then_processes_the_archived_copy(tmp_path: Path, conversation: dict) -> None:
-    """The one-command path follows the seed's rule: archive, then download only the capture."""
+    """The one-command path follows ARCHIVE_MODE=required: archive, then download only the capture."""
     with WaybackDouble(pending_polls=2) as ia, AdHost({"show.wav": conversation["wav"].read_bytes()}) as origin:
         env = pipeline_environment(f"sqlite:///{tmp_path / 'episodes.db'}")
         env.update(PREFECT_HOME=str(tmp_path / "prefect"), WAYBACK_URL=ia.base_url,

@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from podcastpile.cli.prefect_api import headers
 from podcastpile.cli.stopping import alive, children, descendants
 from podcastpile.machine import local_address
+from podcastpile.prefect_api import auth_headers
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.version import code_version
 from tests import postgres
@@ -70,7 +70,7 @@ def ppcli_worker(manager: Manager, *args: str, log: Path, **env: str) -> subproc
 
 
 def worker_statuses(manager: Manager) -> dict[str, str]:
-    answer = httpx.post(f"{manager.api}/work_pools/gpu/workers/filter", json={}, headers=headers(PASSWORD))
+    answer = httpx.post(f"{manager.api}/work_pools/gpu/workers/filter", json={}, headers=auth_headers(PASSWORD))
     answer.raise_for_status()
     return {worker["name"]: worker["status"] for worker in answer.json()}
 
@@ -165,7 +165,7 @@ def test_once_processes_one_batch_of_its_languages_then_exits(
         assert (row.gpu, row.code_version) == ("cpu", code_version())
         assert row.worker_ip == local_address()  # the test PostgreSQL has only a Unix socket (TCP: test_claim_languages)
     assert rows["good-en.wav"].worker_id is None
-    runs = httpx.post(f"{manager.api}/flow_runs/filter", json={}, headers=headers(PASSWORD)).json()
+    runs = httpx.post(f"{manager.api}/flow_runs/filter", json={}, headers=auth_headers(PASSWORD)).json()
     batches = [r for r in runs if r["name"] and r["state"]["type"] != "SCHEDULED" and "batch" in (r.get("tags") or [])]
     assert [r["state"]["type"] for r in batches] == ["COMPLETED"]
     engine.dispose()

@@ -74,7 +74,7 @@ def conversation() -> dict:
 @pytest.fixture(scope="session")
 def tiny_models():
     """`SpeechModels` over the committed tiny overfit models, on CPU, loaded once per session."""
-    from podcastpile.models import SpeechModels
+    from podcastpile.speech.nemo_models import SpeechModels
 
     models = SpeechModels(
         diar_model=str(FIXTURES / "tiny_diar.nemo"),

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from podcastpile.audio import decode, probe
+from podcastpile.speech.audio import decode, probe
 from podcastpile.errors import PermanentError, TransientError
-from podcastpile.fetch import USER_AGENT, download, local_file
-from podcastpile.netguard import AddressGuard, allow_any
+from podcastpile.net.fetch import USER_AGENT, download, local_file
+from podcastpile.net.guard import AddressGuard, allow_any
 from tests.loopback import LoopbackServer, Reply, Request
 from tests.speech.conftest import FORMATS, TONE_SECONDS
 

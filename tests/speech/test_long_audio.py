@@ -12,13 +12,14 @@ import random
 import numpy as np
 import pytest
 
-from podcastpile import longform, signal
-from podcastpile import models as models_module
-from podcastpile.audio import DecodedAudio, decode
-from podcastpile.longform import EncoderShape, plan_asr, stitch
-from podcastpile.merge import assign_speaker, merge_words, normalize_segments
-from podcastpile.models import local_context
-from podcastpile.result import Segment, Word
+from podcastpile.speech import longform
+from podcastpile.speech import levels as signal
+from podcastpile.speech import nemo_models as models_module
+from podcastpile.speech.audio import DecodedAudio, decode
+from podcastpile.speech.longform import EncoderShape, plan_asr, stitch
+from podcastpile.speech.merge import assign_speaker, merge_words, normalize_segments
+from podcastpile.speech.nemo_models import local_context
+from podcastpile.speech.result import Segment, Word
 
 GIB = 1 << 30
 # Parakeet TDT 0.6B (bench/gpu_pipeline.py's full-size config): 24 × 1024, 8 heads, 128 mels.

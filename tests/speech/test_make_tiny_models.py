@@ -6,8 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from podcastpile.audio import decode
-from podcastpile.models import SpeechModels
+from podcastpile.speech.audio import decode
+from podcastpile.speech.nemo_models import SpeechModels
 from tests.speech.conftest import FIXTURES
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_tiny_models.py"

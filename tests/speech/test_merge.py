@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from podcastpile.merge import FALLBACK_SPEAKER, merge_words, normalize_segments
-from podcastpile.result import Segment, Word
+from podcastpile.speech.merge import FALLBACK_SPEAKER, merge_words, normalize_segments
+from podcastpile.speech.result import Segment, Word
 
 
 def W(word: str, start: float, end: float) -> Word:

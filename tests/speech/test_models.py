@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from podcastpile.audio import decode
-from podcastpile.models import (
+from podcastpile.speech.audio import decode
+from podcastpile.speech.nemo_models import (
     LATENCY_PRESETS,
     ModelLoadError,
     SpeechModels,

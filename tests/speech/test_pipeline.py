@@ -9,8 +9,8 @@ import pytest
 
 from podcastpile.config import load_settings
 from podcastpile.errors import PermanentError
-from podcastpile.result import EpisodeResult
-from podcastpile.speech import process_source
+from podcastpile.speech.result import EpisodeResult
+from podcastpile.speech.pipeline import process_source
 from podcastpile.version import code_version
 from tests.loopback import LoopbackServer, Reply
 from tests.speech.conftest import encode

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podcastpile.audio import decode
+from podcastpile.speech.audio import decode
 from tests.speech.conftest import FIXTURES
 
 

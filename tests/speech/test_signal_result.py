@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from podcastpile import signal
-from podcastpile.result import EpisodeResult, Segment, Turn, Word
+from podcastpile.speech import levels as signal
+from podcastpile.speech.result import EpisodeResult, Segment, Turn, Word
 
 
 def test_levels_of_a_full_scale_square_wave():

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from podcastpile import speech
-from podcastpile.audio import decode
-from podcastpile.declared import declared_length
+from podcastpile.speech import pipeline as speech
+from podcastpile.speech.audio import decode
+from podcastpile.speech.declared import declared_length
 from podcastpile.errors import PermanentError, TransientError
-from podcastpile.fetch import local_file
-from podcastpile.models import Diarization, Transcript
+from podcastpile.net.fetch import local_file
+from podcastpile.speech.nemo_models import Diarization, Transcript
 from tests.speech.conftest import encode, tone
 
 SECONDS = 20.0
@@ -135,7 +135,7 @@ def test_skipped_bad_packets_are_counted_logged_and_carried_into_the_result(tmp_
         body[at:at + 40] = rng.bytes(40)
     path = tmp_path / "damaged.mp3"
     path.write_bytes(bytes(body))
-    with caplog.at_level(logging.WARNING, logger="podcastpile.audio"):
+    with caplog.at_level(logging.WARNING, logger="podcastpile.speech.audio"):
         with local_file(path) as downloaded:
             decoded = speech.decode(downloaded)
             result = speech.build_result(

@@ -18,7 +18,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from podcastpile.result import Segment, Word
+from podcastpile.speech.result import Segment, Word
 
 FALLBACK_SPEAKER = "speaker_0"
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from podcastpile.result import Word
+from podcastpile.speech.result import Word
 
 FLOAT_BYTES = 4
 # Live copies of the T×T attention scores in one rel_pos layer (scores ac and bd, bd before

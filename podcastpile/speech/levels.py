@@ -1,6 +1,6 @@
 """Cheap signal measures for filtering the dataset: levels, clipping, speech ratio.
 
-All take 16 kHz mono float32 samples in [-1, 1] as decoded by `podcastpile.audio`.
+All take 16 kHz mono float32 samples in [-1, 1] as decoded by `podcastpile.speech.audio`.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ and a one-line reason:
 
   permanent  http-404, http-410 (and other 4xx), too-large, too-many-redirects, bad-url,
              empty-body, not-audio (an HTML page), blocked-address (a private, loopback,
-             link-local… address: see `podcastpile.netguard`)
+             link-local… address: see `podcastpile.net.guard`)
   transient  timeout, http-408/425/429, http-5xx, connection (refused, reset), short-read,
              local-io (could not write the temporary file)
 
-The bytes are only checked to be audio by `podcastpile.audio` (container probe); here an
+The bytes are only checked to be audio by `podcastpile.speech.audio` (container probe); here an
 HTML answer is refused early so an error page is not downloaded in full.
 
 Redirects are followed here, hop by hop, not by httpx: each hop's host goes through the address
@@ -41,8 +41,8 @@ import httpx
 
 from podcastpile import __version__
 from podcastpile.errors import PermanentError, TransientError
-from podcastpile.netguard import AddressGuard, BlockedAddress, PinnedTransport
-from podcastpile.urls import display_url, mask_secrets
+from podcastpile.net.guard import AddressGuard, BlockedAddress, PinnedTransport
+from podcastpile.net.urls import display_url, mask_secrets
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ class Segment(_Model):
 
 
 class SignalLevels(_Model):
-    """Cheap level measures for filtering the dataset (see `podcastpile.signal`)."""
+    """Cheap level measures for filtering the dataset (see `podcastpile.speech.levels`)."""
 
     rms_dbfs: float = Field(description="Root-mean-square level, dBFS (floored at -120).")
     peak_dbfs: float = Field(description="Highest absolute sample, dBFS (floored at -120).")

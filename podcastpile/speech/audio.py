@@ -5,7 +5,7 @@ an HTML error page served as `audio/mpeg` must fail here as `not-audio`. Failure
 permanent (the same bytes will fail the same way on retry):
   not-audio    no container FFmpeg recognises, or no audio stream in it
   undecodable  an audio container whose stream yields no samples or mostly errors
-  truncated    the file states a length (see `podcastpile.declared`) and the audio ends well
+  truncated    the file states a length (see `podcastpile.speech.declared`) and the audio ends well
                short of it: FFmpeg decodes the first part of a cut file without an error
 A few bad packets are skipped, counted (`DecodedAudio.decode_errors`) and logged, not hidden.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from podcastpile.declared import Declared, declared_length
+from podcastpile.speech.declared import Declared, declared_length
 from podcastpile.errors import PermanentError
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ results can be traced to (and invalidated by) the exact weights that made them.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import threading
 from collections.abc import Iterator
@@ -22,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from podcastpile import longform
-from podcastpile.audio import DecodedAudio
-from podcastpile.result import Segment, Word
+from podcastpile.speech import longform
+from podcastpile.speech.audio import DecodedAudio
+from podcastpile.speech.result import Segment, Word
 
 log = logging.getLogger(__name__)
 # NeMo's telemetry library warns on stderr at import ("OneLogger: ... disabled", "No exporters
@@ -61,6 +62,32 @@ class ModelLoadError(RuntimeError):
 
     Not an episode failure: the worker cannot process anything until its settings are fixed.
     """
+
+
+class MissingExtra(ModelLoadError):
+    """The speech models' packages are not installed (the `worker` extra)."""
+
+
+# What the `worker` extra installs and the speech chain imports (torch and NeMo for the models,
+# PyAV for decoding). The core install leaves them out: they are gigabytes.
+WORKER_EXTRA_MODULES = ("torch", "nemo", "av")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook that refuses it
+        return False
+
+
+def require_worker_extra() -> None:
+    """Raise `MissingExtra`, one line naming the extra to install, unless its packages are there."""
+    missing = [module for module in WORKER_EXTRA_MODULES if not _installed(module)]
+    if missing:
+        raise MissingExtra(
+            f"{', '.join(missing)} not installed: the speech models need the `worker` extra: "
+            "pip install torch==2.13.0, then pip install 'podcastpile[worker]'"
+        )
 
 
 def pick_device(setting: str = "auto") -> str:
@@ -227,6 +254,7 @@ class SpeechModels:
             return self._loaded[key]
 
     def _load_now(self, kind: str, name: str) -> LoadedModel:
+        require_worker_extra()
         if kind == "asr":
             from nemo.collections.asr.models import ASRModel as model_class
         else:
@@ -299,7 +327,7 @@ class SpeechModels:
 
         `asr_plan` picks full attention in one pass when it fits the memory budget (and the
         episode is no longer than `local_attention_above_seconds`), else local attention in
-        overlapping windows whose words are stitched at pauses (see `podcastpile.longform`).
+        overlapping windows whose words are stitched at pauses (see `podcastpile.speech.longform`).
         """
         loaded = self.asr(language)
         plan = self.asr_plan(audio.duration, language)

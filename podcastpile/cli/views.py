@@ -1,0 +1,174 @@
+"""How `ppcli` shows the store to people: its tables and lines, and their JSON for scripts.
+
+Outside text (URLs, error reasons, transcripts) goes through `display.literal` with passwords
+hidden (`mask_secrets`, `display_url`); `--json` output keeps URLs and reasons as stored, so a
+script can still fetch what it lists. Nothing here loads the ORM, httpx or Prefect at import:
+`ppcli stats` uses this module and must answer at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+
+from podcastpile.cli.display import console, literal
+from podcastpile.config import Settings
+from podcastpile.net.urls import display_url, mask_secrets
+from podcastpile.runs import HeldByRuns
+from podcastpile.store import EpisodeStatus, EpisodeStore, Stats, utcnow
+from podcastpile.store.archive import ArchiveStats, archive_queue_for
+
+if TYPE_CHECKING:
+    from podcastpile.store.rows import Episode
+
+EPISODE_FIELDS = [
+    "id", "url", "podcast_id", "language", "status", "attempts", "worker_id", "leased_until",
+    "archive_url", "archive_timestamp", "archive_reused", "archive_error", "duration_seconds",
+    "audio_sha256", "duplicate_of", "error_code",
+    "error", "created_at", "updated_at", "completed_at",
+]
+
+
+def archive_state(row: Episode, now: datetime | None = None) -> str:
+    """One line on where an episode is in the archive stage, from its stored state (passwords hidden).
+
+    Capture URLs embed the episode URL (`.../web/<ts>id_/<url>`), so they are masked like it.
+    """
+    return mask_secrets(_archive_state(row, now or utcnow()))
+
+
+def _archive_state(row: Episode, now: datetime) -> str:
+    if row.status == "archive_pending":
+        if row.archive_not_before and row.archive_not_before > now:
+            return f"waiting until {row.archive_not_before:%Y-%m-%d %H:%M:%S} UTC ({row.error_code or 'backoff'})"
+        if row.leased_until and row.leased_until > now:
+            return "looking up an existing capture"
+        return "waiting for an archive run"
+    if row.status == "archiving":
+        waited = (now - row.archive_submitted_at).total_seconds() if row.archive_submitted_at else 0.0
+        return f"submitted to Save Page Now (job {row.archive_job_id}), pending {waited:.0f} s"
+    if row.archive_url:
+        how = "reused an existing capture" if row.archive_reused else "archived"
+        return f"{how}: {row.archive_url}"
+    if row.archive_error:
+        return f"no archived copy ({row.archive_error}); the original URL is used"
+    if row.status == "failed":
+        return f"failed: {row.error_code}: {row.error}"
+    return "not archived (ARCHIVE_MODE=off)"
+
+
+def archive_stats_dict(stats: ArchiveStats) -> dict[str, Any]:
+    """The archive stage's counts as JSON-able values."""
+    data = asdict(stats)
+    data["deferred_until"] = stats.deferred_until.isoformat() if stats.deferred_until else None
+    data["pauses"] = {reason: until.isoformat() for reason, until in stats.pauses.items()}
+    return data
+
+
+def archive_stats(store: EpisodeStore, config: Settings) -> dict[str, Any]:
+    """The archive stage's counts for `ppcli stats`."""
+    return archive_stats_dict(archive_queue_for(store, config).stats(config.spn_daily_bytes))
+
+
+def archive_table(stats: dict[str, Any]) -> Table:
+    """The archive stage as a table: waiting, submitted, archived, deferred, today's quota."""
+    table = Table("archive stage", "episodes", title="Internet Archive")
+    table.add_row("waiting for a capture", f"{stats['waiting']:,}")
+    table.add_row("submitted (polling)", f"{stats['submitted']:,}")
+    table.add_row("archived: new captures", f"{stats['archived_new']:,}")
+    table.add_row("archived: reused captures", f"{stats['archived_reused']:,}")
+    for code, count in stats["deferred"].items():
+        until = f" (first due {stats['deferred_until'][:16].replace('T', ' ')} UTC)" if stats["deferred_until"] else ""
+        table.add_row(f"deferred: {code}{until}", f"{count:,}")
+    used, quota = stats["bytes_today"], stats["daily_bytes"]
+    table.add_row("captured today (UTC)", f"{stats['captures_today']:,} captures, {used / 1e9:.2f} of {quota / 1e9:.2f} GB")
+    for reason, until in stats["pauses"].items():
+        table.add_row(f"submissions paused: {reason}", f"until {until[:19].replace('T', ' ')} UTC")
+    return table
+
+
+def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> dict[str, Any]:
+    """`ppcli stats --json`: the counts, with the dead-run counts null (and why) when unknown."""
+    return {
+        "total": result.total,
+        "by_status": result.by_status,
+        "expired_leases": result.expired_leases,
+        "held_by_dead_runs": held.dead,  # null when unknown, with the reason below
+        "held_by_runs_unknown_to_prefect": held.unknown_runs,
+        "held_by_runs_unknown_reason": held.reason,
+        "audio_hours_done": round(result.audio_hours_done, 3),
+        "failures_by_reason": result.failures_by_reason,
+        "archive": archive,
+    }
+
+
+def print_stats(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> None:
+    """`ppcli stats` for people: episodes by status, the archive stage, leases, failures."""
+    table = Table("status", "episodes", title="Episodes")
+    for name, count in result.by_status.items():
+        table.add_row(literal(name), f"{count:,}")
+    table.add_row("[b]total[/b]", f"[b]{result.total:,}[/b]")
+    console.print(table)
+    console.print(archive_table(archive))
+    console.print(f"leases past their deadline: {result.expired_leases:,}")
+    console.print(f"held by dead runs: {held.describe()}")
+    console.print(f"audio done: {result.audio_hours_done:,.2f} hours")
+    if result.failures_by_reason:
+        failures = Table("reason", "episodes", title="Failures")
+        for reason, count in result.failures_by_reason.items():
+            failures.add_row(literal(mask_secrets(reason)), f"{count:,}")
+        console.print(failures)
+
+
+def episode_dict(row: Any) -> dict[str, Any]:
+    """An episode row as `ppcli list --json` prints it (URLs and reasons as stored)."""
+    return {key: getattr(row, key) for key in EPISODE_FIELDS}
+
+
+def episode_table(rows: list[Any]) -> Table:
+    """`ppcli list` for people: only the columns that say something for these rows, so the
+    table fits a terminal; URLs and error reasons with their passwords hidden."""
+    columns = {"id": "id", "status": "status", "language": "lang", "attempts": "tries"}
+    if any(row.worker_id for row in rows):
+        columns["worker_id"] = "worker"
+    columns["url"] = "url"
+    if any(row.error for row in rows):
+        columns["error"] = "error"
+    table = Table()
+    for key, title in columns.items():
+        table.add_column(title, overflow="fold", no_wrap=key in ("id", "status"))
+    for row in rows:
+        table.add_row(*(literal(_shown(row, key)) for key in columns))
+    return table
+
+
+def _shown(row: Any, key: str) -> str:
+    """A column of `ppcli list`'s table: URLs and error reasons with passwords hidden."""
+    value = getattr(row, key)
+    if value is None:
+        return ""
+    return mask_secrets(value) if key in ("url", "error") else str(value)
+
+
+def print_results(store: EpisodeStore, rows: list[Episode]) -> None:
+    """`ppcli process`'s summary: each episode's outcome and, when completed, its speaker turns."""
+    for row in rows:
+        if row.status != EpisodeStatus.completed:
+            console.print(Text.assemble((f"episode {row.id} {row.status}", "red"), ": ",
+                                        literal(mask_secrets(f"{row.error}  {row.url}"))), soft_wrap=True)
+            continue
+        result = store.result(row.id) or {}
+        console.print(Text.assemble((f"episode {row.id}", "green"), " ", literal(display_url(row.url))), soft_wrap=True)
+        console.print(
+            f"  {result.get('duration', 0):.1f} s of audio, {result.get('num_speakers', 0)} speakers, "
+            f"{sum(len(t['words']) for t in result.get('turns', []))} words, "
+            f"real-time factor {result.get('rtf', 0):.3f}",
+        )
+        table = Table("speaker", "start", "end", "text", show_header=True)
+        for turn in result.get("turns", [])[:50]:
+            table.add_row(literal(turn["speaker"]), f"{turn['start']:.2f}", f"{turn['end']:.2f}", literal(turn["text"]))
+        console.print(table)
