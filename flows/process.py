@@ -2,8 +2,9 @@
 
 One flow run per batch, not per episode: a process worker spends seconds starting each run and
 NeMo's import and model loads cost tens of seconds, so models are loaded once per batch and
-every episode's archive → download → diarize → transcribe DAG runs as tasks inside the run.
-Downloads of the next episodes overlap inference of the current one (bounded prefetch).
+every episode runs as tasks inside the run: its download, then each step of the speech chain
+(`podcastpile.speech.pipeline.STEPS`: decode → diarize → transcribe → merge) as a `run_step`
+task. Downloads of the next episodes overlap inference of the current one (bounded prefetch).
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from podcastpile.archive.wayback import digest_matches
 from podcastpile.claimguard import ClaimGuard
 from podcastpile.config import Settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
-from podcastpile.net.fetch import remove_orphaned_downloads
 from podcastpile.leases import LeaseKeeper
-from podcastpile.store import Claim, LeaseLost, NewEpisode
-from podcastpile.store.outage import StoreOutage
+from podcastpile.net.fetch import remove_orphaned_downloads
 from podcastpile.net.urls import mask_secrets
 from podcastpile.speech.nemo_models import SpeechModels
 from podcastpile.speech.pipeline import EpisodeWork, Step, run_chain
+from podcastpile.store import Claim, LeaseLost, NewEpisode
+from podcastpile.store.outage import StoreOutage
 from tasks.export import publish_when_drained
-from tasks.settings import flow_settings
 from tasks.resources import models_for, store_for
+from tasks.settings import flow_settings
 from tasks.speech import download_audio, load_models, run_step
 from tasks.store import claim_episodes, complete_episode, fail_episode, release_unfinished, start_episode
 
