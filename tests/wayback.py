@@ -16,6 +16,16 @@ for the next submissions), `daily_captures_left` (then `error:too-many-daily-cap
 service loses its job table, as after a restart). `submissions` records when each capture
 request arrived, to check rate limits from the service's side.
 
+Switches that answer as the real web.archive.org does (../shared/reference/spn2-real-service.md),
+all off by default: `blocked` (URLs of a site excluded from the Wayback Machine: CDX,
+availability and playback answer HTTP 403 "Blocked Site Error", SPN2 `error:blocked-url`;
+`blocked_endpoints` narrows which of them do) and `keys` (the `LOW key:secret` values the
+service accepts: without a matching Authorization header every `/save*` answers HTTP 401).
+The 403 body and header are quoted from a recorded CDX answer (EDGI `wayback` cassette
+`test_search_raises_for_blocked_urls`); the availability API's answer for a blocked site,
+the `error:blocked-url` message and the 401 body are not documented anywhere we found, so
+those are guesses.
+
 Run it alone for the demo: `python -m tests.wayback --port 8765 --audio-dir DIR`.
 """
 
@@ -39,6 +49,13 @@ import httpx
 from tests.loopback import LoopbackServer, Reply, Request
 
 DOUBLE_USER_AGENT = "wayback-double-capture"
+# What CDX answers for an excluded site, in its body and its `X-Archive-Wayback-Runtime-Error`
+# header (recorded from web.archive.org, 2023-09-25).
+BLOCKED_SITE_ERROR = (
+    "org.archive.util.io.RuntimeIOException: "
+    "org.archive.wayback.exception.AdministrativeAccessControlException: Blocked Site Error"
+)
+ALL_ENDPOINTS = frozenset({"cdx", "available", "playback", "save"})
 
 
 def sha1_base32(data: bytes) -> str:
@@ -124,6 +141,10 @@ class WaybackDouble:
     captures: dict[str, list[_Capture]] = field(default_factory=dict)
     jobs: dict[str, _Job] = field(default_factory=dict)
     status_polls: int = 0
+    blocked: set[str] = field(default_factory=set)
+    blocked_endpoints: frozenset[str] = ALL_ENDPOINTS
+    keys: set[str] | None = None  # "key:secret" pairs accepted on /save*; None: anyone may save
+    refused: int = 0  # /save* requests answered 401
     port: int = 0
 
     def __post_init__(self) -> None:
@@ -182,6 +203,28 @@ class WaybackDouble:
         if self.delay:
             time.sleep(self.delay)
 
+    def _is_blocked(self, url: str, endpoint: str) -> bool:
+        return endpoint in self.blocked_endpoints and url in self.blocked
+
+    def _blocked_reply(self) -> Reply:
+        """HTTP 403 as CDX sends it for an excluded site (playback sends an HTML page instead,
+        with the same header; the header is what clients can rely on)."""
+        return Reply(403, (BLOCKED_SITE_ERROR + "\n").encode(), {
+            "Content-Type": "text/plain;charset=UTF-8",
+            "X-Archive-Wayback-Runtime-Error": BLOCKED_SITE_ERROR,
+        })
+
+    def _unauthorized(self, request: Request) -> Reply | None:
+        """HTTP 401 for /save* without accepted keys, when `keys` is set (the body is a guess)."""
+        if self.keys is None:
+            return None
+        header = request.headers.get("authorization") or ""
+        if header.startswith("LOW ") and header.removeprefix("LOW ") in self.keys:
+            return None
+        self.refused += 1
+        return self._json({"status": "error", "message": "You need to be logged in to use Save Page Now."},
+                          status=401)
+
     def _save(self, request: Request) -> Reply:
         self._slow()
         if request.method != "POST":
@@ -189,6 +232,9 @@ class WaybackDouble:
         with self._lock:
             self.submissions.append(time.monotonic())
             self.auth_headers.append(request.headers.get("authorization"))
+            refused = self._unauthorized(request)
+            if refused is not None:
+                return refused
             if self.busy:
                 status, retry_after = self.busy.pop(0)
                 return Reply(status, b"slow down", {"Retry-After": f"{retry_after:g}"})
@@ -196,6 +242,9 @@ class WaybackDouble:
             url = (form.get("url") or [""])[0]
             if form.get("force_get") != ["1"]:
                 return self._json({"status": "error", "status_ext": "error:bad-request", "message": "force_get expected"})
+            if self._is_blocked(url, "save"):
+                return self._json({"status": "error", "status_ext": "error:blocked-url",
+                                   "message": "This URL is in the Wayback Machine's exclusion list."})
             if url in self.submit_errors:
                 return self._json({"status": "error", "status_ext": self.submit_errors[url], "message": "refused at submit"})
             job_id = f"spn2-{next(self._ids):06d}"
@@ -213,6 +262,9 @@ class WaybackDouble:
         job_id = unquote(request.path.removeprefix("/save/status/"))
         with self._lock:
             self.status_polls += 1
+            refused = self._unauthorized(request)
+            if refused is not None:
+                return refused
             job = self.jobs.get(job_id)
             if job is None:
                 return self._json({"status": "error", "message": "job not found"}, status=404)
@@ -237,12 +289,17 @@ class WaybackDouble:
 
     def _user(self, request: Request) -> Reply:
         with self._lock:
+            refused = self._unauthorized(request)
+            if refused is not None:
+                return refused
             processing = sum(1 for job in self.jobs.values() if job.polls_left > 0)
         return self._json({"available": self.available, "processing": processing})
 
     def _available(self, request: Request) -> Reply:
         self._slow()
         url = (request.query.get("url") or [""])[0]
+        if self._is_blocked(url, "available"):
+            return self._blocked_reply()
         found = self.captures.get(url)
         if not found:
             return self._json({"url": url, "archived_snapshots": {}})
@@ -254,6 +311,8 @@ class WaybackDouble:
     def _cdx(self, request: Request) -> Reply:
         self._slow()
         query = {key: values[0] for key, values in request.query.items()}
+        if self._is_blocked(query.get("url", ""), "cdx"):
+            return self._blocked_reply()
         rows = [c for c in self.captures.get(query.get("url", ""), [])
                 if query.get("from", "0") <= c.timestamp <= query.get("to", "99999999999999")]
         rows.sort(key=lambda c: c.timestamp)
@@ -275,6 +334,8 @@ class WaybackDouble:
         if not stamp.endswith("id_"):
             return Reply(400, b"only id_ playback is served here")
         stamp = stamp.removesuffix("id_")
+        if self._is_blocked(original, "playback"):
+            return self._blocked_reply()
         match = next((c for c in self.captures.get(original, []) if c.timestamp == stamp), None)
         if match is None:
             return Reply(404, b"no such capture")

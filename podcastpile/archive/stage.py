@@ -11,6 +11,9 @@
 
 Outcomes are recorded in the store as they happen. When the run's time is up, episodes not
 finished are released: their job ids stay, so the next run picks them up where this one was.
+No error from the Internet Archive client escapes a run: a site the Wayback Machine blocks
+fails that episode (`archive-blocked`), refused or missing keys defer the episodes that need
+a new capture (no attempt counted), and anything unplanned gives that one episode back.
 """
 
 from __future__ import annotations
@@ -24,15 +27,28 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from podcastpile.archive.wayback import (
     ACCOUNT_QUOTAS,
     CaptureError,
     JobForgotten,
+    KeysMissing,
     ServiceBusy,
+    ServiceRefused,
     WaybackClient,
 )
 from podcastpile.store import LeaseLost
-from podcastpile.store.archive import ArchiveClaim, ArchiveQueue, Capture, next_utc_midnight
+from podcastpile.store.archive import (
+    KEYS_MISSING,
+    KEYS_REFUSED,
+    PAUSE_TEXT,
+    ArchiveClaim,
+    ArchiveQueue,
+    Capture,
+    next_utc_midnight,
+    pause_text,
+)
 from podcastpile.net.urls import mask_secrets
 
 log = logging.getLogger(__name__)
@@ -41,6 +57,10 @@ LOOKUP_THREADS = 8
 BACKOFF_BASE_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 6 * 3600.0
 SERVICE_RETRY_SECONDS = 30.0  # when a busy service gives no Retry-After
+# Keys are fixed by a person, not by waiting: both are longer than `ppcli process`'s 15 min
+# wait, so it stops and lists the episodes with the reason instead of polling a refusal.
+KEYS_REFUSED_PAUSE = timedelta(minutes=30)
+KEYS_MISSING_RECHECK = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -130,17 +150,30 @@ class ArchiveStage:
         polling: dict[int, tuple[ArchiveClaim, float]] = {
             c.episode_id: (c, time.monotonic()) for c in claims if c.job_id
         }
-        to_submit = self._reuse_existing([c for c in claims if not c.job_id], summary)
+        to_submit = [c for c in claims if not c.job_id]
         next_submit = time.monotonic()
         next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
-        try:
+        try:  # from the first lookup on: whatever happens, the claims are given back below
+            self._reuse_existing(to_submit, summary)
             while (to_submit or polling) and time.monotonic() < deadline:
                 now = time.monotonic()
                 if to_submit and now >= next_submit:
-                    next_submit = self._submit_next(to_submit, polling, summary)
+                    claim = to_submit[0]
+                    try:
+                        next_submit = self._submit_next(to_submit, polling, summary)
+                    except SQLAlchemyError:
+                        raise  # the store is away: nothing can be recorded, the run ends
+                    except Exception as error:
+                        self._give_back(claim, to_submit, polling, summary, error)
+                        next_submit = time.monotonic()
                 for episode_id, (claim, due) in list(polling.items()):
                     if due <= time.monotonic():
-                        self._poll(claim, polling, summary)
+                        try:
+                            self._poll(claim, polling, summary)
+                        except SQLAlchemyError:
+                            raise
+                        except Exception as error:
+                            self._give_back(claim, to_submit, polling, summary, error)
                 if time.monotonic() >= next_renew:
                     self._renew([c for c in to_submit] + [c for c, _ in polling.values()], to_submit, polling)
                     next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
@@ -157,29 +190,69 @@ class ArchiveStage:
 
     # --- steps ----------------------------------------------------------------------------------
 
-    def _reuse_existing(self, claims: list[ArchiveClaim], summary: ArchiveSummary) -> list[ArchiveClaim]:
-        """Record existing captures young enough to reuse; return the claims that need a new one."""
+    def _reuse_existing(self, to_submit: list[ArchiveClaim], summary: ArchiveSummary) -> None:
+        """Record existing captures young enough to reuse. Claims with an outcome leave
+        `to_submit` as they get it (so an error midway still leaves the rest to be released);
+        what stays needs a new capture."""
         not_before = self.queue.clock() - timedelta(days=self.limits.reuse_days)
-        for claim in claims:
+        for claim in to_submit:
             self.on_event(claim.episode_id, "looking-up", claim.url)
 
-        def lookup(claim: ArchiveClaim) -> tuple[ArchiveClaim, Capture | None]:
+        def lookup(claim: ArchiveClaim) -> tuple[ArchiveClaim, Capture | Exception | None]:
             try:
                 return claim, self.client.find_capture(claim.url, not_before=not_before)
             except ServiceBusy as error:
                 log.info("lookup of episode %s failed (%s); submitting instead", claim.episode_id, error)
                 return claim, None
+            except Exception as error:  # a blocked site, or anything unplanned: this episode only
+                return claim, error
 
-        need: list[ArchiveClaim] = []
         with ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="archive-lookup") as pool:
-            for claim, capture in pool.map(lookup, claims):
-                if capture is None:
-                    need.append(claim)
+            for claim, found in pool.map(lookup, list(to_submit)):
+                if found is None:
                     continue
-                if self._record(claim, lambda: self.queue.archived(claim, capture, reused=True)):
-                    summary.add("reused")
-                    self.on_event(claim.episode_id, "reused", capture.url)
-        return need
+                if isinstance(found, CaptureError):
+                    to_submit.remove(claim)
+                    self._capture_failed(claim, found, summary, source="Wayback Machine")
+                elif isinstance(found, Exception):
+                    self._give_back(claim, to_submit, {}, summary, found)
+                else:
+                    to_submit.remove(claim)
+                    capture = found
+                    if self._record(claim, lambda: self.queue.archived(claim, capture, reused=True)):
+                        summary.add("reused")
+                        self.on_event(claim.episode_id, "reused", capture.url)
+
+    def _give_back(
+        self, claim: ArchiveClaim, to_submit: list[ArchiveClaim],
+        polling: dict[int, tuple[ArchiveClaim, float]], summary: ArchiveSummary, error: Exception,
+    ) -> None:
+        """An unplanned error about one episode: back it off as a transient failure (an attempt
+        counted, so one that fails the same way every time ends after ARCHIVE_MAX_ATTEMPTS
+        instead of being claimed again by every run) and go on with the others, rather than let
+        it end the run with every claim still leased."""
+        log.warning("episode %s: unexpected %s from the archive client: %s",
+                    claim.episode_id, type(error).__name__, error, exc_info=error)
+        if claim in to_submit:
+            to_submit.remove(claim)
+        polling.pop(claim.episode_id, None)
+        reason = mask_secrets(f"archive client error ({type(error).__name__}: {error})")
+        delay = backoff_seconds(claim.attempts + 1)
+        status = self._record(claim, lambda: self.queue.retry_later(claim, "archive-client-error", reason, delay))
+        if status:
+            outcome = "failed" if str(status) == "failed" else "retry"
+            summary.add(outcome)
+            self.on_event(claim.episode_id, outcome, reason)
+
+    def _defer_all(self, to_submit: list[ArchiveClaim], code: str, until: Any, summary: ArchiveSummary) -> None:
+        """Defer every episode waiting to submit until `until` (no attempt counted)."""
+        for waiting in list(to_submit):
+            if self._record(waiting, lambda w=waiting: self.queue.defer(w, code, pause_text(code), until)):
+                summary.add("deferred")
+                when = f"until {until:%Y-%m-%d %H:%M} UTC"
+                detail = f"{PAUSE_TEXT[code]} ({when})" if code in PAUSE_TEXT else f"{code} {when}"
+                self.on_event(waiting.episode_id, "deferred", detail)
+        to_submit.clear()
 
     def _submit_next(
         self, to_submit: list[ArchiveClaim], polling: dict[int, tuple[ArchiveClaim, float]],
@@ -192,19 +265,27 @@ class ArchiveStage:
         )
         if not reservation.granted:
             if reservation.until is not None and reservation.reason != "retry-after":
-                # A daily quota is used up: everything waiting defers to its reset, nothing fails.
-                for waiting in list(to_submit):
-                    if self._record(waiting, lambda w=waiting: self.queue.defer(
-                            w, reservation.reason, f"daily quota used up ({reservation.reason})", reservation.until)):
-                        summary.add("deferred")
-                        self.on_event(waiting.episode_id, "deferred", f"{reservation.reason} until {reservation.until:%Y-%m-%d %H:%M} UTC")
-                to_submit.clear()
+                # A daily quota is used up (or the keys were refused): everything waiting
+                # defers to the pause's end, nothing fails.
+                self._defer_all(to_submit, reservation.reason, reservation.until, summary)
             return time.monotonic() + min(reservation.wait_seconds, self.limits.poll_seconds * 4)
-        user = self.client.user_status()
-        if user is not None and user.available <= 0:
-            return time.monotonic() + self.limits.poll_seconds  # the slot is spent; wait for a free capture
         try:
+            user = self.client.user_status()
+            if user is not None and user.available <= 0:
+                return time.monotonic() + self.limits.poll_seconds  # the slot is spent; wait for a free capture
             job_id = self.client.submit(claim.url, reuse_seconds=int(self.limits.reuse_days * 86400) or None)
+        except KeysMissing as error:
+            # This run has no keys; a run elsewhere may have them, so nothing global is paused.
+            log.warning("%s", error)
+            self._defer_all(to_submit, KEYS_MISSING, self.queue.clock() + KEYS_MISSING_RECHECK, summary)
+            return time.monotonic()
+        except ServiceRefused as error:
+            # Wrong keys: every submission would be refused the same way. Pause them all (no
+            # episode is to blame) and say why where people look (`ppcli stats`).
+            until = self.queue.clock() + KEYS_REFUSED_PAUSE
+            self.queue.pause(KEYS_REFUSED, until, str(error))
+            self._defer_all(to_submit, KEYS_REFUSED, until, summary)
+            return time.monotonic()
         except ServiceBusy as error:
             wait = error.retry_after if error.retry_after is not None else SERVICE_RETRY_SECONDS
             self.queue.pause("retry-after", self.queue.clock() + timedelta(seconds=wait), str(error))
@@ -252,14 +333,20 @@ class ArchiveStage:
         if not status.timestamp:
             self._capture_failed(claim, CaptureError("no-timestamp", "success without a timestamp"), summary)
             return
-        capture = self.client.capture_details(status.original_url or claim.url, status.timestamp)
+        try:
+            capture = self.client.capture_details(status.original_url or claim.url, status.timestamp)
+        except CaptureError as error:  # CDX blocks the site it just captured
+            self._capture_failed(claim, error, summary, source="Wayback Machine")
+            return
         if self._record(claim, lambda: self.queue.archived(claim, capture, reused=False)):
             summary.add("captured")
             self.on_event(claim.episode_id, "archived", capture.url)
 
-    def _capture_failed(self, claim: ArchiveClaim, error: CaptureError, summary: ArchiveSummary) -> None:
+    def _capture_failed(
+        self, claim: ArchiveClaim, error: CaptureError, summary: ArchiveSummary, *, source: str = "Save Page Now",
+    ) -> None:
         """Record a failed capture by its class: quota defers, transient backs off, permanent ends."""
-        reason = f"Save Page Now: {error.message}"
+        reason = f"{source}: {error.message}"
         if error.kind == "quota":
             until = next_utc_midnight(self.queue.clock())
             if error.code in ACCOUNT_QUOTAS:  # the account's quota: nobody should submit until the reset

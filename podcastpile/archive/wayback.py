@@ -13,6 +13,10 @@ so the whole stage can be pointed at another host (a mirror, or the tests' loopb
 Failures come in two kinds. `ServiceBusy` is about the service, not the episode (429, 5xx,
 a dropped connection): callers wait (`retry_after`) and try again, charging no episode.
 `CaptureError` is about one capture; its `kind` (transient, quota, permanent) says what to do.
+A site excluded from the Wayback Machine answers HTTP 403 "Blocked Site Error" on CDX, the
+availability API and playback: that is a `CaptureError` with code `archive-blocked` for that
+URL, not a refusal of this client. `ServiceRefused` is a 401 on `/save*` (keys wrong or
+missing; `KeysMissing` when this client has none).
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ PERMANENT_CODES = frozenset({
     "not-found", "no-access", "blocked-url", "blocked", "invalid-host-resolution", "filesize-limit",
     "invalid-url", "bad-request", "method-not-allowed", "http-version-not-supported",
     "network-authentication-required", "unauthorized", "forbidden", "ftp-access-denied",
-    "invalid-server-response", "not-implemented", "redirect-loop",
+    "invalid-server-response", "not-implemented", "redirect-loop", "archive-blocked",
 })
+# The Wayback Machine's marker for an excluded site, in the `X-Archive-Wayback-Runtime-Error`
+# header (and in CDX's plain-text body) of its HTTP 403.
+BLOCKED_SITE_MARKER = "blocked site error"
 # A quota of the account (all captures stop) rather than of one target host.
 ACCOUNT_QUOTAS = frozenset({"too-many-daily-captures", "max-daily-bandwidth", "max-daily-bandwidth-from-ip"})
 
@@ -58,6 +65,18 @@ def digest_matches(sha1_hex: str, digest: str) -> bool:
     if len(digest) == 40:
         return digest.lower() == sha1_hex.lower()
     return digest.upper() == base64.b32encode(bytes.fromhex(sha1_hex)).decode()
+
+
+def is_blocked_site(response: httpx.Response) -> bool:
+    """True if `response` is the Wayback Machine's 403 for a site excluded from it
+    (CDX, availability or playback): a fact about that URL, not about this client's keys."""
+    if response.status_code != 403:
+        return False
+    header = response.headers.get("x-archive-wayback-runtime-error", "")
+    if BLOCKED_SITE_MARKER in header.lower():
+        return True
+    # CDX repeats it in a short plain-text body; playback's HTML page is not worth scanning whole.
+    return BLOCKED_SITE_MARKER in response.content[:2000].decode("utf-8", "replace").lower()
 
 
 def error_kind(code: str) -> str:
@@ -94,7 +113,12 @@ class ServiceBusy(Exception):
 
 
 class ServiceRefused(Exception):
-    """The service refuses this client (401/403): wrong keys. No episode is to blame."""
+    """The service refuses this client (401/403 that is not a blocked site): wrong keys.
+    No episode is to blame."""
+
+
+class KeysMissing(ServiceRefused):
+    """Save Page Now wants archive.org keys and this client has none (IA_ACCESS_KEY/IA_SECRET_KEY)."""
 
 
 class JobForgotten(Exception):
@@ -149,7 +173,8 @@ class WaybackClient:
         self.wayback_url = wayback_url.rstrip("/")
         self.archive_api_url = archive_api_url.rstrip("/")
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if access_key and secret_key:
+        self.has_keys = bool(access_key and secret_key)
+        if self.has_keys:
             headers["Authorization"] = f"LOW {access_key}:{secret_key}"
         self._http = httpx.Client(
             headers=headers, timeout=httpx.Timeout(timeout_seconds), transport=transport,
@@ -298,9 +323,19 @@ class WaybackClient:
             response = self._http.request(method, url, **kwargs)
         except httpx.TransportError as error:
             raise ServiceBusy(f"{type(error).__name__}: {error or 'connection failed'}") from None
+        if is_blocked_site(response):
+            raise CaptureError(
+                "archive-blocked",
+                f"the Wayback Machine excludes this site (HTTP 403 Blocked Site Error from {response.url.path})",
+            )
         if response.status_code in (401, 403):
+            if not self.has_keys:
+                raise KeysMissing(
+                    f"Save Page Now needs archive.org keys (HTTP {response.status_code}): "
+                    "set IA_ACCESS_KEY and IA_SECRET_KEY to make new captures"
+                )
             raise ServiceRefused(
-                f"the Internet Archive refused the request (HTTP {response.status_code}); "
+                f"the Internet Archive refused the keys (HTTP {response.status_code}); "
                 "check IA_ACCESS_KEY and IA_SECRET_KEY"
             )
         if response.status_code == 429 or response.status_code >= 500:

@@ -25,7 +25,7 @@ def archive(
     # Here, not at the top: the stage loads httpx, which `ppcli stats` (loading every command
     # module to register it) does without.
     from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, describe_event
-    from podcastpile.archive.wayback import ServiceRefused, WaybackClient
+    from podcastpile.archive.wayback import WaybackClient
 
     config = settings()
     if not config.archives:
@@ -40,13 +40,10 @@ def archive(
         if not json_output and event != "pending":
             say(f"episode {episode_id}: {mask_secrets(describe_event(event, detail))}")
 
-    with WaybackClient.from_settings(config) as client:
-        try:
-            summary = ArchiveStage(queue, client, ArchiveLimits.from_settings(config), on_event=show).run(
-                claims, max_seconds=max_minutes * 60
-            )
-        except ServiceRefused as error:
-            fail(str(error))
+    with WaybackClient.from_settings(config) as client:  # the stage lets no client error out
+        summary = ArchiveStage(queue, client, ArchiveLimits.from_settings(config), on_event=show).run(
+            claims, max_seconds=max_minutes * 60
+        )
     if json_output:
         print(json.dumps({"claimed": len(claims), "submitted": summary.submitted, **summary.counts}))
     elif claims:

@@ -20,7 +20,7 @@ from podcastpile.config import Settings
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.runs import HeldByRuns
 from podcastpile.store import EpisodeStatus, EpisodeStore, Stats, utcnow
-from podcastpile.store.archive import ArchiveStats, archive_queue_for
+from podcastpile.store.archive import PAUSE_TEXT, ArchiveStats, archive_queue_for
 
 if TYPE_CHECKING:
     from podcastpile.store.rows import Episode
@@ -44,7 +44,10 @@ def archive_state(row: Episode, now: datetime | None = None) -> str:
 def _archive_state(row: Episode, now: datetime) -> str:
     if row.status == "archive_pending":
         if row.archive_not_before and row.archive_not_before > now:
-            return f"waiting until {row.archive_not_before:%Y-%m-%d %H:%M:%S} UTC ({row.error_code or 'backoff'})"
+            why = row.error_code or "backoff"
+            if why in PAUSE_TEXT:  # keys: the code alone would not say what to do
+                why = f"{why}: {PAUSE_TEXT[why]}"
+            return f"waiting until {row.archive_not_before:%Y-%m-%d %H:%M:%S} UTC ({why})"
         if row.leased_until and row.leased_until > now:
             return "looking up an existing capture"
         return "waiting for an archive run"
@@ -83,11 +86,13 @@ def archive_table(stats: dict[str, Any]) -> Table:
     table.add_row("archived: reused captures", f"{stats['archived_reused']:,}")
     for code, count in stats["deferred"].items():
         until = f" (first due {stats['deferred_until'][:16].replace('T', ' ')} UTC)" if stats["deferred_until"] else ""
-        table.add_row(f"deferred: {code}{until}", f"{count:,}")
+        why = f": {PAUSE_TEXT[code]}" if code in PAUSE_TEXT else ""
+        table.add_row(f"deferred: {code}{until}{why}", f"{count:,}")
     used, quota = stats["bytes_today"], stats["daily_bytes"]
     table.add_row("captured today (UTC)", f"{stats['captures_today']:,} captures, {used / 1e9:.2f} of {quota / 1e9:.2f} GB")
     for reason, until in stats["pauses"].items():
-        table.add_row(f"submissions paused: {reason}", f"until {until[:19].replace('T', ' ')} UTC")
+        why = f": {PAUSE_TEXT[reason]}" if reason in PAUSE_TEXT else ""
+        table.add_row(f"submissions paused: {reason}{why}", f"until {until[:19].replace('T', ' ')} UTC")
     return table
 
 

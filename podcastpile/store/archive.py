@@ -37,6 +37,21 @@ _RATE_LOCK_ID = 0x73_70_6E_32  # "spn2": one submission window per database
 WINDOW_MARGIN_SECONDS = 1.0
 
 
+# Pauses and deferrals that are not a daily quota, as one line for people (`ppcli stats`,
+# `ppcli list`, `ppcli process`): the code alone would not say what to do about them.
+KEYS_REFUSED = "ia-keys-refused"
+KEYS_MISSING = "ia-keys-missing"
+PAUSE_TEXT = {
+    KEYS_REFUSED: "the Internet Archive refused the keys (HTTP 401 on /save); check IA_ACCESS_KEY and IA_SECRET_KEY",
+    KEYS_MISSING: "Save Page Now needs archive.org keys for a new capture; set IA_ACCESS_KEY and IA_SECRET_KEY",
+}
+
+
+def pause_text(reason: str) -> str:
+    """One line on why submissions are paused or an episode waits, for a pause/deferral code."""
+    return PAUSE_TEXT.get(reason, f"daily quota used up ({reason})")
+
+
 @dataclass(frozen=True)
 class ArchiveClaim:
     """An episode handed to an archive run. `job_id` is set when a capture was already submitted."""
