@@ -164,7 +164,7 @@ class ArchiveStage:
                     except SQLAlchemyError:
                         raise  # the store is away: nothing can be recorded, the run ends
                     except Exception as error:
-                        self._give_back(claim, to_submit, polling, summary, error)
+                        self._back_off(claim, to_submit, polling, summary, error)
                         next_submit = time.monotonic()
                 for episode_id, (claim, due) in list(polling.items()):
                     if due <= time.monotonic():
@@ -173,7 +173,7 @@ class ArchiveStage:
                         except SQLAlchemyError:
                             raise
                         except Exception as error:
-                            self._give_back(claim, to_submit, polling, summary, error)
+                            self._back_off(claim, to_submit, polling, summary, error)
                 if time.monotonic() >= next_renew:
                     self._renew([c for c in to_submit] + [c for c, _ in polling.values()], to_submit, polling)
                     next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
@@ -215,7 +215,7 @@ class ArchiveStage:
                     to_submit.remove(claim)
                     self._capture_failed(claim, found, summary, source="Wayback Machine")
                 elif isinstance(found, Exception):
-                    self._give_back(claim, to_submit, {}, summary, found)
+                    self._back_off(claim, to_submit, {}, summary, found)
                 else:
                     to_submit.remove(claim)
                     capture = found
@@ -223,7 +223,7 @@ class ArchiveStage:
                         summary.add("reused")
                         self.on_event(claim.episode_id, "reused", capture.url)
 
-    def _give_back(
+    def _back_off(
         self, claim: ArchiveClaim, to_submit: list[ArchiveClaim],
         polling: dict[int, tuple[ArchiveClaim, float]], summary: ArchiveSummary, error: Exception,
     ) -> None:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ def _installed(module: str) -> bool:
         return False
 
 
+@cache  # once found, the packages stay installed: every episode asks, only the first looks
 def require_worker_extra() -> None:
     """Raise `MissingExtra`, one line naming the extra to install, unless its packages are there."""
     missing = [module for module in WORKER_EXTRA_MODULES if not _installed(module)]

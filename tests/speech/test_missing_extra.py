@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from podcastpile.speech.nemo_models import MissingExtra, ModelLoadError, SpeechModels
+from podcastpile.speech.nemo_models import MissingExtra, ModelLoadError, SpeechModels, require_worker_extra
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "speech" / "conversation.wav"
 
@@ -42,10 +42,12 @@ def test_transcribe_without_nemo_is_one_line_naming_the_extra(tmp_path: Path) ->
 def test_loading_a_model_without_nemo_raises_the_models_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "meta_path", [_Refuse("nemo"), *sys.meta_path])
     monkeypatch.delitem(sys.modules, "nemo", raising=False)
+    require_worker_extra.cache_clear()  # an earlier test in this process found NeMo installed
     models = SpeechModels(diar_model="x.nemo", asr_model="y.nemo", device="cpu")
     with pytest.raises(ModelLoadError) as raised:
         models.diarizer()
     assert isinstance(raised.value, MissingExtra) and "`worker` extra" in str(raised.value)
+    require_worker_extra.cache_clear()  # a failed check is not cached; clear anyway for the next test
 
 
 class _Refuse:
