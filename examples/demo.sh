@@ -33,8 +33,11 @@ export DIAR_MODEL="${DIAR_MODEL:-$fixtures/tiny_diar.nemo}"
 export ASR_MODEL="${ASR_MODEL:-$fixtures/tiny_asr.nemo}"
 export ASR_MODEL_MULTILINGUAL="${ASR_MODEL_MULTILINGUAL:-$fixtures/tiny_asr.nemo}"
 export DEVICE="${DEVICE:-cpu}"
-export WAYBACK_URL="http://127.0.0.1:$archive_port" ARCHIVE_API_URL="http://127.0.0.1:$archive_port"
+export WAYBACK_URL="http://127.0.0.1:$archive_port"
 export SPN_POLL_SECONDS=1
+# Save Page Now 2 needs archive.org keys; the stand-in takes any. For real use, your own:
+# https://archive.org/account/s3.php
+export IA_ACCESS_KEY="${IA_ACCESS_KEY:-demo}" IA_SECRET_KEY="${IA_SECRET_KEY:-demo}"
 export ALLOW_PRIVATE_ADDRESSES=true  # the demo's podcast host is 127.0.0.1
 
 $bin/ppcli process "http://127.0.0.1:$host_port/audio/conversation.wav" --language en --out dataset

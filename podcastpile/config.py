@@ -108,7 +108,10 @@ class Settings(BaseSettings):
         description="Old name, kept for existing .env files: true = ARCHIVE_MODE=required, "
         "false = off. Ignored when ARCHIVE_MODE is set.",
     )
-    ia_access_key: SecretStr | None = Field(None, description="archive.org S3-style access key.")
+    ia_access_key: SecretStr | None = Field(
+        None, description="archive.org S3-style access key (https://archive.org/account/s3.php); "
+        "Save Page Now 2 needs it for new captures.",
+    )
     ia_secret_key: SecretStr | None = Field(None, description="archive.org S3-style secret key.")
     wayback_url: str = Field("https://web.archive.org", description="Wayback Machine / SPN2 base URL.")
     archive_api_url: str = Field("https://archive.org", description="archive.org API base URL.")
@@ -123,6 +126,16 @@ class Settings(BaseSettings):
     )
     spn_poll_seconds: float = Field(
         5.0, gt=0, description="Seconds between status polls of a submitted capture job."
+    )
+    cdx_requests_per_minute: float = Field(
+        24.0, gt=0, description="Wayback lookups (CDX and availability API) per minute, shared by every "
+        "archive run on every machine through the store (IA's limit: 30; IA asks for 80 %). Going over "
+        "gets the address firewalled for an hour, GPU workers' downloads included.",
+    )
+    spn_job_stale_seconds: float = Field(
+        1800.0, gt=0, description="A capture job still pending after this many seconds is checked "
+        "against CDX for a capture since its submission and reused, or submitted again (IA keeps a "
+        "job's status about an hour, then answers `pending` for ever).",
     )
     archive_max_attempts: int = Field(
         5, ge=1, description="Transient archive failures an episode gets before it is failed."

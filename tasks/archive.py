@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from podcastpile.archive.stage import ArchiveLimits, ArchiveStage
 from podcastpile.archive.wayback import WaybackClient
 from podcastpile.config import Settings
+from podcastpile.net.redirects import resolver_for
 from podcastpile.store.archive import ArchiveClaim, archive_queue_for
 from tasks.resources import store_for
 
@@ -42,7 +43,6 @@ def archive_episodes(settings: Settings, claims: list[ArchiveClaim], max_seconds
     """Reuse or capture each claimed episode; returns counts by outcome."""
     queue = archive_queue_for(store_for(settings), settings)
     with WaybackClient.from_settings(settings) as client:
-        summary = ArchiveStage(queue, client, ArchiveLimits.from_settings(settings)).run(
-            claims, max_seconds=max_seconds
-        )
-    return {"submitted": summary.submitted, **summary.counts}
+        stage = ArchiveStage(queue, client, ArchiveLimits.from_settings(settings), resolve=resolver_for(settings))
+        summary = stage.run(claims, max_seconds=max_seconds)
+    return {"submitted": summary.submitted, "lookups": summary.lookups, **summary.counts}

@@ -1,121 +1,73 @@
-"""The archive stage for a set of claimed episodes: reuse a capture, or submit one and poll it.
+"""The archive stage for a set of claimed episodes: reuse a capture, or submit one and see it through.
 
 `ArchiveStage.run(claims)` is plain Python (the Prefect flow, `ppcli archive` and
 `ppcli process` all call it):
 
-1. episodes with a stored job id resume polling it (a restarted run never submits twice);
-2. the others look for an existing capture no older than ARCHIVE_REUSE_DAYS and reuse it;
-3. the rest are submitted one at a time as the shared limits allow (the store's per-minute
-   window, today's bytes, pauses, and the account's `available` captures), and every
-   submitted job is polled every SPN_POLL_SECONDS until it succeeds or fails.
+1. an enclosure's redirect chain is resolved locally (Save Page Now follows only 3 hops), and
+   the URL it can reach is the one looked up and submitted;
+2. existing captures are found through `CaptureFinder` (the store's memory, then one CDX query
+   per podcast folder, within the lookup limit every run shares) and reused;
+3. the rest are submitted as the shared limits allow; jobs are polled, and a job still pending
+   after SPN_JOB_STALE_SECONDS is checked against CDX and reused or submitted again;
+4. a capture is ready for the GPU workers only once CDX lists it (url, timestamp): before
+   that, the Wayback Machine replays another capture or nothing.
 
-Outcomes are recorded in the store as they happen. When the run's time is up, episodes not
-finished are released: their job ids stay, so the next run picks them up where this one was.
-No error from the Internet Archive client escapes a run: a site the Wayback Machine blocks
-fails that episode (`archive-blocked`), refused or missing keys defer the episodes that need
-a new capture (no attempt counted), and anything unplanned gives that one episode back.
+Who is to blame decides what happens (`podcastpile.archive.answers`): the episode (backoff,
+attempt counted, or failed), its URL (per-URL daily cap: wait for midnight), its host (paused
+>= 10 min), or the service (everyone waits, nobody is charged). No error from the Internet
+Archive client escapes a run, and every claim is given back whatever happens.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from podcastpile.archive.wayback import (
-    ACCOUNT_QUOTAS,
-    CaptureError,
-    JobForgotten,
-    KeysMissing,
-    ServiceBusy,
-    ServiceRefused,
-    WaybackClient,
-)
+from podcastpile.archive import cdx
+from podcastpile.archive.events import Event, describe_event
+from podcastpile.archive.finder import CaptureFinder, LookupUnavailable
+from podcastpile.archive.limits import ArchiveLimits
+from podcastpile.archive.outcomes import ArchiveSummary, Outcomes, backoff_seconds
+from podcastpile.archive.wayback import CaptureError, JobForgotten, KeysMissing, ServiceBusy, ServiceRefused, Throttled, WaybackClient
+from podcastpile.errors import PermanentError
+from podcastpile.archive.work import Work, submit_url
+from podcastpile.net.redirects import RedirectChain
 from podcastpile.store import LeaseLost
 from podcastpile.store.archive import (
+    ACCOUNT_DAILY_CAP,
     KEYS_MISSING,
     KEYS_REFUSED,
-    PAUSE_TEXT,
+    LOOKUP_WAIT,
+    LOOKUPS_THROTTLED,
+    REPLAY_LAG,
+    SAVES_THROTTLED,
+    SERVICE_TROUBLE,
     ArchiveClaim,
     ArchiveQueue,
     Capture,
-    next_utc_midnight,
-    pause_text,
 )
-from podcastpile.net.urls import mask_secrets
+from podcastpile.store.archive_limits import next_utc_midnight
+from podcastpile.store.known_captures import KnownCapture, KnownCaptures
 
 log = logging.getLogger(__name__)
-Event = Callable[[int, str, str], None]  # episode id, what happened, detail
-LOOKUP_THREADS = 8
-BACKOFF_BASE_SECONDS = 60.0
-BACKOFF_MAX_SECONDS = 6 * 3600.0
-SERVICE_RETRY_SECONDS = 30.0  # when a busy service gives no Retry-After
+SERVICE_RETRY_SECONDS = 30.0  # 5xx or a dropped connection, no Retry-After
+SERVICE_TROUBLE_PAUSE = timedelta(minutes=2)  # SPN's own trouble (sessions, browsers, workers)
+LOOKUP_429_PAUSE = timedelta(seconds=60)  # IA firewalls clients that ignore 429s for a minute
+SAVE_429_PAUSE = timedelta(minutes=5)  # "Try waiting for 5 minutes"
 # Keys are fixed by a person, not by waiting: both are longer than `ppcli process`'s 15 min
 # wait, so it stops and lists the episodes with the reason instead of polling a refusal.
 KEYS_REFUSED_PAUSE = timedelta(minutes=30)
 KEYS_MISSING_RECHECK = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """The settings the stage obeys."""
-
-    per_minute: float = 7.0
-    daily_bytes: int = 5_000_000_000
-    reuse_days: float = 3650.0
-    poll_seconds: float = 5.0
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> "ArchiveLimits":
-        return cls(
-            per_minute=settings.spn_captures_per_minute, daily_bytes=settings.spn_daily_bytes,
-            reuse_days=settings.archive_reuse_days, poll_seconds=settings.spn_poll_seconds,
-        )
-
-
-@dataclass
-class ArchiveSummary:
-    """What one run did, by outcome (reused, captured, deferred, retry, failed, live, released)."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    submitted: int = 0
-
-    def add(self, outcome: str) -> None:
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-
-
-# How each event reads in logs (and in `ppcli process` / `ppcli archive` output).
-EVENT_TEXT = {
-    "looking-up": "looking up an existing capture of {}",
-    "reused": "reused an existing capture: {}",
-    "submitted": "submitted to Save Page Now (job {})",
-    "pending": "capture pending for {} s",
-    "archived": "archived: {}",
-    "deferred": "deferred: {}",
-    "retry": "will retry: {}",
-    "resubmit": "will resubmit: {}",
-    "failed": "archiving failed: {}",
-    "live": "no archived copy ({}); the original URL will be used",
-    "waiting": "waiting: {}",
-}
-
-
-def describe_event(event: str, detail: str) -> str:
-    """One readable line for a stage event; URLs in it have their passwords hidden (it is logged)."""
-    return mask_secrets(EVENT_TEXT.get(event, event + " {}").format(detail))
-
-
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff with jitter for the `attempt`-th transient failure (1, 2, ...)."""
-    delay = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt - 1))
-    return delay * random.uniform(0.75, 1.25)
+# The longest a run waits in line for a lookup slot before deferring the episode instead.
+LOOKUP_WAIT_SECONDS = 5.0
+# Looks for a fresh capture in CDX within the run before giving it back for a later run.
+LISTING_CHECKS = 4
 
 
 class ArchiveStage:
@@ -129,261 +81,373 @@ class ArchiveStage:
         *,
         on_event: Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        resolve: Callable[[str], RedirectChain] | None = None,
     ) -> None:
         self.queue = queue
         self.client = client
         self.limits = limits
-        self._on_event = on_event
         self.sleep = sleep
+        self.resolve = resolve
+        self.out = Outcomes(queue, on_event)
+        self.finder = CaptureFinder(client, KnownCaptures(queue.store))
+        if client.lookup_gate is None:
+            client.lookup_gate = self._take_lookup_slot
+        self._deadline = time.monotonic()
 
-    def on_event(self, episode_id: int, event: str, detail: str) -> None:
-        """Report an event to the caller and to the log (`podcastpile.archive.stage`)."""
-        if self._on_event is not None:
-            self._on_event(episode_id, event, detail)
-        log.log(logging.DEBUG if event == "pending" else logging.INFO,
-                "episode %d: %s", episode_id, describe_event(event, detail))
+    # --- the run --------------------------------------------------------------------------------
 
     def run(self, claims: list[ArchiveClaim], *, max_seconds: float = 600.0) -> ArchiveSummary:
         """Archive `claims` until each has an outcome or `max_seconds` pass; release the rest."""
-        summary = ArchiveSummary()
-        deadline = time.monotonic() + max_seconds
-        polling: dict[int, tuple[ArchiveClaim, float]] = {
-            c.episode_id: (c, time.monotonic()) for c in claims if c.job_id
-        }
-        to_submit = [c for c in claims if not c.job_id]
-        next_submit = time.monotonic()
-        next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
-        try:  # from the first lookup on: whatever happens, the claims are given back below
-            self._reuse_existing(to_submit, summary)
-            while (to_submit or polling) and time.monotonic() < deadline:
-                now = time.monotonic()
-                if to_submit and now >= next_submit:
-                    claim = to_submit[0]
-                    try:
-                        next_submit = self._submit_next(to_submit, polling, summary)
-                    except SQLAlchemyError:
-                        raise  # the store is away: nothing can be recorded, the run ends
-                    except Exception as error:
-                        self._back_off(claim, to_submit, polling, summary, error)
-                        next_submit = time.monotonic()
-                for episode_id, (claim, due) in list(polling.items()):
+        summary = self.out.summary = ArchiveSummary()
+        lookups_before = self.client.lookups
+        self._deadline = time.monotonic() + max_seconds
+        work = Work()
+        now = time.monotonic()
+        for claim in claims:
+            if claim.job_id:
+                work.polling[claim.episode_id] = (claim, now)
+            elif claim.capture is not None:
+                work.listing[claim.episode_id] = (claim, now, 0)
+            else:
+                work.to_submit.append(claim)
+        next_submit, next_renew = now, now + self.queue.lease.total_seconds() / 4
+        try:  # whatever happens from here on, the claims are given back below
+            self._guarded(work, work.to_submit[:], self._resolve_and_find, work)
+            while (work.to_submit or work.polling or work.listing) and time.monotonic() < self._deadline:
+                if work.to_submit and time.monotonic() >= next_submit:
+                    next_submit = self._guarded(work, [work.to_submit[0]], self._submit_next, work) or time.monotonic()
+                for claim, due in list(work.polling.values()):
                     if due <= time.monotonic():
-                        try:
-                            self._poll(claim, polling, summary)
-                        except SQLAlchemyError:
-                            raise
-                        except Exception as error:
-                            self._back_off(claim, to_submit, polling, summary, error)
+                        self._guarded(work, [claim], self._poll, claim, work)
+                due = self._listing_due(work)
+                if due:
+                    self._guarded(work, [claim for claim, _ in due], self._check_listed, due, work)
                 if time.monotonic() >= next_renew:
-                    self._renew([c for c in to_submit] + [c for c, _ in polling.values()], to_submit, polling)
+                    self._renew(work)
                     next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
-                wake = min([due for _, due in polling.values()] + ([next_submit] if to_submit else []), default=now)
-                self.sleep(max(0.0, min(wake, deadline) - time.monotonic()))
+                wake = min(filter(None, [work.next_due(), next_submit if work.to_submit else None]),
+                           default=time.monotonic())
+                self.sleep(max(0.0, min(wake, self._deadline) - time.monotonic()))
         finally:
-            for claim in to_submit + [c for c, _ in polling.values()]:
+            for claim in work.held():
                 try:
                     self.queue.release(claim)
                     summary.add("released")
                 except Exception as error:  # an unreleased lease simply expires
                     log.warning("could not release episode %s: %s", claim.episode_id, error)
+            summary.lookups = self.client.lookups - lookups_before
         return summary
 
-    # --- steps ----------------------------------------------------------------------------------
+    def _guarded(self, work: Work, claims: list[ArchiveClaim], step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step; an error nobody planned for backs off the claims it was about (an
+        attempt counted) instead of ending the run with every claim still leased."""
+        try:
+            return step(*args)
+        except SQLAlchemyError:
+            raise  # the store is away: nothing can be recorded, the run ends (claims expire)
+        except Exception as error:
+            for claim in claims:
+                if claim in work.held():
+                    work.drop(claim)
+                    self.out.back_off(claim, error)
+            return None
 
-    def _reuse_existing(self, to_submit: list[ArchiveClaim], summary: ArchiveSummary) -> None:
-        """Record existing captures young enough to reuse. Claims with an outcome leave
-        `to_submit` as they get it (so an error midway still leaves the rest to be released);
-        what stays needs a new capture."""
-        not_before = self.queue.clock() - timedelta(days=self.limits.reuse_days)
-        for claim in to_submit:
-            self.on_event(claim.episode_id, "looking-up", claim.url)
+    # --- 1, 2: redirects and existing captures -----------------------------------------------
 
-        def lookup(claim: ArchiveClaim) -> tuple[ArchiveClaim, Capture | Exception | None]:
-            try:
-                return claim, self.client.find_capture(claim.url, not_before=not_before)
-            except ServiceBusy as error:
-                log.info("lookup of episode %s failed (%s); submitting instead", claim.episode_id, error)
-                return claim, None
-            except Exception as error:  # a blocked site, or anything unplanned: this episode only
-                return claim, error
+    def _resolve_and_find(self, work: Work) -> None:
+        if self.resolve is not None:
+            for claim in list(work.to_submit):
+                self._resolve(claim, work)
+        not_before = (self.queue.clock() - timedelta(days=self.limits.reuse_days)).strftime("%Y%m%d%H%M%S")
+        for claim in work.to_submit:
+            self.out.event(claim.episode_id, "looking-up", submit_url(claim))
+        found = self.finder.find([submit_url(c) for c in work.to_submit], since=not_before)
+        for claim in list(work.to_submit):
+            answer = found.get(submit_url(claim))
+            if answer is None:
+                continue  # no capture: submit it
+            work.to_submit.remove(claim)
+            if isinstance(answer, Exception):
+                self._lookup_failed(claim, answer, work)
+            else:
+                self.out.archived(claim, self._capture(answer), reused=True)
 
-        with ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="archive-lookup") as pool:
-            for claim, found in pool.map(lookup, list(to_submit)):
-                if found is None:
-                    continue
-                if isinstance(found, CaptureError):
-                    to_submit.remove(claim)
-                    self._capture_failed(claim, found, summary, source="Wayback Machine")
-                elif isinstance(found, Exception):
-                    self._back_off(claim, to_submit, {}, summary, found)
-                else:
-                    to_submit.remove(claim)
-                    capture = found
-                    if self._record(claim, lambda: self.queue.archived(claim, capture, reused=True)):
-                        summary.add("reused")
-                        self.on_event(claim.episode_id, "reused", capture.url)
+    def _resolve(self, claim: ArchiveClaim, work: Work) -> None:
+        if claim.redirects or self.resolve is None:
+            return
+        try:
+            chain = self.resolve(claim.url)
+        except PermanentError as error:  # a loop, a private address: SPN could not capture it either
+            work.to_submit.remove(claim)
+            self.out.capture_failed(claim, CaptureError(error.code, error.reason), source="redirect chain")
+            return
+        except Exception as error:  # noqa: BLE001 - the origin is away now: submit as it is, SPN may reach it
+            log.info("episode %s: redirects not resolved (%s)", claim.episode_id, error)
+            return
+        if chain.hops:
+            index = work.to_submit.index(claim)
+            work.to_submit[index] = self.queue.redirected(claim, chain.to_json())
 
-    def _back_off(
-        self, claim: ArchiveClaim, to_submit: list[ArchiveClaim],
-        polling: dict[int, tuple[ArchiveClaim, float]], summary: ArchiveSummary, error: Exception,
-    ) -> None:
-        """An unplanned error about one episode: back it off as a transient failure (an attempt
-        counted, so one that fails the same way every time ends after ARCHIVE_MAX_ATTEMPTS
-        instead of being claimed again by every run) and go on with the others, rather than let
-        it end the run with every claim still leased."""
-        log.warning("episode %s: unexpected %s from the archive client: %s",
-                    claim.episode_id, type(error).__name__, error, exc_info=error)
-        if claim in to_submit:
-            to_submit.remove(claim)
-        polling.pop(claim.episode_id, None)
-        reason = mask_secrets(f"archive client error ({type(error).__name__}: {error})")
-        delay = backoff_seconds(claim.attempts + 1)
-        status = self._record(claim, lambda: self.queue.retry_later(claim, "archive-client-error", reason, delay))
-        if status:
-            outcome = "failed" if str(status) == "failed" else "retry"
-            summary.add(outcome)
-            self.on_event(claim.episode_id, outcome, reason)
+    def _lookup_failed(self, claim: ArchiveClaim, error: Exception, work: Work) -> None:
+        """A lookup that failed defers the episode (no attempt), or ends it for a blocked site."""
+        if isinstance(error, CaptureError):
+            self.out.capture_failed(claim, error, source="Wayback Machine")
+            return
+        if isinstance(error, Throttled):
+            self._pause(LOOKUPS_THROTTLED, LOOKUP_429_PAUSE, str(error))
+        until = getattr(error, "until", None)
+        if not isinstance(until, datetime):
+            until = self.queue.clock() + timedelta(seconds=backoff_seconds(1) / 2)
+        if isinstance(error, (LookupUnavailable, ServiceBusy)):
+            self.out.recheck(claim, LOOKUP_WAIT, f"lookup deferred: {error}", until)
+        else:
+            self.out.back_off(claim, error)
 
-    def _defer_all(self, to_submit: list[ArchiveClaim], code: str, until: Any, summary: ArchiveSummary) -> None:
-        """Defer every episode waiting to submit until `until` (no attempt counted)."""
-        for waiting in list(to_submit):
-            if self._record(waiting, lambda w=waiting: self.queue.defer(w, code, pause_text(code), until)):
-                summary.add("deferred")
-                when = f"until {until:%Y-%m-%d %H:%M} UTC"
-                detail = f"{PAUSE_TEXT[code]} ({when})" if code in PAUSE_TEXT else f"{code} {when}"
-                self.on_event(waiting.episode_id, "deferred", detail)
-        to_submit.clear()
+    def _take_lookup_slot(self) -> None:
+        """The client's gate: wait briefly for a slot in the shared lookup window; give up (the
+        caller defers the episode) when the wait is long, so polls of other jobs are not held
+        up, and at once during a lookup pause (after a 429)."""
+        while True:
+            reservation = self.queue.limits.reserve_lookup(per_minute=self.limits.lookups_per_minute)
+            if reservation.granted:
+                return
+            ready_at = time.monotonic() + reservation.wait_seconds
+            too_long = reservation.wait_seconds > max(LOOKUP_WAIT_SECONDS, self.limits.poll_seconds)
+            if reservation.until is not None or too_long or ready_at > self._deadline:
+                until = reservation.until or self.queue.clock() + timedelta(seconds=reservation.wait_seconds)
+                raise LookupUnavailable(f"{reservation.reason} until {until:%H:%M:%S} UTC", until)
+            self.sleep(reservation.wait_seconds)
 
-    def _submit_next(
-        self, to_submit: list[ArchiveClaim], polling: dict[int, tuple[ArchiveClaim, float]],
-        summary: ArchiveSummary,
-    ) -> float:
+    # --- 3: submissions and polls -------------------------------------------------------------
+
+    def _submit_next(self, work: Work) -> float:
         """Submit the next episode if every limit allows; returns when to try again."""
-        claim = to_submit[0]
-        reservation = self.queue.reserve_submission(
-            claim.episode_id, per_minute=self.limits.per_minute, daily_bytes=self.limits.daily_bytes
+        claim = work.to_submit[0]
+        if not self.client.has_keys:
+            # This run has no keys; a run elsewhere may have them, so nothing global is paused.
+            self.out.defer_all(work.to_submit, KEYS_MISSING, self.queue.clock() + KEYS_MISSING_RECHECK)
+            return time.monotonic()
+        url = submit_url(claim)
+        reservation = self.queue.limits.reserve_submission(
+            claim.episode_id, per_minute=self.limits.per_minute, daily_bytes=self.limits.daily_bytes,
+            host=urlsplit(url).netloc,
         )
         if not reservation.granted:
-            if reservation.until is not None and reservation.reason != "retry-after":
-                # A daily quota is used up (or the keys were refused): everything waiting
-                # defers to the pause's end, nothing fails.
-                self._defer_all(to_submit, reservation.reason, reservation.until, summary)
+            if reservation.reason.startswith("host:"):
+                work.to_submit.pop(0)
+                self.out.defer(claim, reservation.reason, reservation.until)  # type: ignore[arg-type]
+                return time.monotonic()
+            if reservation.until is not None and reservation.wait_seconds > self.limits.poll_seconds * 12:
+                # A long pause (a quota, refused keys, a 429): everything waiting defers to its end.
+                self.out.defer_all(work.to_submit, reservation.reason, reservation.until)
             return time.monotonic() + min(reservation.wait_seconds, self.limits.poll_seconds * 4)
         try:
             user = self.client.user_status()
+            if user is not None and user.daily_cap_reached:
+                until = next_utc_midnight(self.queue.clock())
+                self.queue.limits.pause(ACCOUNT_DAILY_CAP, until, f"{user.daily_captures} of {user.daily_captures_limit} captures today")
+                self.out.defer_all(work.to_submit, ACCOUNT_DAILY_CAP, until)
+                return time.monotonic()
             if user is not None and user.available <= 0:
-                return time.monotonic() + self.limits.poll_seconds  # the slot is spent; wait for a free capture
-            job_id = self.client.submit(claim.url, reuse_seconds=int(self.limits.reuse_days * 86400) or None)
+                return time.monotonic() + self.limits.poll_seconds  # wait for a capture session to free up
+            answer = self.client.submit(url, reuse_seconds=int(self.limits.reuse_days * 86400) or None)
         except KeysMissing as error:
-            # This run has no keys; a run elsewhere may have them, so nothing global is paused.
             log.warning("%s", error)
-            self._defer_all(to_submit, KEYS_MISSING, self.queue.clock() + KEYS_MISSING_RECHECK, summary)
+            self.out.defer_all(work.to_submit, KEYS_MISSING, self.queue.clock() + KEYS_MISSING_RECHECK)
             return time.monotonic()
         except ServiceRefused as error:
             # Wrong keys: every submission would be refused the same way. Pause them all (no
             # episode is to blame) and say why where people look (`ppcli stats`).
-            until = self.queue.clock() + KEYS_REFUSED_PAUSE
-            self.queue.pause(KEYS_REFUSED, until, str(error))
-            self._defer_all(to_submit, KEYS_REFUSED, until, summary)
+            until = self._pause(KEYS_REFUSED, KEYS_REFUSED_PAUSE, str(error))
+            self.out.defer_all(work.to_submit, KEYS_REFUSED, until)
+            return time.monotonic()
+        except Throttled as error:
+            self._pause(SAVES_THROTTLED, SAVE_429_PAUSE, str(error))
+            self.out.event(claim.episode_id, "waiting", f"Save Page Now answered 429; submissions paused {SAVE_429_PAUSE}")
             return time.monotonic()
         except ServiceBusy as error:
             wait = error.retry_after if error.retry_after is not None else SERVICE_RETRY_SECONDS
-            self.queue.pause("retry-after", self.queue.clock() + timedelta(seconds=wait), str(error))
-            self.on_event(claim.episode_id, "waiting", f"service busy ({error}); retrying in {wait:.0f} s")
+            self._pause("retry-after", timedelta(seconds=wait), str(error))
+            self.out.event(claim.episode_id, "waiting", f"service busy ({error}); retrying in {wait:.0f} s")
             return time.monotonic() + wait
         except CaptureError as error:
-            to_submit.pop(0)
-            self._capture_failed(claim, error, summary)
+            work.to_submit.pop(0)
+            self._refused_capture(claim, url, error, work)
             return time.monotonic()
-        to_submit.pop(0)
-        summary.submitted += 1
-        submitted = self._record(claim, lambda: self.queue.submitted(claim, job_id))
-        if submitted:
-            polling[claim.episode_id] = (submitted, time.monotonic() + self.limits.poll_seconds)
-            self.on_event(claim.episode_id, "submitted", job_id)
+        work.to_submit.pop(0)
+        self.out.summary.submitted += 1
+        if answer.job_id:
+            submitted = self.out.record(claim, lambda: self.queue.submitted(claim, answer.job_id))  # type: ignore[arg-type]
+            if submitted:
+                work.polling[claim.episode_id] = (submitted, time.monotonic() + self.limits.poll_seconds)
+                self.out.event(claim.episode_id, "submitted", answer.job_id)
+        else:
+            self._same_snapshot(claim, url, answer.message)
         return time.monotonic()
 
-    def _poll(
-        self, claim: ArchiveClaim, polling: dict[int, tuple[ArchiveClaim, float]], summary: ArchiveSummary
-    ) -> None:
+    def _same_snapshot(self, claim: ArchiveClaim, url: str, message: str) -> None:
+        """"The same snapshot had been made ..." with no job: a capture exists; find and reuse it.
+        Not listed yet (replay lag, or the capture is a redirect): look again later."""
+        self.out.event(claim.episode_id, "looking-up", f"{url} ({message[:80]})")
+        since = (self.queue.clock() - timedelta(days=self.limits.reuse_days)).strftime("%Y%m%d%H%M%S")
+        answer = self.finder.find([url], since=since, fresh=True).get(url)
+        if isinstance(answer, KnownCapture):
+            self.out.archived(claim, self._capture(answer), reused=True)
+        elif isinstance(answer, Exception):
+            self._lookup_failed(claim, answer, Work())
+        else:
+            self.out.recheck(claim, REPLAY_LAG, "Save Page Now has a capture CDX does not list yet",
+                             self.queue.clock() + timedelta(seconds=self.limits.recheck_seconds))
+
+    def _refused_capture(self, claim: ArchiveClaim, url: str, error: CaptureError, work: Work) -> None:
+        """A capture refused at submit, by who is to blame."""
+        if error.kind == "service":
+            self._pause(SERVICE_TROUBLE, SERVICE_TROUBLE_PAUSE, error.message)
+            work.to_submit.insert(0, claim)  # not this episode's fault: it goes first after the pause
+            self.out.event(claim.episode_id, "waiting", f"Save Page Now: {error.message} (no attempt counted)")
+            return
+        if error.kind == "account":
+            until = self._pause(ACCOUNT_DAILY_CAP, next_utc_midnight(self.queue.clock()) - self.queue.clock(), error.message)
+            self.out.defer_all([claim] + work.to_submit, ACCOUNT_DAILY_CAP, until)
+            work.to_submit.clear()
+            return
+        if error.kind == "host":
+            host = urlsplit(url).netloc
+            until = self._pause(f"host:{host}", timedelta(seconds=self.limits.host_pause_seconds), error.message)
+            for waiting in [claim] + [c for c in work.to_submit if urlsplit(submit_url(c)).netloc == host]:
+                work.drop(waiting)
+                self.out.defer(waiting, f"host:{host}", until)
+            return
+        if error.kind == "url-cap":
+            today = self.queue.clock().strftime("%Y%m%d000000")
+            answer = self.finder.find([url], since=today, fresh=True).get(url)
+            if isinstance(answer, KnownCapture):
+                self.out.archived(claim, self._capture(answer), reused=True)
+                return
+        self.out.capture_failed(claim, error)
+
+    def _poll(self, claim: ArchiveClaim, work: Work) -> None:
         assert claim.job_id is not None
         try:
             status = self.client.job_status(claim.job_id)
         except ServiceBusy as error:
-            wait = error.retry_after if error.retry_after is not None else self.limits.poll_seconds * 2
-            polling[claim.episode_id] = (claim, time.monotonic() + wait)
+            wait = error.retry_after if error.retry_after is not None else self.limits.poll_seconds * 4
+            work.polling[claim.episode_id] = (claim, time.monotonic() + wait)
             return
         except JobForgotten as error:
-            # Resubmit rather than lose the episode; the attempt limit bounds the loop.
-            del polling[claim.episode_id]
-            reason = str(error)
-            if self._record(claim, lambda: self.queue.retry_later(claim, "job-forgotten", reason, 0.0)):
-                summary.add("resubmit")
-                self.on_event(claim.episode_id, "resubmit", reason)
+            del work.polling[claim.episode_id]
+            self.out.resubmit(claim, "job-forgotten", str(error))
             return
         if status.status == "pending":
-            polling[claim.episode_id] = (claim, time.monotonic() + self.limits.poll_seconds)
             waited = (self.queue.clock() - claim.submitted_at).total_seconds() if claim.submitted_at else 0.0
-            self.on_event(claim.episode_id, "pending", f"{waited:.0f}")
+            if waited > self.limits.stale_seconds:
+                del work.polling[claim.episode_id]
+                self._stale(claim)
+                return
+            work.polling[claim.episode_id] = (claim, time.monotonic() + self.limits.poll_seconds)
+            self.out.event(claim.episode_id, "pending", f"{waited:.0f}")
             return
-        del polling[claim.episode_id]
+        del work.polling[claim.episode_id]
         if status.status == "error" and status.error is not None:
-            self._capture_failed(claim, status.error, summary)
+            self._refused_capture(claim, submit_url(claim), status.error, work)
             return
         if not status.timestamp:
-            self._capture_failed(claim, CaptureError("no-timestamp", "success without a timestamp"), summary)
+            self.out.capture_failed(claim, CaptureError("no-timestamp", "success without a timestamp"))
             return
-        try:
-            capture = self.client.capture_details(status.original_url or claim.url, status.timestamp)
-        except CaptureError as error:  # CDX blocks the site it just captured
-            self._capture_failed(claim, error, summary, source="Wayback Machine")
-            return
-        if self._record(claim, lambda: self.queue.archived(claim, capture, reused=False)):
-            summary.add("captured")
-            self.on_event(claim.episode_id, "archived", capture.url)
+        # The audio is the last URL the capture fetched (after any redirect hops).
+        original = next((r for r in reversed(status.resources) if r.startswith(("http://", "https://"))), None)
+        original = original or status.original_url or submit_url(claim)
+        capture = Capture(status.timestamp, self.client.playback_url(status.timestamp, original), original=original)
+        captured = self.out.record(claim, lambda: self.queue.captured(claim, capture))
+        if captured:
+            self.out.event(claim.episode_id, "captured", capture.url)
+            work.listing[claim.episode_id] = (captured, time.monotonic() + self.limits.poll_seconds, 0)
 
-    def _capture_failed(
-        self, claim: ArchiveClaim, error: CaptureError, summary: ArchiveSummary, *, source: str = "Save Page Now",
-    ) -> None:
-        """Record a failed capture by its class: quota defers, transient backs off, permanent ends."""
-        reason = f"{source}: {error.message}"
-        if error.kind == "quota":
-            until = next_utc_midnight(self.queue.clock())
-            if error.code in ACCOUNT_QUOTAS:  # the account's quota: nobody should submit until the reset
-                self.queue.pause(error.code, until, reason)
-            if self._record(claim, lambda: self.queue.defer(claim, error.code, reason, until)):
-                summary.add("deferred")
-                self.on_event(claim.episode_id, "deferred", f"{error.code} until {until:%Y-%m-%d %H:%M} UTC")
-        elif error.kind == "permanent":
-            status = self._record(claim, lambda: self.queue.give_up(claim, error.code, reason))
-            if status:
-                summary.add("live" if status == "pending" else "failed")
-                self.on_event(claim.episode_id, "live" if status == "pending" else "failed", f"{error.code}: {error.message}")
+    def _stale(self, claim: ArchiveClaim) -> None:
+        """A job pending past SPN_JOB_STALE_SECONDS (IA forgets jobs after about an hour and then
+        answers `pending` for ever): reuse a capture made since the submission, or resubmit."""
+        url = submit_url(claim)
+        since = (claim.submitted_at or self.queue.clock()).strftime("%Y%m%d%H%M%S")
+        answer = self.finder.find([url], since=since, fresh=True).get(url)
+        if isinstance(answer, KnownCapture):
+            self.out.archived(claim, self._capture(answer), reused=False)
+        elif isinstance(answer, Exception):
+            self._lookup_failed(claim, answer, Work())
         else:
-            delay = backoff_seconds(claim.attempts + 1)
-            status = self._record(claim, lambda: self.queue.retry_later(claim, error.code, reason, delay))
-            if status:
-                outcome = {"pending": "live", "failed": "failed"}.get(str(status), "retry")
-                summary.add(outcome)
-                self.on_event(claim.episode_id, outcome, f"{error.code}: {error.message}")
+            self.out.resubmit(claim, "spn-job-stale", f"job {claim.job_id} pending for over {self.limits.stale_seconds:.0f} s")
 
-    def _renew(
-        self, claims: list[ArchiveClaim], to_submit: list[ArchiveClaim],
-        polling: dict[int, tuple[ArchiveClaim, float]],
-    ) -> None:
-        for claim in claims:
+    # --- 4: listed before ready -----------------------------------------------------------------
+
+    def _listing_due(self, work: Work) -> list[tuple[ArchiveClaim, int]]:
+        """Captures due for a CDX check, with every other capture waiting in the same folders:
+        one folder query answers them all, so checking those too costs nothing."""
+        now = time.monotonic()
+        folders = {self._folder(claim) for claim, at, _ in work.listing.values() if at <= now}
+        return [(claim, checks) for claim, _, checks in work.listing.values() if self._folder(claim) in folders]
+
+    @staticmethod
+    def _folder(claim: ArchiveClaim) -> str:
+        capture = claim.capture
+        return cdx.folder_of((capture.original if capture else None) or submit_url(claim))
+
+    def _check_listed(self, due: list[tuple[ArchiveClaim, int]], work: Work) -> None:
+        """Ready only once CDX lists the exact capture; until then look again, then give it back."""
+        def original(claim: ArchiveClaim) -> str:
+            return (claim.capture.original if claim.capture else None) or submit_url(claim)
+
+        answers = self.finder.listed((original(c), c.capture.timestamp) for c, _ in due if c.capture)
+        for claim, checks in due:
+            capture = claim.capture
+            assert capture is not None
+            row = answers.get((original(claim), capture.timestamp))
+            if isinstance(row, CaptureError):
+                del work.listing[claim.episode_id]
+                self.out.capture_failed(claim, row, source="Wayback Machine")
+                continue
+            if isinstance(row, Exception):  # no lookup now: look again later, it says nothing of the capture
+                del work.listing[claim.episode_id]
+                self._lookup_failed(claim, row, work)
+                continue
+            if row is not None:
+                del work.listing[claim.episode_id]
+                listed = Capture(capture.timestamp, capture.url, row.digest, row.length, original(claim))
+                self.out.archived(claim, listed, reused=False)
+                continue
+            self._not_listed_yet(claim, checks, work)
+
+    def _not_listed_yet(self, claim: ArchiveClaim, checks: int, work: Work) -> None:
+        capture = claim.capture
+        assert capture is not None
+        waited = (self.queue.clock() - claim.submitted_at).total_seconds() if claim.submitted_at else 0.0
+        if checks + 1 >= LISTING_CHECKS and waited > self.limits.stale_seconds:
+            # looked for often enough, and for long enough: the capture is not coming
+            del work.listing[claim.episode_id]
+            self.out.resubmit(claim, "archive-replay-lag", f"capture {capture.timestamp} not listed after {waited:.0f} s")
+        elif checks + 1 >= LISTING_CHECKS:
+            del work.listing[claim.episode_id]
+            self.out.recheck(claim, REPLAY_LAG, f"capture {capture.timestamp} not listed by CDX yet",
+                             self.queue.clock() + timedelta(seconds=self.limits.recheck_seconds))
+        else:
+            delay = self.limits.poll_seconds * 3 ** (checks + 1)
+            work.listing[claim.episode_id] = (claim, time.monotonic() + delay, checks + 1)
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _capture(self, found: KnownCapture) -> Capture:
+        return Capture(found.timestamp, self.client.playback_url(found.timestamp, found.url), found.digest,
+                       found.length, found.url)
+
+    def _pause(self, reason: str, length: timedelta, detail: str) -> datetime:
+        until = self.queue.clock() + length
+        self.queue.limits.pause(reason, until, detail)
+        return until
+
+    def _renew(self, work: Work) -> None:
+        for claim in work.held():
             try:
                 self.queue.renew(claim)
             except LeaseLost:  # someone else has it now: stop working on it
-                if claim in to_submit:
-                    to_submit.remove(claim)
-                polling.pop(claim.episode_id, None)
+                work.drop(claim)
 
-    def _record(self, claim: ArchiveClaim, write: Callable[[], Any]) -> Any:
-        """Run a store write for `claim`; a lost lease means another run owns the episode now."""
-        try:
-            result = write()
-        except LeaseLost as error:
-            log.warning("%s; outcome dropped", error)
-            return None
-        return True if result is None else result
+
+__all__ = ["ArchiveLimits", "ArchiveStage", "ArchiveSummary", "describe_event", "submit_url"]

@@ -26,6 +26,7 @@ def archive(
     # module to register it) does without.
     from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, describe_event
     from podcastpile.archive.wayback import WaybackClient
+    from podcastpile.net.redirects import resolver_for
 
     config = settings()
     if not config.archives:
@@ -41,9 +42,9 @@ def archive(
             say(f"episode {episode_id}: {mask_secrets(describe_event(event, detail))}")
 
     with WaybackClient.from_settings(config) as client:  # the stage lets no client error out
-        summary = ArchiveStage(queue, client, ArchiveLimits.from_settings(config), on_event=show).run(
-            claims, max_seconds=max_minutes * 60
-        )
+        stage = ArchiveStage(queue, client, ArchiveLimits.from_settings(config), on_event=show,
+                             resolve=resolver_for(config))
+        summary = stage.run(claims, max_seconds=max_minutes * 60)
     if json_output:
         print(json.dumps({"claimed": len(claims), "submitted": summary.submitted, **summary.counts}))
     elif claims:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -27,7 +27,7 @@ from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_MODEL_LOAD, JsonOption, fail, open_store, settings
 from podcastpile.cli.display import errors, literal, say
 from podcastpile.cli.stopping import EXIT_INTERRUPTED, graceful_signals
-from podcastpile.cli.views import archive_state, print_results
+from podcastpile.cli.views import archive_state, deferral, print_results
 from podcastpile.store import EpisodeStatus, EpisodeStore, NewEpisode, utcnow
 from podcastpile.store.tables import ARCHIVE_WAITING
 
@@ -37,9 +37,12 @@ if TYPE_CHECKING:
 DONE = {EpisodeStatus.completed.value, EpisodeStatus.failed.value, EpisodeStatus.duplicate.value}
 SUCCEEDED = {EpisodeStatus.completed.value, EpisodeStatus.duplicate.value}
 WAITING = {status.value for status in ARCHIVE_WAITING}
-# Wait this long at most for an episode whose archiving backs off (or waits for a quota reset);
-# past it, the command reports the episode as deferred rather than sitting for hours.
-MAX_WAIT = timedelta(minutes=15)
+# sysexits.h's EX_TEMPFAIL: nothing failed, but some episodes wait for a pause or a quota (a
+# paused host, a per-URL or account cap, missing keys): run the same command again later.
+EXIT_DEFERRED = 75
+# One archive flow run's time budget here: it returns this often, so an episode whose capture
+# became ready is processed then, not after every other episode's capture.
+ARCHIVE_STEP_SECONDS = 60.0
 
 
 @app.command()
@@ -53,6 +56,11 @@ def process(
     out: Annotated[str | None, typer.Option(help="Also export the results as Parquet to this folder.")] = None,
     json_output: JsonOption = False,
     grace: Annotated[float, typer.Option(min=0, help="Seconds one SIGTERM/Ctrl+C gives the current step before exiting anyway.")] = 60.0,
+    max_wait: Annotated[float, typer.Option(
+        "--max-wait", min=0, metavar="MINUTES",
+        help="Wait at most this long in all for episodes whose capture is deferred (a paused host, "
+             "a quota, missing keys); then stop and list them (exit 75).",
+    )] = 15.0,
 ) -> None:
     """Archive, download, diarize and transcribe episodes now, through the Prefect flows the workers run."""
     from podcastpile.net.fetch import remove_orphaned_downloads  # loads httpx: only for this command
@@ -74,7 +82,7 @@ def process(
         store.skip_archive(ids)
     try:
         with graceful_signals(grace):
-            _run_flows(store, ids, quiet=json_output)
+            _run_flows(store, ids, quiet=json_output, max_wait=timedelta(minutes=max_wait))
     except KeyboardInterrupt:
         # The flows' `finally` blocks released what they had not finished.
         left = [i for i in ids if store.get(i).status not in DONE]
@@ -84,17 +92,38 @@ def process(
     if out:
         _export(out)
     if json_output:
-        print(json.dumps([
-            {"id": row.id, "url": row.url, "status": row.status, "error": row.error,
-             "archive_url": row.archive_url, "archive_timestamp": row.archive_timestamp,
-             "archive": archive_state(row), "result": store.result(row.id)} for row in rows
-        ]))
+        print(json.dumps([_episode_json(store, row) for row in rows]))
     else:
         for row in rows:
-            say(f"episode {row.id} audio source: {archive_state(row)}")
+            if row.status not in WAITING:  # a deferred one gets its own line below
+                say(f"episode {row.id} audio source: {archive_state(row)}")
         print_results(store, rows)
-    if any(row.status not in SUCCEEDED for row in rows):
-        raise typer.Exit(1)
+    code = exit_code(rows)
+    if code:
+        raise typer.Exit(code)
+
+
+def exit_code(rows: list[Episode]) -> int:
+    """0 when every episode completed (a duplicate counts), 1 when any failed, else 75 when
+    some are deferred (still waiting for a capture when the command stopped)."""
+    if all(row.status in SUCCEEDED for row in rows):
+        return 0
+    if any(row.status == EpisodeStatus.failed.value for row in rows):
+        return 1
+    return EXIT_DEFERRED if any(row.status in WAITING for row in rows) else 1
+
+
+def _episode_json(store: EpisodeStore, row: Episode) -> dict[str, object]:
+    """One episode in `--json` output; a deferred one has `deferred_until` and `deferred_reason`
+    (the code: `host:<host>`, `ia-keys-missing`, `too-many-daily-captures`, ...)."""
+    waiting = row.status in WAITING
+    return {
+        "id": row.id, "url": row.url, "status": row.status, "error": row.error,
+        "archive_url": row.archive_url, "archive_timestamp": row.archive_timestamp,
+        "archive": archive_state(row), "result": store.result(row.id),
+        "deferred_until": row.archive_not_before.isoformat() if waiting and row.archive_not_before else None,
+        "deferred_reason": (row.error_code or "backoff") if waiting else None,
+    }
 
 
 def _load_models(config: object, language: str | None) -> None:
@@ -110,29 +139,40 @@ def _load_models(config: object, language: str | None) -> None:
         fail(str(error), code=EXIT_MODEL_LOAD)
 
 
-def _next_step(rows: dict[int, Episode]) -> tuple[str, list[int]]:
-    """What to do next for these episodes: archive some, process some, wait, or stop."""
-    now = utcnow()
-    archivable = [
-        i for i, row in rows.items() if row.status in WAITING
-        and not (row.archive_not_before and row.archive_not_before > now)
-        and not (row.leased_until and row.leased_until > now)
-    ]
-    if archivable:
-        return "archive", archivable
+def _next_step(
+    rows: dict[int, Episode], wait_left: timedelta, now: datetime | None = None,
+) -> tuple[str, list[int]]:
+    """What to do next for these episodes: process some, archive some, wait, or stop.
+
+    Episodes ready for the GPU come first, so none waits behind other episodes' captures. An
+    episode whose capture waits for a time further away than `wait_left` (what is left of
+    --max-wait) is deferred: once only deferred (or finished) episodes remain, stop.
+    """
+    now = now or utcnow()
     ready = [i for i, row in rows.items() if row.status == EpisodeStatus.pending.value]
     if ready:
         return "process", ready
+    held = {i for i, row in rows.items() if row.leased_until and row.leased_until > now}
+    archivable = [
+        i for i, row in rows.items() if row.status in WAITING and i not in held and deferral(row, now) is None
+    ]
+    if archivable:
+        return "archive", archivable
     # Held by another process (its archive run or batch), or backing off briefly: wait.
+    horizon = now + max(wait_left, timedelta(0))
     waiting = [
         i for i, row in rows.items() if row.status not in DONE
-        and not (row.archive_not_before and row.archive_not_before > now + MAX_WAIT)
+        and (i in held or not (row.archive_not_before and row.archive_not_before > horizon))
     ]
     return ("wait", waiting) if waiting else ("stop", [])
 
 
-def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
-    """Run archive and batch flows over `ids` until each is done (or deferred for long)."""
+def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool, max_wait: timedelta) -> None:
+    """Run archive and batch flows over `ids` until each is done or deferred.
+
+    `max_wait` is how long in all this may sit idle waiting for deferred captures; time spent
+    archiving or processing does not count against it.
+    """
     # Our own summary reports each episode; Prefect's per-task failure logs would repeat it.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     # Prefect's temporary server is ours to start and stop: its own start/stop chatter (a port
@@ -168,26 +208,35 @@ def _run_flows(store: EpisodeStore, ids: list[int], quiet: bool) -> None:
 
     started: set[int] = set()
     announced: set[int] = set()
+    waited = 0.0  # seconds spent idle, waiting for episodes (counted against max_wait)
     with progress, _archive_events_printed(ids, quiet):
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
             while True:
-                step, chosen = _next_step({i: store.get(i) for i in ids})
+                wait_left = max_wait - timedelta(seconds=waited)
+                step, chosen = _next_step({i: store.get(i) for i in ids}, wait_left, store.clock())
                 if step == "archive":
-                    archive_flow(episode_ids=chosen)
+                    # A short run: it gives back what it has not finished (job ids kept), so
+                    # an episode whose capture is ready meanwhile is processed next.
+                    if not archive_flow(episode_ids=chosen, max_minutes=ARCHIVE_STEP_SECONDS / 60):
+                        time.sleep(1.0)  # nothing claimed: taken by another process meanwhile
                 elif step == "process":
                     started.update(chosen)
                     if not process_batch(batch_size=len(chosen), episode_ids=chosen)["claimed"]:
                         time.sleep(1.0)  # taken by another process meanwhile
                 elif step == "wait":
                     for i in chosen:
-                        if i not in announced and not quiet:
-                            row = store.get(i)
+                        row = store.get(i)
+                        # One backing off briefly was announced by the archive stage's own line.
+                        backing_off = row.status in WAITING and row.archive_not_before and row.archive_not_before > store.clock()
+                        if i not in announced and not quiet and not backing_off:
                             holder = f" by {row.worker_id}" if row.worker_id and row.status in ("assigned", "processing") else ""
                             errors.print(literal(f"episode {i}: held{holder} ({row.status}); waiting for it"))
                             announced.add(i)
+                    idle_since = time.monotonic()
                     time.sleep(1.0)
+                    waited += time.monotonic() - idle_since
                 else:
                     break
         finally:

@@ -20,10 +20,14 @@ from podcastpile.config import Settings
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.runs import HeldByRuns
 from podcastpile.store import EpisodeStatus, EpisodeStore, Stats, utcnow
-from podcastpile.store.archive import PAUSE_TEXT, ArchiveStats, archive_queue_for
+from podcastpile.store.archive import PAUSE_TEXT, ArchiveStats, archive_queue_for, pause_text
+from podcastpile.store.archive_limits import HOST_SCOPE, LOOKUP_SCOPE
+from podcastpile.store.tables import ARCHIVE_WAITING
 
 if TYPE_CHECKING:
     from podcastpile.store.rows import Episode
+
+_WAITING_FOR_CAPTURE = {status.value for status in ARCHIVE_WAITING}
 
 EPISODE_FIELDS = [
     "id", "url", "podcast_id", "language", "status", "attempts", "worker_id", "leased_until",
@@ -45,8 +49,8 @@ def _archive_state(row: Episode, now: datetime) -> str:
     if row.status == "archive_pending":
         if row.archive_not_before and row.archive_not_before > now:
             why = row.error_code or "backoff"
-            if why in PAUSE_TEXT:  # keys: the code alone would not say what to do
-                why = f"{why}: {PAUSE_TEXT[why]}"
+            if _explained(why):  # keys, a paused host: the code alone would not say what to do
+                why = f"{why}: {pause_text(why)}"
             return f"waiting until {row.archive_not_before:%Y-%m-%d %H:%M:%S} UTC ({why})"
         if row.leased_until and row.leased_until > now:
             return "looking up an existing capture"
@@ -64,11 +68,50 @@ def _archive_state(row: Episode, now: datetime) -> str:
     return "not archived (ARCHIVE_MODE=off)"
 
 
+def _explained(code: str) -> bool:
+    """Whether `pause_text` has its own words for this pause or deferral code."""
+    return code in PAUSE_TEXT or code.startswith(HOST_SCOPE)
+
+
+def waiting_reason(code: str | None, error: str | None) -> str:
+    """One line on why an episode waits for its capture: the pause's own words for a known
+    pause or deferral (keys, a paused host, a per-URL or account cap, a lookup slot, replay
+    lag), else the reason stored with the code (a back-off after a failed try, a quota)."""
+    if code and _explained(code):
+        return pause_text(code)
+    if error:
+        return error if not code or code in error else f"{code}: {error}"
+    return code or "backing off after a failed try"
+
+
+def deferral(row: Episode, now: datetime | None = None) -> tuple[str, datetime] | None:
+    """(code, next try) of an episode whose capture waits for a time still ahead, else None."""
+    if row.status not in _WAITING_FOR_CAPTURE or not row.archive_not_before:
+        return None
+    if row.archive_not_before <= (now or utcnow()):
+        return None
+    return row.error_code or "backoff", row.archive_not_before
+
+
+def deferred_line(row: Episode) -> str:
+    """`episode N: deferred: <why> (next try <when> UTC)`, passwords hidden; for a deferred episode."""
+    when = f" (next try {row.archive_not_before:%Y-%m-%d %H:%M} UTC)" if row.archive_not_before else ""
+    return mask_secrets(f"episode {row.id}: deferred: {waiting_reason(row.error_code, row.error)}{when}")
+
+
 def archive_stats_dict(stats: ArchiveStats) -> dict[str, Any]:
-    """The archive stage's counts as JSON-able values."""
+    """The archive stage's counts as JSON-able values.
+
+    `pauses` maps every pause's reason to its end (host pauses are keyed `host:<host>`);
+    `paused_hosts` repeats the host pauses keyed by host alone.
+    """
     data = asdict(stats)
     data["deferred_until"] = stats.deferred_until.isoformat() if stats.deferred_until else None
     data["pauses"] = {reason: until.isoformat() for reason, until in stats.pauses.items()}
+    data["paused_hosts"] = {
+        reason.removeprefix(HOST_SCOPE): until.isoformat()
+        for reason, until in stats.pauses.items() if reason.startswith(HOST_SCOPE)
+    }
     return data
 
 
@@ -86,14 +129,24 @@ def archive_table(stats: dict[str, Any]) -> Table:
     table.add_row("archived: reused captures", f"{stats['archived_reused']:,}")
     for code, count in stats["deferred"].items():
         until = f" (first due {stats['deferred_until'][:16].replace('T', ' ')} UTC)" if stats["deferred_until"] else ""
-        why = f": {PAUSE_TEXT[code]}" if code in PAUSE_TEXT else ""
-        table.add_row(f"deferred: {code}{until}{why}", f"{count:,}")
+        why = f": {pause_text(code)}" if _explained(code) else ""
+        table.add_row(literal(mask_secrets(f"deferred: {code}{until}{why}")), f"{count:,}")
     used, quota = stats["bytes_today"], stats["daily_bytes"]
     table.add_row("captured today (UTC)", f"{stats['captures_today']:,} captures, {used / 1e9:.2f} of {quota / 1e9:.2f} GB")
     for reason, until in stats["pauses"].items():
-        why = f": {PAUSE_TEXT[reason]}" if reason in PAUSE_TEXT else ""
-        table.add_row(f"submissions paused: {reason}{why}", f"until {until[:19].replace('T', ' ')} UTC")
+        table.add_row(literal(mask_secrets(pause_line(reason))), f"until {until[:19].replace('T', ' ')} UTC")
     return table
+
+
+def pause_line(reason: str) -> str:
+    """One line on a pause in the store, by its scope: one host's submissions, lookups, or all
+    submissions (refused keys, a 429, a quota, trouble on IA's side)."""
+    if reason.startswith(HOST_SCOPE):
+        return f"Save Page Now paused crawling {reason.removeprefix(HOST_SCOPE)}"
+    if reason.startswith(LOOKUP_SCOPE):
+        return PAUSE_TEXT.get(reason, f"Wayback lookups paused: {reason}")  # the text says "lookups paused"
+    why = f": {PAUSE_TEXT[reason]}" if reason in PAUSE_TEXT else ""
+    return f"submissions paused: {reason}{why}"
 
 
 def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> dict[str, Any]:
@@ -162,6 +215,9 @@ def _shown(row: Any, key: str) -> str:
 def print_results(store: EpisodeStore, rows: list[Episode]) -> None:
     """`ppcli process`'s summary: each episode's outcome and, when completed, its speaker turns."""
     for row in rows:
+        if row.status in _WAITING_FOR_CAPTURE:  # only deferred episodes are left waiting at the end
+            console.print(literal(deferred_line(row), "yellow"), soft_wrap=True)
+            continue
         if row.status != EpisodeStatus.completed:
             console.print(Text.assemble((f"episode {row.id} {row.status}", "red"), ": ",
                                         literal(mask_secrets(f"{row.error}  {row.url}"))), soft_wrap=True)

@@ -13,14 +13,15 @@ bytes captured per UTC day, and pauses (Retry-After, exhausted daily quotas).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from podcastpile.store.archive_limits import HOST_SCOPE, LOOKUP_SCOPE, SharedLimits
 from podcastpile.store.clock import Clock
 from podcastpile.store.counters import read_counts
 from podcastpile.store.engine import READ_ONLY
@@ -28,33 +29,51 @@ from podcastpile.store.episodes import EpisodeStore
 from podcastpile.store.tables import ARCHIVE_WAITING, EpisodeStatus
 from podcastpile.store.tables import archive_days as _days
 from podcastpile.store.tables import archive_pauses as _pauses
-from podcastpile.store.tables import archive_submissions as _submissions
 from podcastpile.store.tables import episodes as _episodes
 
-_RATE_LOCK_ID = 0x73_70_6E_32  # "spn2": one submission window per database
-# Submissions reach the service a little after they are counted here; a window this much
-# longer than the nominal one keeps the service's own count within the limit.
-WINDOW_MARGIN_SECONDS = 1.0
 
 
 # Pauses and deferrals that are not a daily quota, as one line for people (`ppcli stats`,
 # `ppcli list`, `ppcli process`): the code alone would not say what to do about them.
 KEYS_REFUSED = "ia-keys-refused"
 KEYS_MISSING = "ia-keys-missing"
+LOOKUPS_THROTTLED = LOOKUP_SCOPE + "429"
+SAVES_THROTTLED = "save-429"
+SERVICE_TROUBLE = "ia-service-trouble"
+ACCOUNT_DAILY_CAP = "account-daily-captures"
+URL_DAILY_CAP = "too-many-daily-captures"
+HOST_PAUSED = "host-crawling-paused"
+LOOKUP_WAIT = "cdx-lookup-wait"
+REPLAY_LAG = "archive-replay-lag"
 PAUSE_TEXT = {
     KEYS_REFUSED: "the Internet Archive refused the keys (HTTP 401 on /save); check IA_ACCESS_KEY and IA_SECRET_KEY",
     KEYS_MISSING: "Save Page Now needs archive.org keys for a new capture; set IA_ACCESS_KEY and IA_SECRET_KEY",
+    LOOKUPS_THROTTLED: "the Wayback Machine answered 429 to a lookup: lookups paused (IA sends no Retry-After)",
+    SAVES_THROTTLED: "Save Page Now answered 429: submissions paused (IA sends no Retry-After)",
+    SERVICE_TROUBLE: "Save Page Now reports trouble on its side: submissions paused, no episode charged",
+    ACCOUNT_DAILY_CAP: "the account's daily capture cap is used up: submissions wait for 00:00 UTC",
+    URL_DAILY_CAP: "this URL was captured as often as IA allows today: it waits for 00:00 UTC",
+    HOST_PAUSED: "Save Page Now paused crawling this host: its episodes wait",
+    LOOKUP_WAIT: "waiting for a Wayback lookup slot (CDX_REQUESTS_PER_MINUTE, shared by every run)",
+    REPLAY_LAG: "captured; waiting until the Wayback Machine lists and replays the capture",
 }
 
 
 def pause_text(reason: str) -> str:
     """One line on why submissions are paused or an episode waits, for a pause/deferral code."""
+    if reason.startswith(HOST_SCOPE):
+        return f"Save Page Now paused crawling {reason.removeprefix(HOST_SCOPE)}: its episodes wait"
     return PAUSE_TEXT.get(reason, f"daily quota used up ({reason})")
 
 
 @dataclass(frozen=True)
 class ArchiveClaim:
-    """An episode handed to an archive run. `job_id` is set when a capture was already submitted."""
+    """An episode handed to an archive run.
+
+    `job_id` is set when a capture was submitted and not yet seen through; `capture` when the
+    job succeeded but the Wayback Machine did not list the capture yet (replay lag);
+    `redirects` is the enclosure's redirect chain (JSON) once resolved.
+    """
 
     episode_id: int
     url: str
@@ -62,6 +81,8 @@ class ArchiveClaim:
     submitted_at: datetime | None
     attempts: int
     lease_token: str
+    capture: "Capture | None" = None
+    redirects: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,18 +91,9 @@ class Capture:
 
     timestamp: str  # 14 digits, UTC
     url: str  # the id_ playback URL of the original bytes
-    digest: str | None = None  # CDX digest: base32 SHA-1 of the bytes
-    length: int | None = None  # bytes, as CDX reports them
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """The answer to asking for a submission slot: go now, or wait (and why)."""
-
-    granted: bool
-    wait_seconds: float = 0.0
-    reason: str = ""
-    until: datetime | None = None  # for a quota: when it resets
+    digest: str | None = None  # CDX digest: base32 SHA-1 of the bytes as archived
+    length: int | None = None  # bytes: CDX's compressed record size until the download counts them
+    original: str | None = None  # the URL captured (after redirects), when it is not the episode's
 
 
 @dataclass(frozen=True)
@@ -100,9 +112,9 @@ class ArchiveStats:
     pauses: dict[str, datetime]  # reason -> until
 
 
-def next_utc_midnight(now: datetime) -> datetime:
-    """When IA's daily quotas reset (UTC days)."""
-    return datetime(now.year, now.month, now.day) + timedelta(days=1)
+# What an episode that starts over (or falls back to its live URL) must not keep: a job, or a
+# capture that was never listed, which a download would otherwise try.
+_NO_CAPTURE: dict[str, Any] = dict(archive_job_id=None, archive_timestamp=None, archive_url=None, archive_digest=None)
 
 
 class ArchiveQueue:
@@ -121,6 +133,7 @@ class ArchiveQueue:
         self.lease = timedelta(seconds=lease_seconds)
         # ARCHIVE_MODE=prefer: a permanent archive failure makes the episode ready for a live download.
         self.fallback_to_live = fallback_to_live
+        self.limits = SharedLimits(store)
 
     @property
     def clock(self) -> Clock:
@@ -150,15 +163,17 @@ class ArchiveQueue:
             .where(_episodes.c.id.in_(select(picked.c.id)))
             .values(lease_token=token, leased_until=now + self.lease, worker_id=worker_id, updated_at=now)
             .returning(
-                _episodes.c.id, _episodes.c.url, _episodes.c.archive_job_id,
-                _episodes.c.archive_submitted_at, _episodes.c.archive_attempts,
+                _episodes.c.id, _episodes.c.url, _episodes.c.status, _episodes.c.archive_job_id,
+                _episodes.c.archive_submitted_at, _episodes.c.archive_attempts, _episodes.c.archive_timestamp,
+                _episodes.c.archive_url, _episodes.c.archive_digest, _episodes.c.archive_bytes,
+                _episodes.c.archive_redirects,
             )
         )
         with self.store.queue_engine.begin() as connection:
             rows = connection.execute(statement).all()
         claims = [
             ArchiveClaim(row.id, row.url, row.archive_job_id, row.archive_submitted_at,
-                         row.archive_attempts, token)
+                         row.archive_attempts, token, capture=_awaited_capture(row), redirects=row.archive_redirects)
             for row in rows
         ]
         return sorted(claims, key=lambda claim: claim.episode_id)
@@ -180,7 +195,30 @@ class ArchiveQueue:
             claim, status=EpisodeStatus.archiving.value, archive_job_id=job_id[:64],
             archive_submitted_at=now,
         )
-        return ArchiveClaim(claim.episode_id, claim.url, job_id, now, claim.attempts, claim.lease_token)
+        return replace(claim, job_id=job_id, submitted_at=now, capture=None)
+
+    def captured(self, claim: ArchiveClaim, capture: Capture) -> ArchiveClaim:
+        """A job succeeded, but the Wayback Machine does not list the capture yet: remember
+        it (the job id is no longer needed) until CDX does; returns the updated claim."""
+        self._update(
+            claim, status=EpisodeStatus.archiving.value, archive_job_id=None,
+            archive_timestamp=capture.timestamp, archive_url=capture.url, archive_digest=capture.digest,
+            archive_bytes=capture.length,
+        )
+        return replace(claim, job_id=None, capture=capture)
+
+    def redirected(self, claim: ArchiveClaim, chain: str) -> ArchiveClaim:
+        """Record the enclosure's resolved redirect chain (JSON); returns the updated claim."""
+        self._update(claim, archive_redirects=chain)
+        return replace(claim, redirects=chain)
+
+    def recheck_later(self, claim: ArchiveClaim, code: str, reason: str, until: datetime) -> None:
+        """Nothing to do until `until` (a lookup slot, replay lag, a paused host): give the
+        episode back as it is (job id or capture kept), with no attempt counted."""
+        self._update(
+            claim, archive_not_before=until, error_code=code[:64], error=reason,
+            lease_token=None, leased_until=None,
+        )
 
     def archived(self, claim: ArchiveClaim, capture: Capture, *, reused: bool) -> None:
         """Store the capture and make the episode ready for the GPU workers.
@@ -198,7 +236,8 @@ class ArchiveQueue:
                 worker_id=None,
             )
             if not reused:
-                self._count_capture(connection, now, capture.length or 0)
+                # the capture's own day: a capture recorded after midnight still counts for its day
+                self._add_to_day(connection, _day_of(capture.timestamp), captures=1, size=capture.length or 0)
 
     def retry_later(self, claim: ArchiveClaim, code: str, reason: str, delay_seconds: float) -> EpisodeStatus:
         """A transient failure: count an attempt and back off, or give up after `max_attempts`."""
@@ -210,7 +249,7 @@ class ArchiveQueue:
             )
         self._update(
             claim, status=EpisodeStatus.archive_pending.value, archive_attempts=attempts,
-            archive_job_id=None, archive_not_before=self.clock() + timedelta(seconds=delay_seconds),
+            **_NO_CAPTURE, archive_not_before=self.clock() + timedelta(seconds=delay_seconds),
             error_code=code[:64], error=reason, lease_token=None, leased_until=None,
         )
         return EpisodeStatus.archive_pending
@@ -218,7 +257,7 @@ class ArchiveQueue:
     def defer(self, claim: ArchiveClaim, code: str, reason: str, until: datetime) -> None:
         """A quota is used up: wait until it resets. Not a failure, and no attempt is counted."""
         self._update(
-            claim, status=EpisodeStatus.archive_pending.value, archive_job_id=None,
+            claim, status=EpisodeStatus.archive_pending.value, **_NO_CAPTURE,
             archive_not_before=until, error_code=code[:64], error=reason,
             lease_token=None, leased_until=None,
         )
@@ -226,7 +265,7 @@ class ArchiveQueue:
     def give_up(self, claim: ArchiveClaim, code: str, reason: str, *, attempts: int | None = None) -> EpisodeStatus:
         """No capture can be had. ARCHIVE_MODE=prefer: ready for a live download; else failed."""
         values: dict[str, Any] = dict(
-            archive_job_id=None, archive_not_before=None, lease_token=None, leased_until=None,
+            **_NO_CAPTURE, archive_not_before=None, lease_token=None, leased_until=None,
             archive_error=f"{code}: {reason}",
         )
         if attempts is not None:
@@ -244,70 +283,45 @@ class ArchiveQueue:
             lost_message=f"archive run no longer holds episode {claim.episode_id}",
         )
 
+    def count_downloaded_bytes(self, episode_id: int, size: int) -> int:
+        """Count a new capture's downloaded size against its capture day's bytes; returns the
+        bytes added.
+
+        CDX's `length` (counted when the capture was recorded) is the compressed WARC record,
+        not the body: the download knows the real size, so the day is corrected by the
+        difference, once (a second download of the same capture adds nothing). Reused
+        captures cost the account nothing and are not counted.
+        """
+        with self.store.engine.begin() as connection:
+            row = connection.execute(
+                select(_episodes.c.archive_bytes, _episodes.c.archive_reused, _episodes.c.archive_timestamp,
+                       _episodes.c.archive_bytes_downloaded)
+                .where(_episodes.c.id == episode_id)
+            ).first()
+            if row is None or row.archive_reused is not False or not row.archive_timestamp:
+                return 0
+            if row.archive_bytes_downloaded:
+                return 0
+            added = size - (row.archive_bytes or 0)
+            connection.execute(
+                update(_episodes).where(_episodes.c.id == episode_id)
+                .values(archive_bytes=size, archive_bytes_downloaded=True)
+            )
+            self._add_to_day(connection, _day_of(row.archive_timestamp), captures=0, size=added)
+        return added
+
     # --- shared limits --------------------------------------------------------------------------
 
-    def reserve_submission(
-        self, episode_id: int, *, per_minute: float, daily_bytes: int
-    ) -> Reservation:
-        """Take a Save Page Now submission slot if every limit allows one now.
-
-        Limits, checked under one lock for all runs sharing this database: pauses (Retry-After,
-        an exhausted daily quota), today's captured bytes, and at most `per_minute` submissions
-        in any window of 60 s (one per 60/per_minute s when the rate is below one a minute).
-        A granted slot is recorded at once, so it counts even if the submission then fails.
-        """
-        now = self.clock()
-        allowed, window = (int(per_minute), 60.0) if per_minute >= 1 else (1, 60.0 / per_minute)
-        window += WINDOW_MARGIN_SECONDS
-        with self.store.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_RATE_LOCK_ID})")
-            pause = connection.execute(
-                select(_pauses.c.reason, _pauses.c.until).where(_pauses.c.until > now)
-                .order_by(_pauses.c.until.desc()).limit(1)
-            ).first()
-            if pause is not None:
-                return Reservation(False, (pause.until - now).total_seconds(), pause.reason, pause.until)
-            used = connection.execute(
-                select(_days.c.bytes).where(_days.c.day == now.strftime("%Y-%m-%d"))
-            ).scalar() or 0
-            if used >= daily_bytes:
-                until = next_utc_midnight(now)
-                return Reservation(False, (until - now).total_seconds(), "daily-bytes", until)
-            recent = connection.execute(
-                select(_submissions.c.submitted_at)
-                .where(_submissions.c.submitted_at > now - timedelta(seconds=window))
-                .order_by(_submissions.c.submitted_at.desc()).limit(allowed)
-            ).scalars().all()
-            if len(recent) >= allowed:
-                free_at = recent[-1] + timedelta(seconds=window)
-                return Reservation(False, max(0.01, (free_at - now).total_seconds()), "rate")
-            connection.execute(insert(_submissions).values(episode_id=episode_id, submitted_at=now))
-            if episode_id % 64 == 0:  # now and then, forget submissions older than a day
-                connection.execute(delete(_submissions).where(_submissions.c.submitted_at < now - timedelta(days=1)))
-        return Reservation(True)
-
-    def pause(self, reason: str, until: datetime, detail: str = "") -> None:
-        """Pause all submissions until `until` (keeps the later time if already paused)."""
-        with self.store.engine.begin() as connection:
-            current = connection.execute(
-                select(_pauses.c.until).where(_pauses.c.reason == reason[:64])
-            ).scalar()
-            if current is None:
-                connection.execute(insert(_pauses).values(reason=reason[:64], until=until, detail=detail))
-            elif current < until:
-                connection.execute(
-                    update(_pauses).where(_pauses.c.reason == reason[:64]).values(until=until, detail=detail)
-                )
-
-    def _count_capture(self, connection: Any, now: datetime, size: int) -> None:
+    @staticmethod
+    def _add_to_day(connection: Any, day: str, *, captures: int, size: int) -> None:
         # One statement (INSERT … ON CONFLICT DO UPDATE): runs finishing captures at the same
         # moment on a new day would otherwise both try to insert the day's row.
         upsert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        statement = upsert(_days).values(day=now.strftime("%Y-%m-%d"), captures=1, bytes=size)
+        statement = upsert(_days).values(day=day, captures=captures, bytes=size)
         connection.execute(statement.on_conflict_do_update(
             index_elements=[_days.c.day],
-            set_={"captures": _days.c.captures + 1, "bytes": _days.c.bytes + statement.excluded.bytes},
+            set_={"captures": _days.c.captures + statement.excluded.captures,
+                  "bytes": _days.c.bytes + statement.excluded.bytes},
         ))
 
     # --- reading --------------------------------------------------------------------------------
@@ -362,3 +376,16 @@ def archive_queue_for(store: EpisodeStore, settings: Any) -> ArchiveQueue:
         max_attempts=settings.archive_max_attempts,
         fallback_to_live=str(settings.archive_mode) == "prefer",
     )
+
+
+def _day_of(timestamp: str) -> str:
+    """The UTC day (YYYY-MM-DD) of a 14-digit Wayback timestamp."""
+    return f"{timestamp[:4]}-{timestamp[4:6]}-{timestamp[6:8]}"
+
+
+def _awaited_capture(row: Any) -> Capture | None:
+    """The capture an `archiving` episode waits to see listed, if its job already succeeded."""
+    if row.status != EpisodeStatus.archiving.value or row.archive_job_id or not row.archive_timestamp:
+        return None
+    original = (row.archive_url or "").partition("id_/")[2] or None
+    return Capture(row.archive_timestamp, row.archive_url, row.archive_digest, row.archive_bytes, original)

@@ -18,7 +18,7 @@ READ_ONLY = {"podcastpile_read_only": True}
 # The newest migration's revision. Opening a store compares the database against it with one
 # query, so commands on an up-to-date database never import Alembic (a third of `ppcli stats`'s
 # start-up). tests/test_migrations.py checks it is the real head.
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 
 
 class StoreUnavailable(RuntimeError):

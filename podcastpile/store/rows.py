@@ -38,6 +38,8 @@ class Episode(_Base):
     archive_bytes: Mapped[int | None]
     archive_reused: Mapped[bool | None]
     archive_error: Mapped[str | None]
+    archive_bytes_downloaded: Mapped[bool | None]
+    archive_redirects: Mapped[str | None]
     worker_id: Mapped[str | None]
     worker_ip: Mapped[str | None]
     gpu: Mapped[str | None]

@@ -86,6 +86,12 @@ episodes = Table(
     Column("archive_bytes", BigInteger),
     Column("archive_reused", Boolean),  # an existing capture was reused
     Column("archive_error", Text),  # why there is no archived copy (prefer mode)
+    # The capture's body size came from the download (not CDX's compressed record size) and
+    # has been counted against its day's bytes.
+    Column("archive_bytes_downloaded", Boolean),
+    # The enclosure's redirect chain as resolved before submitting (JSON list of URLs): what
+    # was submitted to Save Page Now and why.
+    Column("archive_redirects", Text),
     # Lease: who holds the episode and until when. `lease_token` fences late workers out.
     Column("worker_id", String(255)),
     Column("worker_ip", String(64)),
@@ -173,13 +179,58 @@ archive_days = Table(
 )
 
 
-# A pause of all submissions: the service said Retry-After, or a daily quota is used up.
+# A pause, by scope: a plain reason pauses submissions (Retry-After, a daily quota, refused
+# keys, a service-side error); `lookup:` reasons pause lookups (a 429 from CDX); `host:<host>`
+# pauses submissions of that one host (`error:host-crawling-paused`).
 archive_pauses = Table(
     "archive_pauses",
     metadata,
     Column("reason", String(64), primary_key=True),
     Column("until", DateTime, nullable=False),
     Column("detail", Text),
+)
+
+
+# One Wayback lookup (a CDX or availability request), for the per-minute lookup window that
+# every archive run on every machine shares (IA firewalls an address that goes over). Rows
+# older than an hour are pruned.
+archive_lookups = Table(
+    "archive_lookups",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Index("ix_archive_lookups_at", "at"),
+)
+
+
+# Captures CDX has listed, remembered so that one lookup (a prefix query over a podcast's
+# folder) answers many episodes and no run asks CDX again for what another run learned.
+# `url_key` is the SHA-1 of the URL (URLs are too long for a portable index).
+archive_known_captures = Table(
+    "archive_known_captures",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("url_key", String(40), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("timestamp", String(14), nullable=False),
+    Column("statuscode", String(8)),
+    Column("digest", String(64)),
+    Column("length", BigInteger),
+    Column("learned_at", DateTime, nullable=False),
+    UniqueConstraint("url_key", "timestamp", name="uq_archive_known_captures_url_key_timestamp"),
+)
+
+
+# Prefix (folder) queries CDX has answered: while one is fresh, an episode under that folder
+# with no known capture has none (when the answer was complete), without asking again.
+archive_prefix_lookups = Table(
+    "archive_prefix_lookups",
+    metadata,
+    Column("prefix_key", String(40), primary_key=True),
+    Column("prefix", Text, nullable=False),
+    Column("looked_up_at", DateTime, nullable=False),
+    Column("since", String(14), nullable=False),  # the query's `from`
+    Column("complete", Boolean, nullable=False),  # fewer rows than the query's limit came back
 )
 
 

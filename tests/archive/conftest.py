@@ -14,7 +14,9 @@ from podcastpile.store.archive import ArchiveQueue
 from tests.wayback import AdHost, WaybackDouble
 
 WAV = (Path(__file__).parent.parent / "fixtures" / "speech" / "conversation.wav").read_bytes()
-FAST = ArchiveLimits(per_minute=60, poll_seconds=0.05)
+# Save Page Now needs keys; the double accepts any unless told otherwise (`keys`).
+KEYS = {"access_key": "AK", "secret_key": "SK"}
+FAST = ArchiveLimits(per_minute=60, poll_seconds=0.05, lookups_per_minute=6000)
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ class Harness:
             max_seconds: float = 20.0, **claim: object):  # type: ignore[no-untyped-def]
         queue = queue or self.queue()
         claims = queue.claim("test-run", 100, **claim)  # type: ignore[arg-type]
-        with WaybackClient(self.ia.base_url, self.ia.base_url, timeout_seconds=10) as client:
+        with WaybackClient(self.ia.base_url, self.ia.base_url, timeout_seconds=10, **KEYS) as client:
             stage = ArchiveStage(queue, client, limits, on_event=lambda *e: self.events.append(e))
             return stage.run(claims, max_seconds=max_seconds)
 

@@ -22,7 +22,8 @@ def ppcli(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
 def test_ppcli_archive_and_stats(tmp_path: Path, database_url: str) -> None:
     with WaybackDouble() as ia, AdHost({"a.wav": WAV, "b.wav": WAV}) as origin:
         env = {"DATABASE_URL": database_url, "WAYBACK_URL": ia.base_url, "ARCHIVE_API_URL": ia.base_url,
-               "SPN_POLL_SECONDS": "0.1", "ALLOW_PRIVATE_ADDRESSES": "true"}
+               "SPN_POLL_SECONDS": "0.1", "ALLOW_PRIVATE_ADDRESSES": "true",
+                   "IA_ACCESS_KEY": "AK", "IA_SECRET_KEY": "SK"}
         ia.add_capture(origin.url("b.wav"), WAV)
         ia.job_errors[origin.url("gone.wav")] = "error:not-found"
         for name in ("a.wav", "b.wav", "gone.wav"):

@@ -10,8 +10,9 @@ import pytest
 from podcastpile.archive.stage import ArchiveStage
 from podcastpile.archive.wayback import WaybackClient
 from podcastpile.cli.views import archive_state, archive_stats_dict, archive_table
-from tests.archive.conftest import FAST, WAV, Harness
-from tests.wayback import BLOCKED_SITE_ERROR
+from tests.archive.conftest import FAST, KEYS, WAV, Harness
+from podcastpile.store import NewEpisode
+from tests.wayback import BLOCKED_SITE_ERROR, AdHost
 
 
 def _run(harness: Harness, client: WaybackClient, max_seconds: float = 20.0):  # type: ignore[no-untyped-def]
@@ -24,12 +25,14 @@ def _released(harness: Harness, *episodes: int) -> bool:
     return all(harness.row(e).lease_token is None for e in episodes)
 
 
-@pytest.mark.parametrize("endpoint", ["cdx", "available"])
-def test_blocked_site_fails_only_that_episode_as_archive_blocked(harness: Harness, endpoint: str) -> None:
-    first, blocked, last = harness.add("ep1.wav", "ep2.wav", "ep3.wav")
-    harness.ia.blocked.add(harness.origin.url("ep2.wav"))
-    harness.ia.blocked_endpoints = frozenset({endpoint})
-    summary = harness.run()  # no exception escapes
+def test_blocked_site_fails_only_that_episode_as_archive_blocked(harness: Harness) -> None:
+    with AdHost({"ep2.wav": WAV}) as excluded:  # a site the Wayback Machine excludes, whole
+        first, last = harness.add("ep1.wav", "ep3.wav")
+        harness.store.add([NewEpisode(excluded.url("ep2.wav"))])
+        blocked = harness.store.find(excluded.url("ep2.wav")).id  # type: ignore[union-attr]
+        harness.ia.blocked |= {excluded.url("ep2.wav"), excluded.server.url("/audio/")}
+        harness.ia.blocked_endpoints = frozenset({"cdx"})
+        summary = harness.run()  # no exception escapes
     assert summary.counts == {"captured": 2, "failed": 1}
     row = harness.row(blocked)
     assert row.status == "failed" and row.error_code == "archive-blocked" and row.archive_attempts == 0
@@ -66,40 +69,48 @@ def test_blocked_url_at_submit_fails_only_that_episode(harness: Harness) -> None
 
 
 class _Exploding(WaybackClient):
-    """A client whose every call for one URL raises something no one planned for."""
+    """A client that raises something no one planned for: in the folder lookup (every episode of
+    the folder), or for one URL at submit or when its fresh capture is looked for in CDX."""
 
     def __init__(self, bad_url: str, where: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bad_url, self.where = bad_url, where
 
-    def find_capture(self, url: str, **kwargs: Any):  # type: ignore[no-untyped-def]
-        if self.where == "lookup" and url == self.bad_url:
+    def captures(self, url: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        if self.where == "lookup" and kwargs.get("prefix"):
             raise RuntimeError("boom in lookup")
-        return super().find_capture(url, **kwargs)
+        return super().captures(url, **kwargs)
 
-    def submit(self, url: str, **kwargs: Any) -> str:
+    def submit(self, url: str, **kwargs: Any):  # type: ignore[no-untyped-def]
         if self.where == "submit" and url == self.bad_url:
             raise KeyError("boom in submit")
-        return super().submit(url, **kwargs)
+        answer = super().submit(url, **kwargs)
+        if url == self.bad_url:
+            self.bad_job = answer.job_id
+        return answer
 
-    def capture_details(self, url: str, timestamp: str):  # type: ignore[no-untyped-def]
-        if self.where == "poll" and url == self.bad_url:
-            raise ValueError("boom after success")
-        return super().capture_details(url, timestamp)
+    def job_status(self, job_id: str):  # type: ignore[no-untyped-def]
+        if self.where == "poll" and job_id == getattr(self, "bad_job", None):
+            raise ValueError("boom in poll")
+        return super().job_status(job_id)
 
 
 @pytest.mark.parametrize("where", ["lookup", "submit", "poll"])
 def test_no_client_exception_escapes_and_claims_are_given_back(harness: Harness, where: str) -> None:
     first, bad, last = harness.add("ep1.wav", "ep2.wav", "ep3.wav")
-    client = _Exploding(harness.origin.url("ep2.wav"), where, harness.ia.base_url, harness.ia.base_url)
+    client = _Exploding(harness.origin.url("ep2.wav"), where, harness.ia.base_url, harness.ia.base_url, **KEYS)
     with client:
         summary = _run(harness, client)
-    assert summary.counts.get("captured") == 2
-    assert harness.row(first).status == "pending" and harness.row(last).status == "pending"
-    row = harness.row(bad)
     # backed off as a transient failure: an attempt counted, so a lasting fault ends in time
-    assert row.status == "archive_pending" and row.archive_attempts == 1
-    assert row.error_code == "archive-client-error" and row.archive_not_before is not None
+    hit = [first, bad, last] if where == "lookup" else [bad]
+    assert summary.counts.get("retry") == len(hit) and summary.counts.get("captured", 0) == 3 - len(hit)
+    for episode in (first, bad, last):
+        row = harness.row(episode)
+        if episode in hit:
+            assert row.status == "archive_pending" and row.archive_attempts == 1
+            assert row.error_code == "archive-client-error" and row.archive_not_before is not None
+        else:
+            assert row.status == "pending"
     assert _released(harness, first, bad, last)
 
 
@@ -131,7 +142,8 @@ def test_without_keys_lookups_and_reuse_run_and_new_captures_wait(harness: Harne
     reusable, new = harness.add("ep1.wav", "ep2.wav")
     harness.ia.add_capture(harness.origin.url("ep1.wav"), WAV)
     harness.ia.keys = {"AK:SK"}  # the service wants keys; this client has none
-    summary = harness.run()
+    with WaybackClient(harness.ia.base_url) as client:
+        summary = _run(harness, client)
     assert summary.counts == {"reused": 1, "deferred": 1}
     assert harness.row(reusable).status == "pending"
     row = harness.row(new)
@@ -141,3 +153,4 @@ def test_without_keys_lookups_and_reuse_run_and_new_captures_wait(harness: Harne
     stats = harness.queue().stats(daily_bytes=10**9)
     assert stats.deferred == {"ia-keys-missing": 1} and stats.pauses == {}  # a keyed run elsewhere goes on
     assert _released(harness, reusable, new)
+    assert harness.ia.submissions == [] and harness.ia.refused == 0  # no request it knew would be refused

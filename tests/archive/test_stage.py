@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from podcastpile.archive.stage import ArchiveLimits
-from podcastpile.store.archive import next_utc_midnight
+from podcastpile.store.archive_limits import next_utc_midnight
 from podcastpile.store.clock import utcnow
 from tests.archive.conftest import FAST, WAV, Harness
 from tests.wayback import sha1_base32
@@ -31,7 +31,7 @@ def test_existing_capture_is_reused_without_submitting(harness: Harness) -> None
 def test_capture_older_than_the_reuse_window_is_not_reused(harness: Harness) -> None:
     (episode,) = harness.add("ep1.wav")
     harness.ia.add_capture(harness.origin.url("ep1.wav"), WAV, datetime.now(UTC) - timedelta(days=30))
-    summary = harness.run(limits=ArchiveLimits(per_minute=60, poll_seconds=0.05, reuse_days=7))
+    summary = harness.run(limits=ArchiveLimits(per_minute=60, poll_seconds=0.05, reuse_days=7, lookups_per_minute=6000))
     assert summary.counts == {"captured": 1} and len(harness.ia.submissions) == 1
     assert harness.row(episode).archive_reused is False
 
@@ -48,9 +48,9 @@ def test_new_capture_is_submitted_polled_and_stored(harness: Harness) -> None:
     assert row.archive_timestamp == capture.timestamp and row.archive_digest == sha1_base32(capture.body)
     assert harness.ia.status_polls == 4  # three pending answers, then success
     assert [e[1] for e in harness.events if e[0] == episode] == [
-        "looking-up", "submitted", "pending", "pending", "pending", "archived"]
-    # the submission carried the documented options, anonymously (no keys configured)
-    assert harness.ia.auth_headers == [None]
+        "looking-up", "submitted", "pending", "pending", "pending", "captured", "archived"]
+    # the submission carried the keys (Save Page Now 2 needs them)
+    assert harness.ia.auth_headers == ["LOW AK:SK"]
     stats = harness.queue().stats(daily_bytes=10**9)
     assert stats.archived_new == 1 and stats.captures_today == 1 and stats.bytes_today == len(capture.body)
 
@@ -84,7 +84,8 @@ def test_forgotten_job_is_resubmitted_not_lost(harness: Harness) -> None:
     assert len(harness.ia.submissions) == 2 and harness.row(episode).status == "pending"
 
 
-@pytest.mark.parametrize("code", ["error:not-found", "error:blocked-url", "error:filesize-limit", "error:no-access"])
+@pytest.mark.parametrize("code", ["error:not-found", "error:filesize-limit", "error:no-access",
+                                  "error:invalid-url-syntax", "error:too-many-redirects"])
 def test_permanent_errors_fail_the_episode_with_the_code(harness: Harness, code: str) -> None:
     (episode,) = harness.add("ep1.wav")
     harness.ia.job_errors[harness.origin.url("ep1.wav")] = code
@@ -103,7 +104,7 @@ def test_permanent_error_at_submit_is_recorded_too(harness: Harness) -> None:
     assert row.status == "failed" and row.error_code == "invalid-host-resolution"
 
 
-@pytest.mark.parametrize("code", ["error:job-failed", "error:proxy-error", "error:something-new"])
+@pytest.mark.parametrize("code", ["error:read-timeout", "error:bad-gateway", "error:something-new"])
 def test_transient_and_unknown_errors_back_off_then_fail_after_the_attempt_limit(harness: Harness, code: str) -> None:
     (episode,) = harness.add("ep1.wav")
     harness.ia.job_errors[harness.origin.url("ep1.wav")] = code
@@ -126,27 +127,35 @@ def test_transient_and_unknown_errors_back_off_then_fail_after_the_attempt_limit
     assert len(harness.ia.submissions) == 3
 
 
-def test_daily_quota_error_defers_until_the_reset_and_pauses_everyone(harness: Harness) -> None:
+def test_account_daily_cap_defers_until_the_reset_and_pauses_everyone(harness: Harness) -> None:
     first, second = harness.add("ep1.wav", "ep2.wav")
-    harness.ia.daily_captures_left = 0
-    # One submission a minute: the second waits its turn while the first's job reports the quota.
-    summary = harness.run(limits=ArchiveLimits(per_minute=1, poll_seconds=0.05))
-    assert summary.counts == {"deferred": 2}
-    assert len(harness.ia.submissions) == 1  # the pause stopped the second submission
+    harness.ia.account_daily_limit, harness.ia.daily_captures = 100, 100  # /save/status/user says so
+    summary = harness.run()
+    assert summary.counts == {"deferred": 2} and harness.ia.submissions == []
     midnight = next_utc_midnight(utcnow())
     for episode in (first, second):
         row = harness.row(episode)
         assert row.status == "archive_pending" and row.archive_attempts == 0
         assert row.archive_not_before == midnight
     stats = harness.queue().stats(daily_bytes=10**9)
-    assert stats.deferred == {"too-many-daily-captures": 2} and stats.deferred_until == midnight
-    assert stats.pauses == {"too-many-daily-captures": midnight}
+    assert stats.deferred == {"account-daily-captures": 2} and stats.deferred_until == midnight
+    assert stats.pauses == {"account-daily-captures": midnight}
+
+
+def test_account_cap_message_at_submit_pauses_everyone(harness: Harness) -> None:
+    harness.add("ep1.wav", "ep2.wav")
+    harness.ia.account_daily_limit, harness.ia.daily_captures = 100, 99
+    harness.ia.user_status_needs_auth = True  # answered: the client has keys
+    # One capture left: the first takes it, the second hears "You cannot make more than 100 captures per day".
+    summary = harness.run()
+    assert summary.counts == {"captured": 1, "deferred": 1}
+    assert list(harness.queue().stats(daily_bytes=10**9).pauses) == ["account-daily-captures"]
 
 
 def test_daily_byte_budget_stops_submissions(harness: Harness) -> None:
     first, second = harness.add("ep1.wav", "ep2.wav")
     # Room for one file; one submission a minute, so the first capture is counted before the second.
-    limits = ArchiveLimits(per_minute=1, poll_seconds=0.05, daily_bytes=len(WAV))
+    limits = ArchiveLimits(per_minute=1, poll_seconds=0.05, daily_bytes=len(WAV), lookups_per_minute=6000)
     summary = harness.run(limits=limits)
     assert summary.counts == {"captured": 1, "deferred": 1}
     assert len(harness.ia.submissions) == 1
@@ -155,9 +164,9 @@ def test_daily_byte_budget_stops_submissions(harness: Harness) -> None:
     assert deferred.archive_not_before == next_utc_midnight(utcnow())
 
 
-def test_429_with_retry_after_pauses_submissions_without_charging_the_episode(harness: Harness) -> None:
+def test_busy_service_with_retry_after_is_waited_for_without_charging_the_episode(harness: Harness) -> None:
     (episode,) = harness.add("ep1.wav")
-    harness.ia.busy = [(429, 1.0), (503, 1.0)]
+    harness.ia.busy = [(503, 1.0), (503, 1.0)]
     started = datetime.now()
     summary = harness.run()
     assert summary.counts == {"captured": 1}
@@ -166,6 +175,18 @@ def test_429_with_retry_after_pauses_submissions_without_charging_the_episode(ha
     assert all(gap >= 0.9 for gap in gaps), gaps  # Retry-After honoured each time
     assert harness.row(episode).archive_attempts == 0
     assert (datetime.now() - started).total_seconds() < 15
+
+
+def test_429_on_save_pauses_submissions_five_minutes_for_everyone(harness: Harness) -> None:
+    first, second = harness.add("ep1.wav", "ep2.wav")
+    harness.ia.busy = [(429, 1.0)]  # IA sends no Retry-After; one is ignored here too
+    summary = harness.run()
+    assert summary.counts == {"deferred": 2} and len(harness.ia.submissions) == 1
+    pauses = harness.queue().stats(daily_bytes=10**9).pauses
+    assert list(pauses) == ["save-429"] and pauses["save-429"] >= utcnow() + timedelta(minutes=4.9)
+    for episode in (first, second):
+        row = harness.row(episode)
+        assert row.archive_attempts == 0 and row.archive_not_before == pauses["save-429"]
 
 
 def test_no_submission_while_the_account_has_no_capture_available(harness: Harness) -> None:
@@ -179,12 +200,12 @@ def test_no_submission_while_the_account_has_no_capture_available(harness: Harne
 
 def test_prefer_mode_falls_back_to_the_original_after_a_permanent_failure(harness: Harness) -> None:
     (episode,) = harness.add("ep1.wav")
-    harness.ia.job_errors[harness.origin.url("ep1.wav")] = "error:blocked-url"
+    harness.ia.job_errors[harness.origin.url("ep1.wav")] = "error:no-access"
     summary = harness.run(harness.queue(fallback_to_live=True))
     assert summary.counts == {"live": 1}
     row = harness.row(episode)
     assert row.status == "pending" and row.archive_url is None and row.archive_timestamp is None
-    assert row.archive_error.startswith("blocked-url")
+    assert row.archive_error.startswith("no-access")
 
 
 def test_keys_are_sent_as_low_authorization(harness: Harness) -> None:

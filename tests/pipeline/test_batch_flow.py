@@ -112,7 +112,8 @@ def test_default_path_processes_the_archived_copy_only(
     wav = conversation["wav"].read_bytes()
     with WaybackDouble() as ia, AdHost({"show.wav": wav}) as origin:
         for name, value in {"ARCHIVE_MODE": "required", "WAYBACK_URL": ia.base_url,
-                            "ARCHIVE_API_URL": ia.base_url, "SPN_POLL_SECONDS": "0.1"}.items():
+                            "ARCHIVE_API_URL": ia.base_url, "SPN_POLL_SECONDS": "0.1",
+                            "IA_ACCESS_KEY": "AK", "IA_SECRET_KEY": "SK"}.items():
             monkeypatch.setenv(name, value)
         store = EpisodeStore(pipeline_store.engine, archive_required=True)
         store.add([NewEpisode(origin.url("show.wav"), language="en")])

@@ -42,7 +42,8 @@ def test_process_archives_first_then_processes_the_archived_copy(tmp_path: Path,
     with WaybackDouble(pending_polls=2) as ia, AdHost({"show.wav": conversation["wav"].read_bytes()}) as origin:
         env = pipeline_environment(f"sqlite:///{tmp_path / 'episodes.db'}")
         env.update(PREFECT_HOME=str(tmp_path / "prefect"), WAYBACK_URL=ia.base_url,
-                   ARCHIVE_API_URL=ia.base_url, SPN_POLL_SECONDS="0.2")
+                   ARCHIVE_API_URL=ia.base_url, SPN_POLL_SECONDS="0.2",
+                   IA_ACCESS_KEY="AK", IA_SECRET_KEY="SK")
         url = origin.url("show.wav")
         result = ppcli(["process", url, "--out", str(tmp_path / "dataset")], tmp_path, env)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -46,7 +46,7 @@ def stack(tmp_path: Path, internet_archive: tuple[WaybackDouble, AdHost]) -> Ite
         env = {
             **os.environ, **prefect_env, **pipeline_environment(episodes_url),
             "ARCHIVE_MODE": "required", "WAYBACK_URL": ia.base_url, "ARCHIVE_API_URL": ia.base_url,
-            "SPN_POLL_SECONDS": "1",
+            "SPN_POLL_SECONDS": "1", "IA_ACCESS_KEY": "AK", "IA_SECRET_KEY": "SK",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }

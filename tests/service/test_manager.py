@@ -46,7 +46,7 @@ def manager_environment(tmp_path: Path, episodes_url: str, ia: WaybackDouble, **
         **os.environ,
         **pipeline_environment(episodes_url),
         "ARCHIVE_MODE": "required", "WAYBACK_URL": ia.base_url, "ARCHIVE_API_URL": ia.base_url,
-        "SPN_POLL_SECONDS": "1",
+        "SPN_POLL_SECONDS": "1", "IA_ACCESS_KEY": "AK", "IA_SECRET_KEY": "SK",
         "DATASET_DIR": str(tmp_path / "dataset"),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_WORKER_QUERY_SECONDS": "2",

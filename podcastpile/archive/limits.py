@@ -1,0 +1,28 @@
+"""The settings the archive stage obeys, in one value (from `Settings`, or set by tests and benchmarks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """The settings the stage obeys."""
+
+    per_minute: float = 7.0
+    daily_bytes: int = 5_000_000_000
+    reuse_days: float = 3650.0
+    poll_seconds: float = 5.0
+    lookups_per_minute: float = 24.0
+    stale_seconds: float = 1800.0
+    host_pause_seconds: float = 600.0
+    recheck_seconds: float = 120.0  # a capture CDX does not list yet is looked for again after this
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ArchiveLimits":
+        return cls(
+            per_minute=settings.spn_captures_per_minute, daily_bytes=settings.spn_daily_bytes,
+            reuse_days=settings.archive_reuse_days, poll_seconds=settings.spn_poll_seconds,
+            lookups_per_minute=settings.cdx_requests_per_minute, stale_seconds=settings.spn_job_stale_seconds,
+        )
