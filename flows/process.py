@@ -23,7 +23,7 @@ from podcastpile.claimguard import ClaimGuard
 from podcastpile.config import Settings
 from podcastpile.errors import PermanentError, TransientError, as_episode_error
 from podcastpile.leases import LeaseKeeper
-from podcastpile.net.fetch import remove_orphaned_downloads
+from podcastpile.net.fetch import DownloadedAudio, remove_orphaned_downloads, wayback_timestamp
 from podcastpile.net.urls import mask_secrets
 from podcastpile.speech.nemo_models import SpeechModels
 from podcastpile.speech.pipeline import EpisodeWork, Step, run_chain
@@ -33,7 +33,9 @@ from tasks.export import publish_when_drained
 from tasks.resources import models_for, store_for
 from tasks.settings import flow_settings
 from tasks.speech import download_audio, load_models, run_step
-from tasks.store import claim_episodes, complete_episode, fail_episode, release_unfinished, start_episode
+from tasks.store import (
+    claim_episodes, complete_episode, count_archive_bytes, fail_episode, release_unfinished, start_episode,
+)
 
 
 def _worker_name(settings: Settings) -> str:
@@ -60,11 +62,9 @@ def _process_episode(
         if download is None:
             raise PermanentError("not-archived", "no Internet Archive copy; refusing the live URL")
         downloaded, stack = download.result(timeout=budget())
-        if claim.archive_digest and not digest_matches(downloaded.sha1, claim.archive_digest):
-            raise TransientError(
-                "archive-digest-mismatch",
-                f"downloaded bytes (sha1 {downloaded.sha1}) do not match the capture's CDX digest {claim.archive_digest}",
-            )
+        _check_digest(claim, downloaded)
+        if claim.archive_url:
+            _count_archive_bytes(settings, claim, downloaded)
         first = start_episode(settings, claim, downloaded.sha256)
         if first is not None:
             outcome.update(status="duplicate", reason=f"same audio as episode {first}")
@@ -101,6 +101,39 @@ def _process_episode(
         elif download is not None:
             _discard(download)
     return outcome
+
+
+def _check_digest(claim: Claim, downloaded: DownloadedAudio) -> None:
+    """Refuse bytes that are not the capture CDX listed (when CDX gave a digest).
+
+    CDX digests the body as archived: de-chunked but still content-encoded, hence `sha1_raw`.
+    A first mismatch is retried (transient). The claim does not say why an earlier attempt
+    failed, so a mismatch on any later attempt is permanent: with the replay checks of the
+    download, the same capture gives the same bytes, and retrying would only re-download them.
+    """
+    if not claim.archive_digest or digest_matches(downloaded.sha1_raw, claim.archive_digest):
+        return
+    reason = (f"downloaded bytes (sha1 {downloaded.sha1_raw} as received) do not match the capture's "
+              f"CDX digest {claim.archive_digest}")
+    if claim.attempts > 1:
+        raise PermanentError("archive-digest-mismatch", f"{reason} (attempt {claim.attempts}: not retried)")
+    raise TransientError("archive-digest-mismatch", reason)
+
+
+def _count_archive_bytes(settings: Settings, claim: Claim, downloaded: DownloadedAudio) -> None:
+    """Count the capture's downloaded size against its day's bytes. A failure is only logged:
+    the episode's audio is good, and the daily budget is a safeguard, not a ledger."""
+    try:
+        count_archive_bytes(settings, claim, downloaded.bytes_raw)
+    except StoreOutage:
+        raise  # the database is gone: the batch stops, as at any other store call
+    except Exception as error:
+        get_run_logger().warning("episode %s: archive bytes not counted: %s", claim.episode_id, error)
+
+
+def _capture_timestamp(claim: Claim) -> str | None:
+    """The capture an archived episode must be downloaded from (None for a live download)."""
+    return wayback_timestamp(claim.archive_url) if claim.archive_url else None
 
 
 def _discard(download: PrefectFuture) -> None:
@@ -148,7 +181,8 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
                     if ahead not in downloads:
                         url = claims[ahead].download_url
                         named = download_audio.with_options(task_run_name=f"download-ep{claims[ahead].episode_id}")
-                        downloads[ahead] = named.submit(url, settings) if url else None
+                        capture = _capture_timestamp(claims[ahead])
+                        downloads[ahead] = named.submit(url, settings, capture) if url else None
                 outcome = _process_episode(settings, models, claim, downloads.pop(index))
                 summary["outcomes"].append(outcome)
                 keeper.drop(claim.episode_id)

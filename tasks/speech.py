@@ -40,10 +40,15 @@ def load_models(settings: Settings, languages: list[str | None]) -> SpeechModels
     name="download-audio", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5, retry_condition_fn=_transient, cache_policy=NONE,
 )
-def download_audio(url: str, settings: Settings) -> tuple[DownloadedAudio, ExitStack]:
-    """Fetch the audio into a temporary file. Close the returned stack to delete the file."""
+def download_audio(
+    url: str, settings: Settings, capture_timestamp: str | None = None
+) -> tuple[DownloadedAudio, ExitStack]:
+    """Fetch the audio into a temporary file. Close the returned stack to delete the file.
+
+    `capture_timestamp`: `url` is the Wayback Machine's copy made then; only that capture is
+    accepted (a replay lag is a TransientError, retried here and then by the store)."""
     with ExitStack() as stack:
-        downloaded = stack.enter_context(pipeline.fetch(url, settings))
+        downloaded = stack.enter_context(pipeline.fetch(url, settings, capture_timestamp))
         return downloaded, stack.pop_all()
 
 

@@ -1,4 +1,5 @@
-"""Tasks over the episode store: claim, start, complete, fail, release.
+"""Tasks over the episode store: claim, start, complete, fail, release, and counting the bytes
+downloaded from a new archive capture.
 
 A database outage (a restart, a network cut) is ridden out inside each call: it backs off and
 retries for up to STORE_OUTAGE_SECONDS (see `podcastpile.store.outage`), keeping a finished
@@ -19,6 +20,7 @@ from podcastpile.errors import EpisodeError
 from podcastpile.machine import gpu_name
 from podcastpile.speech.result import EpisodeResult
 from podcastpile.store import Claim, EpisodeStatus
+from podcastpile.store.archive import archive_queue_for
 from podcastpile.store.outage import ride_out
 from podcastpile.version import code_version
 from tasks.resources import store_for
@@ -74,6 +76,16 @@ def fail_episode(settings: Settings, claim: Claim, error: EpisodeError) -> Episo
     store = store_for(settings)
     return _patient(settings, f"fail episode {claim.episode_id}",
                     lambda: store.fail(claim.episode_id, claim.lease_token, error))
+
+
+@task(name="count-archive-bytes", task_run_name="count-bytes-ep{claim.episode_id}", **_db)
+def count_archive_bytes(settings: Settings, claim: Claim, size: int) -> int:
+    """Count `size` bytes downloaded from the episode's capture against its capture day's
+    bytes (SPN_DAILY_BYTES); returns the bytes added. Once per episode; reused captures add
+    nothing (see `ArchiveQueue.count_downloaded_bytes`)."""
+    queue = archive_queue_for(store_for(settings), settings)
+    return _patient(settings, f"count archive bytes of episode {claim.episode_id}",
+                    lambda: queue.count_downloaded_bytes(claim.episode_id, size))
 
 
 def release_unfinished(settings: Settings, claims: list[Claim]) -> int | None:

@@ -334,6 +334,7 @@ class WaybackDouble:
     paused_prefixes: set[str] = field(default_factory=set)
     host_paused_answers: int = 0
     service_errors: list[str] = field(default_factory=list)
+    status_busy: int = 0  # the next status polls answered 429 (counted with /save's pause)
     spn_max_redirects: int = 3
     odd_digests: dict[str, str] = field(default_factory=dict)
     revisit_urls: set[str] = field(default_factory=set)
@@ -587,7 +588,14 @@ class WaybackDouble:
             refused = self._unauthorized(request)
             if refused is not None:
                 return refused
-            self._prune_jobs(time.monotonic())
+            now = time.monotonic()
+            if self._last_save_429 is not None and now - self._last_save_429 < SAVE_PAUSE_SECONDS:
+                self.requests_during_save_pause += 1  # the /save family shares the pause
+            if self.status_busy > 0:
+                self.status_busy -= 1
+                self._last_save_429 = now
+                return self._too_many(SAVE_PAUSE_SECONDS)
+            self._prune_jobs(now)
             job = self.jobs.get(job_id)
             if job is None:
                 if self.unknown_jobs_pending:

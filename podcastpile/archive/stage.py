@@ -116,8 +116,9 @@ class ArchiveStage:
             while (work.to_submit or work.polling or work.listing) and time.monotonic() < self._deadline:
                 if work.to_submit and time.monotonic() >= next_submit:
                     next_submit = self._guarded(work, [work.to_submit[0]], self._submit_next, work) or time.monotonic()
-                for claim, due in list(work.polling.values()):
-                    if due <= time.monotonic():
+                polls = [claim for claim, due in work.polling.values() if due <= time.monotonic()]
+                if polls and not self._polls_paused(work):
+                    for claim in polls:
                         self._guarded(work, [claim], self._poll, claim, work)
                 due = self._listing_due(work)
                 if due:
@@ -250,7 +251,8 @@ class ArchiveStage:
                 return time.monotonic()
             if user is not None and user.available <= 0:
                 return time.monotonic() + self.limits.poll_seconds  # wait for a capture session to free up
-            answer = self.client.submit(url, reuse_seconds=int(self.limits.reuse_days * 86400) or None)
+            reuse = None if claim.episode_id in work.no_reuse else int(self.limits.reuse_days * 86400) or None
+            answer = self.client.submit(url, reuse_seconds=reuse)
         except KeysMissing as error:
             log.warning("%s", error)
             self.out.defer_all(work.to_submit, KEYS_MISSING, self.queue.clock() + KEYS_MISSING_RECHECK)
@@ -282,12 +284,14 @@ class ArchiveStage:
                 work.polling[claim.episode_id] = (submitted, time.monotonic() + self.limits.poll_seconds)
                 self.out.event(claim.episode_id, "submitted", answer.job_id)
         else:
-            self._same_snapshot(claim, url, answer.message)
+            self._same_snapshot(claim, url, answer.message, work)
         return time.monotonic()
 
-    def _same_snapshot(self, claim: ArchiveClaim, url: str, message: str) -> None:
+    def _same_snapshot(self, claim: ArchiveClaim, url: str, message: str, work: Work) -> None:
         """"The same snapshot had been made ..." with no job: a capture exists; find and reuse it.
-        Not listed yet (replay lag, or the capture is a redirect): look again later."""
+        When CDX lists only captures without the audio (a redirect, an error page), submit once
+        more without the reuse window (the service then answers with a job to poll); when it
+        lists none yet (replay lag), look again later."""
         self.out.event(claim.episode_id, "looking-up", f"{url} ({message[:80]})")
         since = (self.queue.clock() - timedelta(days=self.limits.reuse_days)).strftime("%Y%m%d%H%M%S")
         answer = self.finder.find([url], since=since, fresh=True).get(url)
@@ -295,6 +299,9 @@ class ArchiveStage:
             self.out.archived(claim, self._capture(answer), reused=True)
         elif isinstance(answer, Exception):
             self._lookup_failed(claim, answer, Work())
+        elif claim.episode_id not in work.no_reuse and self.finder.known.of(url, since=since):
+            work.no_reuse.add(claim.episode_id)
+            work.to_submit.insert(0, claim)
         else:
             self.out.recheck(claim, REPLAY_LAG, "Save Page Now has a capture CDX does not list yet",
                              self.queue.clock() + timedelta(seconds=self.limits.recheck_seconds))
@@ -330,6 +337,10 @@ class ArchiveStage:
         assert claim.job_id is not None
         try:
             status = self.client.job_status(claim.job_id)
+        except Throttled as error:
+            self._pause(SAVES_THROTTLED, SAVE_429_PAUSE, str(error))
+            self._polls_paused(work)
+            return
         except ServiceBusy as error:
             wait = error.retry_after if error.retry_after is not None else self.limits.poll_seconds * 4
             work.polling[claim.episode_id] = (claim, time.monotonic() + wait)
@@ -362,6 +373,17 @@ class ArchiveStage:
         if captured:
             self.out.event(claim.episode_id, "captured", capture.url)
             work.listing[claim.episode_id] = (captured, time.monotonic() + self.limits.poll_seconds, 0)
+
+    def _polls_paused(self, work: Work) -> bool:
+        """Whether status polls must wait (a 429 from /save*, maybe met by another run): then
+        every job here is looked at again when the pause ends (no request inside it)."""
+        until = self.queue.limits.paused_until(SAVES_THROTTLED)
+        if until is None:
+            return False
+        later = time.monotonic() + (until - self.queue.clock()).total_seconds()
+        for episode_id, (claim, due) in list(work.polling.items()):
+            work.polling[episode_id] = (claim, max(due, later))
+        return True
 
     def _stale(self, claim: ArchiveClaim) -> None:
         """A job pending past SPN_JOB_STALE_SECONDS (IA forgets jobs after about an hour and then

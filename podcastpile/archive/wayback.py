@@ -284,6 +284,8 @@ class WaybackClient:
                 int(body.get("available", 1)), int(body.get("processing", 0)),
                 _int(body.get("daily_captures")), _int(body.get("daily_captures_limit")),
             )
+        except Throttled:
+            raise  # a 429 pauses the /save family; swallowing it would send the submission anyway
         except (ServiceBusy, ValueError, TypeError):
             return None
 

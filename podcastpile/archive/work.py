@@ -27,6 +27,7 @@ class Work:
     to_submit: list[ArchiveClaim] = field(default_factory=list)
     polling: dict[int, tuple[ArchiveClaim, float]] = field(default_factory=dict)
     listing: dict[int, tuple[ArchiveClaim, float, int]] = field(default_factory=dict)
+    no_reuse: set[int] = field(default_factory=set)  # submit without if_not_archived_within
 
     def held(self) -> list[ArchiveClaim]:
         return self.to_submit + [c for c, _ in self.polling.values()] + [c for c, _, _ in self.listing.values()]

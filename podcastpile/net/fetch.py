@@ -7,15 +7,27 @@ and a one-line reason:
 
   permanent  http-404, http-410 (and other 4xx), too-large, too-many-redirects, bad-url,
              empty-body, not-audio (an HTML page), blocked-address (a private, loopback,
-             link-local… address: see `podcastpile.net.guard`)
+             link-local… address: see `podcastpile.net.guard`), unsupported-encoding,
+             bad-encoding (a Content-Encoding that does not decode)
   transient  timeout, http-408/425/429, http-5xx, connection (refused, reset), short-read,
-             local-io (could not write the temporary file)
+             local-io (could not write the temporary file), and for a Wayback Machine capture
+             (`capture_timestamp`): archive-replay-mismatch (another capture was offered) and
+             archive-not-replayable (a 404: the capture is not indexed yet)
 
 The bytes are only checked to be audio by `podcastpile.speech.audio` (container probe); here an
 HTML answer is refused early so an error page is not downloaded in full.
 
 Redirects are followed here, hop by hop, not by httpx: each hop's host goes through the address
 guard again (a public host may redirect to 169.254.169.254), and the hop count is ours.
+
+Two hashes of one body: the audio hashes (sha256, md5, sha1) are of the file as written, with
+any Content-Encoding decoded; `sha1_raw` is of the body as it came over the wire, de-chunked but
+still encoded, which is what the Wayback Machine's CDX digest covers. The decoding is done here
+(`podcastpile.net.encoding`, in bounded pieces) rather than by httpx, so both can be hashed in one pass.
+
+Replaying a capture (`capture_timestamp`): right after a capture, the Wayback Machine does not
+replay it yet; it redirects to the nearest other capture of the URL (possibly months away) or
+answers 404. Only the named capture's bytes are accepted; anything else is transient.
 
 Reasons quote URLs with their passwords hidden (`display_url`): they are stored on the episode,
 printed, and logged into Prefect's database.
@@ -34,13 +46,17 @@ import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
 
 from podcastpile import __version__
 from podcastpile.errors import PermanentError, TransientError
+from podcastpile.net.encoding import decoder_for
 from podcastpile.net.guard import AddressGuard, BlockedAddress, PinnedTransport
 from podcastpile.net.urls import display_url, mask_secrets
 
@@ -59,6 +75,8 @@ _TEMP_NAME = re.compile(rf"{re.escape(TEMP_PREFIX)}(?P<pid>[0-9]+)-.*{re.escape(
 # process's: the clocks compared (file times, boot time + start ticks) are only good to a second
 # or so and may be stepped by NTP, so a wide margin; erring keeps a file, never removes a live one.
 PID_REUSE_MARGIN_SECONDS = 60.0
+# A Wayback Machine playback path: /web/<14-digit timestamp><optional mode such as id_>/<url>.
+_WAYBACK_PATH = re.compile(r"/web/(?P<timestamp>[0-9]{14})(?:[a-z]{2}_)?/")
 
 
 @dataclass(frozen=True)
@@ -69,9 +87,19 @@ class DownloadedAudio:
     sha256: str
     md5: str
     bytes: int
-    sha1: str  # hex; the Wayback Machine's CDX digest is this SHA-1 in base32
+    sha1: str  # hex, of the file (decoded audio)
     content_type: str | None
     url: str  # after redirects
+    # The body as received, de-chunked but still content-encoded: what the Wayback Machine's
+    # CDX digest covers (its SHA-1, in base32). Equal to sha1/bytes when there is no encoding.
+    sha1_raw: str
+    bytes_raw: int
+
+
+def wayback_timestamp(url: str) -> str | None:
+    """The 14-digit capture timestamp a Wayback Machine playback URL names (`/web/<ts>id_/…`), or None."""
+    match = _WAYBACK_PATH.search(urlsplit(url).path)
+    return match["timestamp"] if match else None
 
 
 def _status_error(response: httpx.Response) -> PermanentError | TransientError:
@@ -196,7 +224,8 @@ def _next_hop(response: httpx.Response) -> httpx.URL | None:
 
 
 def _stream_to(
-    client: httpx.Client, url: str, path: Path, max_bytes: int, guard: AddressGuard, max_redirects: int
+    client: httpx.Client, url: str, path: Path, max_bytes: int, guard: AddressGuard, max_redirects: int,
+    capture_timestamp: str | None,
 ) -> DownloadedAudio:
     # The connection checks the addresses a name resolves to. Literals are checked up front as
     # well, so forms httpx itself rejects (0177.0.0.1) are reported as what they are.
@@ -210,39 +239,110 @@ def _stream_to(
         with client.stream("GET", target) as response:
             hop = _next_hop(response)
             if hop is None:
+                if capture_timestamp is not None:
+                    _check_replayed(response, capture_timestamp)
                 return _save_body(response, path, max_bytes)
+        if capture_timestamp is not None:
+            _check_redirect(hop, capture_timestamp)
         target = hop
     raise PermanentError("too-many-redirects", f"more than {max_redirects} redirects: {display_url(url)}")
 
 
+def _check_redirect(hop: httpx.URL, timestamp: str) -> None:
+    """A replay may only redirect within its capture (a captured redirect keeps the timestamp).
+
+    Any other target is the Wayback Machine offering its nearest capture instead, because the
+    one asked for is not replayable yet (or a hop out of the archive): not these bytes.
+    """
+    offered = wayback_timestamp(str(hop))
+    if offered == timestamp:
+        return
+    where = f"capture {offered}" if offered else display_url(str(hop))[:200]
+    raise TransientError(
+        "archive-replay-mismatch", f"the archive redirects capture {timestamp} to {where}; not replayable yet?"
+    )
+
+
+def _check_replayed(response: httpx.Response, timestamp: str) -> None:
+    """The final answer of a replay: a 404 is a capture not indexed yet, and a 200 must be that
+    capture (`Memento-Datetime` to the second; a reply without one is taken at its word)."""
+    if response.status_code == 404:
+        raise TransientError(
+            "archive-not-replayable", f"HTTP 404 for capture {timestamp} from {response.url.host}; not indexed yet?"
+        )
+    if response.status_code != 200:
+        return  # _save_body classifies it
+    replayed = _memento_timestamp(response.headers.get("memento-datetime"))
+    if replayed is not None and replayed != timestamp:
+        raise TransientError(
+            "archive-replay-mismatch", f"asked for capture {timestamp}, the archive replayed {replayed}"
+        )
+
+
+def _memento_timestamp(value: str | None) -> str | None:
+    """An RFC 1123 `Memento-Datetime` as a 14-digit UTC timestamp; None when absent or unreadable
+    (unreadable is treated as absent: the header is a check, not a requirement)."""
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" zones parse as naive; HTTP dates are UTC
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y%m%d%H%M%S")
+
+
+class _AudioFile:
+    """The decoded audio going to disk: hashed, capped, and refused early when it is an HTML page."""
+
+    def __init__(self, out: BinaryIO, max_bytes: int, content_type: str | None) -> None:
+        self.out, self.max_bytes, self.content_type = out, max_bytes, content_type
+        self.sha256, self.md5, self.sha1, self.size = hashlib.sha256(), hashlib.md5(), hashlib.sha1(), 0
+
+    def write(self, chunk: bytes) -> None:
+        if self.size == 0 and _is_html(self.content_type, chunk):
+            raise PermanentError("not-audio", f"got an HTML page ({self.content_type}), not audio")
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PermanentError("too-large", f"body passed the cap of {self.max_bytes} bytes")
+        self.sha256.update(chunk)
+        self.md5.update(chunk)
+        self.sha1.update(chunk)
+        self.out.write(chunk)
+
+
 def _save_body(response: httpx.Response, path: Path, max_bytes: int) -> DownloadedAudio:
-    sha256, md5, sha1, received = hashlib.sha256(), hashlib.md5(), hashlib.sha1(), 0
     if response.status_code != 200:
         raise _status_error(response)
     content_type = response.headers.get("content-type")
     declared = response.headers.get("content-length")
-    expected = int(declared) if declared and declared.isdigit() else None
+    expected = int(declared) if declared and declared.isdigit() else None  # of the body as sent (encoded)
     if expected is not None and expected > max_bytes:
         raise PermanentError("too-large", f"Content-Length {expected} bytes is over the cap of {max_bytes}")
+    decoder = decoder_for(response.headers.get("content-encoding"))
+    raw_sha1, raw_size = hashlib.sha1(), 0
     with path.open("wb") as out:
-        for chunk in response.iter_bytes(CHUNK_BYTES):
-            if received == 0 and _is_html(content_type, chunk):
-                raise PermanentError("not-audio", f"got an HTML page ({content_type}), not audio")
-            received += len(chunk)
-            if received > max_bytes:
+        audio = _AudioFile(out, max_bytes, content_type)
+        # iter_raw: de-chunked, not decoded; the cap applies to both sides of the decoding.
+        for raw in response.iter_raw(CHUNK_BYTES):
+            raw_sha1.update(raw)
+            raw_size += len(raw)
+            if raw_size > max_bytes:
                 raise PermanentError("too-large", f"body passed the cap of {max_bytes} bytes")
-            sha256.update(chunk)
-            md5.update(chunk)
-            sha1.update(chunk)
-            out.write(chunk)
-    # httpx already raises on a body cut short of Content-Length; this catches an encoded body.
-    if expected is not None and "content-encoding" not in response.headers and received != expected:
-        raise TransientError("short-read", f"got {received} of {expected} bytes")
-    if received == 0:
+            for chunk in decoder.feed(raw):
+                audio.write(chunk)
+        for chunk in decoder.finish():
+            audio.write(chunk)
+    # httpx already raises on a body cut short of Content-Length; this is a second guard.
+    if expected is not None and raw_size != expected:
+        raise TransientError("short-read", f"got {raw_size} of {expected} bytes")
+    if audio.size == 0:
         raise PermanentError("empty-body", f"HTTP 200 with an empty body from {response.url.host}")
     return DownloadedAudio(
-        path=path, sha256=sha256.hexdigest(), md5=md5.hexdigest(), sha1=sha1.hexdigest(), bytes=received,
-        content_type=content_type, url=str(response.url),
+        path=path, sha256=audio.sha256.hexdigest(), md5=audio.md5.hexdigest(), sha1=audio.sha1.hexdigest(),
+        bytes=audio.size, content_type=content_type, url=str(response.url),
+        sha1_raw=raw_sha1.hexdigest(), bytes_raw=raw_size,
     )
 
 
@@ -253,7 +353,8 @@ def download_client(timeout_seconds: float, guard: AddressGuard) -> httpx.Client
         timeout=httpx.Timeout(timeout_seconds),
         follow_redirects=False,  # `download` follows them, checking each hop
         trust_env=False,  # an environment proxy would resolve names out of the guard's reach
-        # identity: the bytes we hash must be the file itself, not a gzip of it
+        # identity: ask for the file itself. An archived response is replayed with the encoding
+        # it was captured with whatever we ask; `_save_body` decodes that one.
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
     )
 
@@ -269,6 +370,7 @@ def download(
     trusted_hosts: Collection[str] = (),
     guard: AddressGuard = AddressGuard(),
     client: httpx.Client | None = None,
+    capture_timestamp: str | None = None,
 ) -> Iterator[DownloadedAudio]:
     """Download `url` into a temporary file and yield it; the file is removed on exit.
 
@@ -277,6 +379,12 @@ def download(
     unless `guard` says otherwise; hosts in `trusted_hosts` (the archive's) skip that check.
     Pass `client` (made by `download_client`, so the guard applies) to reuse connections
     across episodes; its guard is then the one that counts for resolved names.
+
+    `capture_timestamp`: `url` is a Wayback Machine playback URL of the capture made at this
+    14-digit timestamp, and only that capture's bytes are accepted. A redirect to another
+    timestamp (or out of the archive) and a 200 whose `Memento-Datetime` names another second
+    raise TransientError `archive-replay-mismatch`; a 404 raises TransientError
+    `archive-not-replayable` (a fresh capture is not replayable for a while).
     """
     path = _temporary_path(temp_dir)
     shown = display_url(url)  # reasons quote the URL without its password
@@ -286,7 +394,7 @@ def download(
         client = download_client(timeout_seconds, guard)
     try:
         try:
-            downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects)
+            downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects, capture_timestamp)
         except BlockedAddress as error:
             raise PermanentError("blocked-address", mask_secrets(str(error))) from error
         except httpx.TimeoutException as error:
@@ -328,4 +436,5 @@ def local_file(path: str | Path) -> Iterator[DownloadedAudio]:
     if size == 0:
         raise PermanentError("empty-body", f"empty file: {source}")
     yield DownloadedAudio(path=source, sha256=sha256.hexdigest(), md5=md5.hexdigest(), sha1=sha1.hexdigest(), bytes=size,
-                          content_type=None, url=source.resolve().as_uri())
+                          content_type=None, url=source.resolve().as_uri(),
+                          sha1_raw=sha1.hexdigest(), bytes_raw=size)  # a file on disk has no transfer encoding

@@ -238,3 +238,8 @@ class PinnedTransport(httpx.HTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=PinnedBackend(guard, backend),
         )
+
+
+def guard_for(settings: Any) -> AddressGuard:
+    """The guard the settings ask for: public addresses only unless ALLOW_PRIVATE_ADDRESSES."""
+    return AddressGuard(allow=allow_any if settings.allow_private_addresses else is_public)

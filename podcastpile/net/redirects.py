@@ -26,7 +26,7 @@ import httpx
 
 from podcastpile.errors import PermanentError, TransientError
 from podcastpile.net.fetch import download_client
-from podcastpile.net.guard import AddressGuard, BlockedAddress, allow_any, is_public
+from podcastpile.net.guard import AddressGuard, BlockedAddress, guard_for
 from podcastpile.net.urls import display_url, mask_secrets
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -180,6 +180,6 @@ def resolve_redirects(
 
 def resolver_for(settings: Any) -> Callable[[str], RedirectChain]:
     """`resolve_redirects` with the settings' address guard (ALLOW_PRIVATE_ADDRESSES) and timeout."""
-    guard = AddressGuard(allow=allow_any if settings.allow_private_addresses else is_public)
+    guard = guard_for(settings)
     timeout = float(settings.download_timeout_seconds)
     return lambda url: resolve_redirects(url, guard=guard, timeout_seconds=timeout)

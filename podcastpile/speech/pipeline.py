@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from podcastpile.errors import PermanentError, TransientError
 from podcastpile.net.fetch import MAX_REDIRECTS, DownloadedAudio, download, local_file
-from podcastpile.net.guard import AddressGuard, allow_any, is_public
+from podcastpile.net.guard import guard_for
 from podcastpile.speech import audio as audio_module
 from podcastpile.speech import levels
 from podcastpile.speech.audio import DecodedAudio
@@ -35,11 +35,6 @@ def is_url(source: str) -> bool:
     return source.lower().startswith(("http://", "https://"))
 
 
-def address_guard(settings: Any) -> AddressGuard:
-    """The download guard the settings ask for: public addresses only unless ALLOW_PRIVATE_ADDRESSES."""
-    return AddressGuard(allow=allow_any if settings.allow_private_addresses else is_public)
-
-
 def trusted_hosts(settings: Any) -> set[str]:
     """Hosts whose downloads skip the address guard: the configured archive (WAYBACK_URL's host)."""
     host = urlsplit(settings.wayback_url).hostname
@@ -47,8 +42,12 @@ def trusted_hosts(settings: Any) -> set[str]:
 
 
 @contextmanager
-def fetch(source: str, settings: Any) -> Iterator[DownloadedAudio]:
-    """The original bytes of `source` (URL or local path) on disk, hashed; temp files removed on exit."""
+def fetch(source: str, settings: Any, capture_timestamp: str | None = None) -> Iterator[DownloadedAudio]:
+    """The original bytes of `source` (URL or local path) on disk, hashed; temp files removed on exit.
+
+    `capture_timestamp`: `source` is the Wayback Machine's copy made at that 14-digit timestamp,
+    and no other capture's bytes are accepted (see `podcastpile.net.fetch.download`).
+    """
     if not is_url(source):
         with local_file(source) as found:
             yield found
@@ -59,7 +58,8 @@ def fetch(source: str, settings: Any) -> Iterator[DownloadedAudio]:
         timeout_seconds=settings.download_timeout_seconds,
         max_redirects=MAX_REDIRECTS,
         trusted_hosts=trusted_hosts(settings),
-        guard=address_guard(settings),
+        guard=guard_for(settings),
+        capture_timestamp=capture_timestamp,
     ) as downloaded:
         yield downloaded
 

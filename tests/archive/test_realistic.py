@@ -59,6 +59,11 @@ class Realistic:
     def pauses(self) -> dict:
         return ArchiveQueue(self.store).stats(daily_bytes=10**12).pauses
 
+    def expire_episodes_only(self) -> None:
+        """Let every episode's deferral pass, but not the pauses."""
+        with self.store.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE episodes SET archive_not_before = NULL")
+
     def expire(self) -> None:
         """Let every deferral pass (as if the time had come)."""
         with self.store.engine.begin() as connection:
@@ -261,3 +266,31 @@ def test_odd_cdx_digests_and_revisits_are_reused_without_a_false_digest(real: Re
     assert real.run().counts == {"reused": 2} and real.ia.submissions == []
     assert real.row(odd_id).archive_digest is None
     assert real.row(revisit_id).archive_digest == sha1_base32(WAV)
+
+
+def test_a_429_on_a_status_poll_pauses_the_save_family_and_no_poll_goes_out_in_it(real: Realistic) -> None:
+    first, second = real.add(real.origin.url("ep1.wav"), real.origin.url("ep2.wav"))
+    real.ia.pending_polls = 3
+    real.ia.status_busy = 1
+    summary = real.run(max_seconds=3)
+    assert summary.submitted in (1, 2) and summary.counts.get("released", 0) >= 1
+    assert real.ia.requests_during_save_pause == 0
+    pauses = real.pauses()
+    assert pauses["save-429"] >= utcnow() + timedelta(minutes=4.9)
+    for episode in (first, second):
+        assert real.row(episode).archive_attempts == 0
+    # another run during the pause neither polls nor submits
+    polls = real.ia.status_polls
+    real.expire_episodes_only()
+    real.run(max_seconds=1)
+    assert real.ia.status_polls == polls and real.ia.requests_during_save_pause == 0
+
+
+def test_same_snapshot_naming_only_a_redirect_capture_submits_once_more_without_the_window(real: Realistic) -> None:
+    url = real.origin.url("ep1.wav")
+    real.ia.add_capture(url, b"", statuscode=302, location=real.origin.url("ep2.wav"))  # once a redirect
+    (episode,) = real.add(url)
+    assert real.run().counts == {"captured": 1}
+    assert len(real.ia.submissions) == 2  # the windowed answer named the redirect; the second made a job
+    row = real.row(episode)
+    assert row.status == "pending" and real.playback(episode)[:4] == b"RIFF"

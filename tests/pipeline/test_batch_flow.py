@@ -121,7 +121,7 @@ def test_default_path_processes_the_archived_copy_only(
         assert row.status == "archive_pending"
         assert process_batch()["claimed"] == 0  # nothing is ready before it is archived
 
-        assert archive_flow() == {"submitted": 1, "captured": 1}
+        assert archive_flow() == {"submitted": 1, "captured": 1, "lookups": 2}  # the folder, then the new capture listed
         (summary,) = [process_batch()]
         assert summary["by_status"] == {"completed": 1}
 
