@@ -302,3 +302,12 @@ def test_the_served_request_is_a_plain_get(server: LoopbackServer) -> None:
     get(server.url(playback()), capture_timestamp=TS)
     (request,) = seen
     assert request.method == "GET" and request.headers["accept-encoding"] == "identity"
+
+
+def test_a_blocked_site_at_playback_is_archive_blocked(server: LoopbackServer) -> None:
+    marker = ("org.archive.util.io.RuntimeIOException: org.archive.wayback.exception."
+              "AdministrativeAccessControlException: Blocked Site Error")
+    server.routes[playback()] = lambda r: Reply(403, b"<html>blocked</html>", {
+        "Content-Type": "text/html", "X-Archive-Wayback-Runtime-Error": marker})
+    error = failure(server.url(playback()), capture_timestamp=TS)
+    assert isinstance(error, PermanentError) and error.code == "archive-blocked"

@@ -38,6 +38,7 @@ import httpx
 from podcastpile import __version__
 from podcastpile.archive import cdx
 from podcastpile.archive.answers import code_of, digest_matches, is_same_snapshot, kind_of
+from podcastpile.net.fetch import BLOCKED_SITE_MARKER
 from podcastpile.store.known_captures import KnownCapture
 
 __all__ = [
@@ -46,9 +47,6 @@ __all__ = [
 ]
 
 USER_AGENT = f"podcastpile/{__version__} (speech dataset builder; python-httpx)"
-# The Wayback Machine's marker for an excluded site, in the `X-Archive-Wayback-Runtime-Error`
-# header (and in CDX's plain-text body) of its HTTP 403.
-BLOCKED_SITE_MARKER = "blocked site error"
 
 
 def is_blocked_site(response: httpx.Response) -> bool:

@@ -64,7 +64,10 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"podcastpile/{__version__} (speech dataset builder; python-httpx)"
 CHUNK_BYTES = 1 << 16
-TRANSIENT_4XX = {408, 425, 429}  # request timeout, too early, too many requests
+TRANSIENT_4XX = {408, 425, 429}
+# How the Wayback Machine marks its 403 for a site excluded from it (header
+# `X-Archive-Wayback-Runtime-Error: ...AdministrativeAccessControlException: Blocked Site Error`).
+BLOCKED_SITE_MARKER = "blocked site error"  # request timeout, too early, too many requests
 # The Wayback Machine redirects an id_ URL to its nearest capture (one hop, sometimes two);
 # more than a few hops means a loop.
 MAX_REDIRECTS = 5
@@ -110,6 +113,9 @@ def _status_error(response: httpx.Response) -> PermanentError | TransientError:
         reason += f" (Retry-After: {retry_after})"
     if code >= 500 or code in TRANSIENT_4XX:
         return TransientError(f"http-{code}", reason)
+    if code == 403 and BLOCKED_SITE_MARKER in response.headers.get("x-archive-wayback-runtime-error", "").lower():
+        # the Wayback Machine excludes this site: the same outcome as when CDX says so
+        return PermanentError("archive-blocked", f"{reason}: the Wayback Machine excludes this site (Blocked Site Error)")
     return PermanentError(f"http-{code}", reason)
 
 
