@@ -60,8 +60,17 @@ class Settings(BaseSettings):
         "sqlite:///./podcastpile.db",
         description="Episode database. SQLite for one machine; postgresql://... for many workers.",
     )
-    host: str = Field("0.0.0.0", description="Address the manager (Prefect server) binds to.")
+    host: str | None = Field(
+        None,
+        description="Address the manager (Prefect server) binds to; unset: 0.0.0.0 (every address) "
+        "with WORKER_AUTH_ENABLED, 127.0.0.1 (this machine only) without. A non-loopback address "
+        "without auth is refused unless `ppcli manager --insecure`.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port the manager (Prefect server) serves on.")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses of reverse proxies in front of the manager whose "
+        "X-Forwarded-For names the client (for the wrong-password limit); empty: none.",
+    )
     worker_auth_enabled: bool = Field(False, description="Require a password from workers.")
     worker_password: SecretStr | None = Field(None, description="The password the manager demands when auth is on; clients send it whenever set.")
     run_retention_days: float = Field(
@@ -205,6 +214,12 @@ class Settings(BaseSettings):
                 f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql"
             )
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        # HOST= (empty) in .env means unset: the manager picks by whether auth is on.
+        return (value.strip() or None) if value is not None else None
 
     @field_validator("worker_languages")
     @classmethod

@@ -22,7 +22,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_seed_defaults() -> None:
     settings = load_settings(env_file=None)
     assert settings.database_url == "sqlite:///./podcastpile.db"
-    assert settings.host == "0.0.0.0"
+    assert settings.host is None  # the manager picks 0.0.0.0 with auth, 127.0.0.1 without
     assert settings.port == 8000
     assert settings.worker_auth_enabled is False
     assert settings.worker_password is None

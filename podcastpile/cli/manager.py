@@ -12,15 +12,27 @@ for it (only /api/health and /api/ready stay open; deployments/server.py closes 
 workers pass it with `-p` or their own WORKER_PASSWORD. `ppcli setup` finds its server and
 password by the rule every command follows (`podcastpile.prefect_api`), without the guess of a
 manager on this machine: setting up the wrong server would be worse than naming one.
+
+Protected mode (as Redis and Jupyter have it): whoever reaches an open manager can create a
+deployment whose pull step is a shell command and have every worker run it. So without auth
+the manager serves on loopback only: HOST unset means 127.0.0.1 then (0.0.0.0 with auth on),
+and a non-loopback address asked for explicitly (`--host`, HOST) is refused with one line,
+unless `--insecure`, which warns on every start. `--generate-password` writes the password to
+`.env`. With auth on, a non-loopback address still gets one line: there is no TLS, so the
+password travels in clear until a TLS reverse proxy is put in front (docs/operate.md).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -30,10 +42,10 @@ import typer
 
 from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_FAILED, EXIT_SETUP, fail, settings
-from podcastpile.cli.display import errors, literal, say
+from podcastpile.cli.display import errors, literal, say, tell
 from podcastpile.cli.manager_api import ManagerProblem, check_manager, is_healthy, online_workers
 from podcastpile.cli.stopping import descendants, signal_all
-from podcastpile.config import Settings, safe_database_url
+from podcastpile.config import Settings, SettingsError, load_settings, safe_database_url
 from podcastpile.prefect_api import PrefectAPI, find_prefect_api, server_password
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -41,6 +53,12 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 WATCHED = ("podcastpile", "tasks", "flows", "deployments")
 WATCHED_FILES = ("prefect.yaml", ".env")
 EXIT_STOPPED = 0
+# HOST unset: every address when a password guards the manager, this machine only when not.
+EVERY_ADDRESS = "0.0.0.0"
+LOOPBACK = "127.0.0.1"
+WILDCARDS = ("0.0.0.0", "::")
+# The settings --generate-password writes to .env, replacing the lines that set them.
+AUTH_SETTINGS = re.compile(r"^\s*(?:export\s+)?(WORKER_AUTH_ENABLED|WORKER_PASSWORD)\s*=", re.IGNORECASE)
 
 
 @app.command("setup")
@@ -74,27 +92,35 @@ def _run_setup(config: Settings, api: PrefectAPI, gpu_pool_limit: int | None) ->
 @app.command()
 def manager(
     port: Annotated[int | None, typer.Option("--port", "-p", help="Port (default: PORT, 8000).")] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default: HOST, 0.0.0.0).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: HOST; unset: 0.0.0.0 with auth on, 127.0.0.1 without). A non-loopback address needs auth or --insecure.")] = None,
     reload: Annotated[bool, typer.Option(help="Restart everything when the code or .env changes (development).")] = False,
     allow_sqlite_workers: Annotated[bool, typer.Option(help="Let several batches run at once although Prefect's database is SQLite.")] = False,
     cpu_runs: Annotated[int, typer.Option(min=1, help="Flow runs the manager's CPU worker runs at once (archive, dispatch, export, stats).")] = 6,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve a non-loopback address without auth anyway: anyone who reaches the port can run code on this machine and every worker.")] = False,
+    generate_password: Annotated[bool, typer.Option("--generate-password", help="Write WORKER_AUTH_ENABLED=true and a new WORKER_PASSWORD to ./.env (mode 0600), print the password once and exit.")] = False,
 ) -> None:
     """Run the Prefect server with the pipeline set up, plus its CPU worker; Ctrl+C stops all."""
+    if generate_password:
+        # Before the settings are read: an .env with auth on and no password is what it fixes.
+        _generate_password(Path(".env"), port)
+        raise typer.Exit(0)
     config = settings()
     port = port or config.port
-    host = host or config.host
     auth = server_password(config)  # what the server demands; None: it is open
-    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = _bind_address(host, config.host, auth, insecure, port)
+    local = LOOPBACK if host in (*WILDCARDS, "") else host
     # Its own calls to the server follow the rule every client follows, given this address
     # and the password the server demands.
-    api = find_prefect_api(config, manager=f"http://{local}:{port}", password=auth)
+    api = find_prefect_api(config, manager=f"http://{_url_host(local)}:{port}", password=auth)
     assert api is not None  # named explicitly
     sqlite = _prefect_database_is_sqlite()
     # At most one batch at a time on SQLite: concurrent runs make it fail (database is locked).
     gpu_pool_limit = 1 if sqlite and not allow_sqlite_workers else None
     stack = _Stack(host, port, auth, api, config, gpu_pool_limit, cpu_runs)
-    public = f"http://{socket.gethostname() if local == '127.0.0.1' else local}:{port}"
-    _announce(config, public, auth, sqlite, gpu_pool_limit)
+    loopback = is_loopback(host)
+    shown = socket.gethostname() if host in (*WILDCARDS, "") else local
+    public = f"http://{_url_host(shown)}:{port}"
+    _announce(config, public, host, port, loopback, auth, sqlite, gpu_pool_limit)
 
     signals = {"count": 0}
 
@@ -135,9 +161,12 @@ def manager(
     raise typer.Exit(EXIT_STOPPED)
 
 
-def _announce(config: Settings, public: str, auth: str | None, sqlite: bool, gpu_pool_limit: int | None) -> None:
-    """What the manager serves and how GPU machines join it, printed once at start."""
+def _announce(config: Settings, public: str, host: str, port: int, loopback: bool, auth: str | None,
+              sqlite: bool, gpu_pool_limit: int | None) -> None:
+    """What the manager serves, to whom, and how GPU machines join it, printed once at start."""
     say(f"Podcast Pile manager: {public}")
+    reach = "this machine only" if loopback else ("every address" if host in WILDCARDS else "this address")
+    say(f"  listening on: {_url_host(host)}:{port} ({reach})")
     say(f"  episode database: {safe_database_url(config.database_url)}")
     say(f"  auth: {'on (the UI and workers need WORKER_PASSWORD)' if auth else 'off'}")
     if sqlite:
@@ -146,8 +175,138 @@ def _announce(config: Settings, public: str, auth: str | None, sqlite: bool, gpu
         say(f"  Prefect database: SQLite ({note})")
     else:
         say("  Prefect database: PostgreSQL")
+    if loopback:
+        say(f"  workers on this machine join with: ppcli worker -m {public}" + (" -p PASSWORD" if auth else ""))
+        if not auth:
+            say("  GPU machines: run `ppcli manager --generate-password`, then restart the manager")
+        return
     joining = f"ppcli worker -m {public}" + (" -p PASSWORD" if auth else "")
     say(f"  GPU machines join with: {joining}")
+    if auth:
+        tell("warning", f"no TLS: the password travels in clear to {_url_host(host)}:{port}; put a TLS "
+             "reverse proxy (Caddy, nginx) in front, see docs/operate.md", style="yellow")
+    else:
+        tell("warning", f"--insecure: auth is off on {_url_host(host)}:{port}: anyone who can reach this port "
+             "can run code on this machine and every worker", style="yellow")
+
+
+def _bind_address(option: str | None, setting: str | None, auth: str | None, insecure: bool, port: int) -> str:
+    """The address to serve on: `--host`, else HOST, else 0.0.0.0 with auth and 127.0.0.1
+    without; a non-loopback address asked for without auth is refused unless `insecure`."""
+    if option:
+        host, asked = option, f"--host {option}"
+    elif setting:
+        host, asked = setting, f"HOST={setting}"
+    else:
+        return EVERY_ADDRESS if auth else LOOPBACK
+    if auth or insecure or is_loopback(host):
+        return host
+    fail(f"refusing {asked} without auth: anyone who can reach port {port} could run code on this machine "
+         "and every worker; run `ppcli manager --generate-password` (writes WORKER_AUTH_ENABLED=true and "
+         "WORKER_PASSWORD to .env), or serve 127.0.0.1, or add --insecure", code=EXIT_SETUP)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) reaches this machine only: every address it
+    stands for is a loopback address. A name that does not resolve is not."""
+    try:
+        return _loopback_address(host)
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    try:
+        return bool(found) and all(_loopback_address(str(info[4][0]).partition("%")[0]) for info in found)
+    except ValueError:
+        return False
+
+
+def _loopback_address(text: str) -> bool:
+    """Whether an IP address literal is a loopback address (127.0.0.0/8, ::1, ::ffff:127.x);
+    ValueError for something that is not an address."""
+    address = ipaddress.ip_address(text)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def _url_host(host: str) -> str:
+    """`host` as a URL's host part: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _generate_password(env_file: Path, port: int | None) -> None:
+    """Write WORKER_AUTH_ENABLED=true and a new WORKER_PASSWORD to `env_file` (created when
+    missing, other lines kept, mode 0600) and print the password once with how workers join."""
+    password = secrets.token_urlsafe(32)
+    path = env_file.absolute()
+    try:
+        replaced = _write_auth_settings(path, password)
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}", code=EXIT_FAILED)
+    say(f"wrote WORKER_AUTH_ENABLED=true and a new WORKER_PASSWORD to {path} (mode 0600)"
+        + ("; it replaces the previous password (restart the manager, give workers the new one)" if replaced else ""))
+    say(f"WORKER_PASSWORD={password}")
+    say("it is shown only this once (it stays in .env). Start the manager with `ppcli manager`; GPU "
+        f"machines join with `ppcli worker -m http://{socket.gethostname()}:{port or _port_setting()}` and the "
+        "password as WORKER_PASSWORD in their environment or .env (or -p PASSWORD, visible in ps)")
+    shadowing = sorted(name for name in os.environ if name.upper() in ("WORKER_AUTH_ENABLED", "WORKER_PASSWORD"))
+    if shadowing:
+        tell("warning", f"the environment sets {' and '.join(shadowing)}, which wins over .env: unset "
+             "it for the new password to take effect", style="yellow")
+
+
+def _write_auth_settings(path: Path, password: str) -> bool:
+    """Replace (or add) the auth lines in `path`, atomically and readable by its owner only.
+
+    Every line that sets WORKER_AUTH_ENABLED or WORKER_PASSWORD goes (the last one would win);
+    the new pair takes the place of the first. Returns whether a password was set before.
+    """
+    target = path.resolve()  # through a symlink: the file it names is what Settings reads
+    try:
+        lines = target.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        lines = []
+    pair = ["WORKER_AUTH_ENABLED=true\n", f"WORKER_PASSWORD={password}\n"]
+    kept: list[str] = []
+    placed = replaced = False
+    for line in lines:
+        match = AUTH_SETTINGS.match(line)
+        if not match:
+            kept.append(line)
+            continue
+        if match.group(1).upper() == "WORKER_PASSWORD" and line.split("=", 1)[1].strip().strip("'\""):
+            replaced = True
+        if not placed:
+            kept.extend(pair)
+            placed = True
+    if not placed:
+        if kept and not kept[-1].endswith(("\n", "\r")):
+            kept[-1] += "\n"
+        kept.extend(pair)
+    # A new file, created 0600 (mkstemp), replaces the old one: the password is never in a
+    # file others may read, and an existing .env's looser mode goes with it.
+    handle, temporary = tempfile.mkstemp(prefix=".env.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.writelines(kept)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return replaced
+
+
+def _port_setting() -> int:
+    """PORT as the settings have it, or its default where the settings do not load."""
+    try:
+        return load_settings().port
+    except SettingsError:
+        return Settings.model_fields["port"].default
 
 
 class _Stack:
@@ -192,6 +351,8 @@ class _Stack:
                        str(int(self.config.run_retention_days * 86400)))
         if self.auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth
+        if self.config.trusted_proxies:  # .env is not the server's: pass the setting along
+            env["TRUSTED_PROXIES"] = self.config.trusted_proxies
         return env
 
     def _wait_healthy(self, timeout: float = 180.0) -> None:
