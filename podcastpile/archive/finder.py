@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +41,11 @@ class LookupUnavailable(Exception):
     def __init__(self, message: str, until: object = None) -> None:
         super().__init__(message)
         self.until = until
+
+
+def _moment(timestamp: str) -> datetime:
+    """A 14-digit Wayback timestamp as a (naive, UTC) datetime, like the store's clock."""
+    return datetime.strptime(timestamp, "%Y%m%d%H%M%S")
 
 
 def _has_folder(url: str) -> bool:
@@ -84,10 +89,13 @@ class CaptureFinder:
             answers.update(self._by_folder(folder, members, since))
         return answers
 
-    def listed(self, captures: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Found]:
+    def listed(self, captures: Iterable[tuple[str, str]], *, recheck: timedelta = timedelta(0)
+               ) -> dict[tuple[str, str], Found]:
         """For each (url, timestamp), the CDX row of exactly that capture once CDX lists it, else
         None (the Wayback Machine replays a fresh capture only then; before, it redirects
-        elsewhere), or the exception its lookup raised. Captures in one folder share a query."""
+        elsewhere), or the exception its lookup raised. Captures in one folder share a query,
+        and a folder another run asked about within `recheck` (after these captures were
+        made) is not asked about again: they were not listed then."""
         answers: dict[tuple[str, str], Found] = {}
         folders: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._stopped = None
@@ -99,6 +107,10 @@ class CaptureFinder:
                 folders[cdx.folder_of(url) if _has_folder(url) else url].append((url, timestamp))
         for folder, members in folders.items():
             since = min(timestamp for _, timestamp in members)
+            newest = _moment(max(timestamp for _, timestamp in members))
+            if recheck and self.known.listing_checked(folder, since=since, after=newest, within=recheck):
+                answers.update({member: None for member in members})
+                continue
             try:
                 rows, _ = self._captures(folder, prefix=_has_folder(members[0][0]), since=since,
                                          until=None if len(members) > 1 else since)
@@ -106,6 +118,7 @@ class CaptureFinder:
                 answers.update({member: error for member in members})
                 continue
             self.known.remember(rows)
+            self.known.remember_listing_check(folder, since=since)
             listed = {(c.url, c.timestamp): c for c in rows}
             answers.update({member: listed.get(member) for member in members})
         return answers
@@ -131,6 +144,9 @@ class CaptureFinder:
         return cdx.best_capture([c for c in rows if c.url == url], since=since)
 
     def _by_folder(self, folder: str, members: list[str], since: str) -> dict[str, Found]:
+        if self.known.prefix_covers(folder, since=since, max_age=self.prefix_fresh):
+            # another run asked meanwhile (runs start together): its answer is in the store
+            return {url: cdx.best_capture(self.known.of(url, since=since), since=since) for url in members}
         try:
             rows, complete = self._captures(folder, prefix=True, since=since)
         except Exception as error:  # noqa: BLE001 - every URL of the folder shares the outcome

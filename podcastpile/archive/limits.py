@@ -18,6 +18,10 @@ class ArchiveLimits:
     stale_seconds: float = 1800.0
     host_pause_seconds: float = 600.0
     recheck_seconds: float = 120.0  # a capture CDX does not list yet is looked for again after this
+    # The first CDX check for a fresh capture, then 3x longer each time: IA lists a capture
+    # seconds to minutes after the job succeeds (its own client first looks after 9 s).
+    # From the settings: two status polls (10 s by default).
+    listed_after_seconds: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ArchiveLimits":
@@ -25,4 +29,5 @@ class ArchiveLimits:
             per_minute=settings.spn_captures_per_minute, daily_bytes=settings.spn_daily_bytes,
             reuse_days=settings.archive_reuse_days, poll_seconds=settings.spn_poll_seconds,
             lookups_per_minute=settings.cdx_requests_per_minute, stale_seconds=settings.spn_job_stale_seconds,
+            listed_after_seconds=2 * settings.spn_poll_seconds,
         )

@@ -128,7 +128,9 @@ class ArchiveStage:
                     next_renew = time.monotonic() + self.queue.lease.total_seconds() / 4
                 wake = min(filter(None, [work.next_due(), next_submit if work.to_submit else None]),
                            default=time.monotonic())
-                self.sleep(max(0.0, min(wake, self._deadline) - time.monotonic()))
+                if wake >= self._deadline:
+                    break  # nothing more to do in this run (a pause outlasts it): give the rest back now
+                self.sleep(max(0.0, wake - time.monotonic()))
         finally:
             for claim in work.held():
                 try:
@@ -185,9 +187,9 @@ class ArchiveStage:
         except Exception as error:  # noqa: BLE001 - the origin is away now: submit as it is, SPN may reach it
             log.info("episode %s: redirects not resolved (%s)", claim.episode_id, error)
             return
-        if chain.hops:
-            index = work.to_submit.index(claim)
-            work.to_submit[index] = self.queue.redirected(claim, chain.to_json())
+        # recorded even without a hop, so no later run asks the origin again
+        index = work.to_submit.index(claim)
+        work.to_submit[index] = self.queue.redirected(claim, chain.to_json())
 
     def _lookup_failed(self, claim: ArchiveClaim, error: Exception, work: Work) -> None:
         """A lookup that failed defers the episode (no attempt), or ends it for a blocked site."""
@@ -372,7 +374,7 @@ class ArchiveStage:
         captured = self.out.record(claim, lambda: self.queue.captured(claim, capture))
         if captured:
             self.out.event(claim.episode_id, "captured", capture.url)
-            work.listing[claim.episode_id] = (captured, time.monotonic() + self.limits.poll_seconds, 0)
+            work.listing[claim.episode_id] = (captured, time.monotonic() + self.limits.listed_after_seconds, 0)
 
     def _polls_paused(self, work: Work) -> bool:
         """Whether status polls must wait (a 429 from /save*, maybe met by another run): then
@@ -417,7 +419,8 @@ class ArchiveStage:
         def original(claim: ArchiveClaim) -> str:
             return (claim.capture.original if claim.capture else None) or submit_url(claim)
 
-        answers = self.finder.listed((original(c), c.capture.timestamp) for c, _ in due if c.capture)
+        answers = self.finder.listed(((original(c), c.capture.timestamp) for c, _ in due if c.capture),
+                                     recheck=timedelta(seconds=self.limits.listed_after_seconds))
         for claim, checks in due:
             capture = claim.capture
             assert capture is not None
@@ -450,7 +453,7 @@ class ArchiveStage:
             self.out.recheck(claim, REPLAY_LAG, f"capture {capture.timestamp} not listed by CDX yet",
                              self.queue.clock() + timedelta(seconds=self.limits.recheck_seconds))
         else:
-            delay = self.limits.poll_seconds * 3 ** (checks + 1)
+            delay = self.limits.listed_after_seconds * 3 ** (checks + 1)
             work.listing[claim.episode_id] = (claim, time.monotonic() + delay, checks + 1)
 
     # --- helpers --------------------------------------------------------------------------------

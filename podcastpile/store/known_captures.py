@@ -24,6 +24,9 @@ from podcastpile.store.tables import archive_known_captures as _known
 from podcastpile.store.tables import archive_prefix_lookups as _prefixes
 
 
+_LISTING = "listing:"  # the key prefix of listing checks, apart from folder lookups
+
+
 def url_key(url: str) -> str:
     """The key a URL is stored under (SHA-1 hex: URLs are too long for a portable index)."""
     return hashlib.sha1(url.encode("utf-8", "surrogateescape")).hexdigest()
@@ -94,3 +97,20 @@ class KnownCaptures:
                 index_elements=[_prefixes.c.prefix_key],
                 set_={key: statement.excluded[key] for key in ("looked_up_at", "since", "complete")},
             ))
+
+    def listing_checked(self, folder: str, *, since: str, after: datetime, within: timedelta) -> bool:
+        """Whether some run asked CDX about `folder` from `since` or earlier, after `after` and
+        within `within`: a capture made before `after` and not in what it remembered is not
+        listed yet, and asking again now would spend a lookup to learn the same."""
+        with self.store.engine.connect() as connection:
+            row = connection.execute(
+                select(_prefixes.c.looked_up_at, _prefixes.c.since)
+                .where(_prefixes.c.prefix_key == url_key(_LISTING + folder))
+            ).first()
+        if row is None or row.since > since:
+            return False
+        return row.looked_up_at >= max(after, self.store.clock() - within)
+
+    def remember_listing_check(self, folder: str, *, since: str) -> None:
+        """Record that CDX was asked which captures of `folder` since `since` it lists."""
+        self.remember_prefix(_LISTING + folder, since=since, complete=False)

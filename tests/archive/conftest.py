@@ -16,7 +16,7 @@ from tests.wayback import AdHost, WaybackDouble
 WAV = (Path(__file__).parent.parent / "fixtures" / "speech" / "conversation.wav").read_bytes()
 # Save Page Now needs keys; the double accepts any unless told otherwise (`keys`).
 KEYS = {"access_key": "AK", "secret_key": "SK"}
-FAST = ArchiveLimits(per_minute=60, poll_seconds=0.05, lookups_per_minute=6000)
+FAST = ArchiveLimits(per_minute=60, poll_seconds=0.05, lookups_per_minute=6000, listed_after_seconds=0.05)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def _archive_run(database_url: str, wayback_url: str, name: str, barrier) -> int
     barrier.wait()
     claims = queue.claim(name, 10)
     with WaybackClient(wayback_url, wayback_url, access_key="AK", secret_key="SK") as client:
-        summary = ArchiveStage(queue, client, ArchiveLimits(per_minute=PER_MINUTE, poll_seconds=0.1)).run(
+        summary = ArchiveStage(queue, client, ArchiveLimits(per_minute=PER_MINUTE, poll_seconds=0.1, listed_after_seconds=0.2)).run(
             claims, max_seconds=8
         )
     store.close()

@@ -21,7 +21,8 @@ from podcastpile.store.clock import utcnow
 from tests.archive.conftest import KEYS, WAV
 from tests.wayback import AdHost, WaybackDouble, sha1_base32
 
-LIMITS = ArchiveLimits(per_minute=600, poll_seconds=0.05, lookups_per_minute=6000, stale_seconds=60)
+LIMITS = ArchiveLimits(per_minute=600, poll_seconds=0.05, lookups_per_minute=6000, stale_seconds=60,
+                       listed_after_seconds=0.05)
 GUARD = AddressGuard(allow=allow_any)
 
 
@@ -100,7 +101,7 @@ def test_a_fresh_capture_is_ready_only_once_listed_and_plays_back_its_own_bytes(
 def test_a_capture_not_listed_within_the_run_waits_without_resubmitting(real: Realistic) -> None:
     real.ia.replay_lag_seconds = 3600.0  # listed in an hour
     (episode,) = real.add(real.origin.url("ep1.wav"))
-    summary = real.run(max_seconds=3)
+    summary = real.run(max_seconds=20)  # four CDX checks, then given back (the run ends then)
     assert summary.counts == {"waiting": 1} and summary.submitted == 1
     row = real.row(episode)
     assert row.status == "archiving" and row.archive_job_id is None and row.archive_timestamp
@@ -272,7 +273,7 @@ def test_a_429_on_a_status_poll_pauses_the_save_family_and_no_poll_goes_out_in_i
     first, second = real.add(real.origin.url("ep1.wav"), real.origin.url("ep2.wav"))
     real.ia.pending_polls = 3
     real.ia.status_busy = 1
-    summary = real.run(max_seconds=3)
+    summary = real.run(max_seconds=30)  # ends as soon as only the pause is left
     assert summary.submitted in (1, 2) and summary.counts.get("released", 0) >= 1
     assert real.ia.requests_during_save_pause == 0
     pauses = real.pauses()

@@ -31,7 +31,8 @@ def test_existing_capture_is_reused_without_submitting(harness: Harness) -> None
 def test_capture_older_than_the_reuse_window_is_not_reused(harness: Harness) -> None:
     (episode,) = harness.add("ep1.wav")
     harness.ia.add_capture(harness.origin.url("ep1.wav"), WAV, datetime.now(UTC) - timedelta(days=30))
-    summary = harness.run(limits=ArchiveLimits(per_minute=60, poll_seconds=0.05, reuse_days=7, lookups_per_minute=6000))
+    summary = harness.run(limits=ArchiveLimits(per_minute=60, poll_seconds=0.05, reuse_days=7, lookups_per_minute=6000,
+                                                    listed_after_seconds=0.05))
     assert summary.counts == {"captured": 1} and len(harness.ia.submissions) == 1
     assert harness.row(episode).archive_reused is False
 
@@ -58,7 +59,7 @@ def test_new_capture_is_submitted_polled_and_stored(harness: Harness) -> None:
 def test_job_id_is_stored_before_polling_and_a_restarted_run_resumes_it(harness: Harness) -> None:
     harness.ia.pending_polls = 10**6  # never finishes during the first run
     (episode,) = harness.add("ep1.wav")
-    harness.run(max_seconds=0.5)
+    harness.run(max_seconds=2)
     row = harness.row(episode)
     assert row.status == "archiving" and row.archive_job_id == "spn2-000001"
     assert row.lease_token is None  # released at the end of the run, job kept
@@ -73,7 +74,7 @@ def test_job_id_is_stored_before_polling_and_a_restarted_run_resumes_it(harness:
 def test_forgotten_job_is_resubmitted_not_lost(harness: Harness) -> None:
     harness.ia.pending_polls = 10**6
     (episode,) = harness.add("ep1.wav")
-    harness.run(max_seconds=0.3)
+    harness.run(max_seconds=2)
     harness.ia.forget_jobs()
     harness.ia.pending_polls = 1
     harness.run()  # polls a job the service no longer knows: back to the queue
@@ -155,7 +156,8 @@ def test_account_cap_message_at_submit_pauses_everyone(harness: Harness) -> None
 def test_daily_byte_budget_stops_submissions(harness: Harness) -> None:
     first, second = harness.add("ep1.wav", "ep2.wav")
     # Room for one file; one submission a minute, so the first capture is counted before the second.
-    limits = ArchiveLimits(per_minute=1, poll_seconds=0.05, daily_bytes=len(WAV), lookups_per_minute=6000)
+    limits = ArchiveLimits(per_minute=1, poll_seconds=0.05, daily_bytes=len(WAV), lookups_per_minute=6000,
+                           listed_after_seconds=0.05)
     summary = harness.run(limits=limits)
     assert summary.counts == {"captured": 1, "deferred": 1}
     assert len(harness.ia.submissions) == 1
