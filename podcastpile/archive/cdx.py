@@ -27,6 +27,13 @@ def folder_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
+def host_of(url: str) -> str:
+    """The root of the URL's host: a prefix query from a recent time over it lists every fresh
+    capture of that host, for any number of podcasts, in one lookup."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
 def query_params(url: str, *, prefix: bool = False, since: str | None = None, until: str | None = None,
                  limit: int | None = None) -> dict[str, str]:
     """The CDX parameters for captures of `url` (or of every URL under it with `prefix`)."""

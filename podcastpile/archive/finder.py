@@ -93,9 +93,10 @@ class CaptureFinder:
                ) -> dict[tuple[str, str], Found]:
         """For each (url, timestamp), the CDX row of exactly that capture once CDX lists it, else
         None (the Wayback Machine replays a fresh capture only then; before, it redirects
-        elsewhere), or the exception its lookup raised. Captures in one folder share a query,
-        and a folder another run asked about within `recheck` (after these captures were
-        made) is not asked about again: they were not listed then."""
+        elsewhere), or the exception its lookup raised. Captures on one host share one query:
+        every capture of the host since the oldest of them (few rows, since it is recent), and a
+        host another run asked about within `recheck` (after these captures were made) is not
+        asked about again: they were not listed then."""
         answers: dict[tuple[str, str], Found] = {}
         folders: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._stopped = None
@@ -104,7 +105,7 @@ class CaptureFinder:
             if exact:
                 answers[(url, timestamp)] = exact[0]
             else:
-                folders[cdx.folder_of(url) if _has_folder(url) else url].append((url, timestamp))
+                folders[cdx.host_of(url)].append((url, timestamp))
         for folder, members in folders.items():
             since = min(timestamp for _, timestamp in members)
             newest = _moment(max(timestamp for _, timestamp in members))
@@ -112,8 +113,7 @@ class CaptureFinder:
                 answers.update({member: None for member in members})
                 continue
             try:
-                rows, _ = self._captures(folder, prefix=_has_folder(members[0][0]), since=since,
-                                         until=None if len(members) > 1 else since)
+                rows, _ = self._captures(folder, prefix=True, since=since)
             except Exception as error:  # noqa: BLE001 - the caller decides per capture
                 answers.update({member: error for member in members})
                 continue

@@ -403,16 +403,16 @@ class ArchiveStage:
     # --- 4: listed before ready -----------------------------------------------------------------
 
     def _listing_due(self, work: Work) -> list[tuple[ArchiveClaim, int]]:
-        """Captures due for a CDX check, with every other capture waiting in the same folders:
-        one folder query answers them all, so checking those too costs nothing."""
+        """Captures due for a CDX check, with every other capture waiting on the same hosts:
+        one query per host answers them all, so checking those too costs nothing."""
         now = time.monotonic()
-        folders = {self._folder(claim) for claim, at, _ in work.listing.values() if at <= now}
-        return [(claim, checks) for claim, _, checks in work.listing.values() if self._folder(claim) in folders]
+        hosts = {self._host(claim) for claim, at, _ in work.listing.values() if at <= now}
+        return [(claim, checks) for claim, _, checks in work.listing.values() if self._host(claim) in hosts]
 
     @staticmethod
-    def _folder(claim: ArchiveClaim) -> str:
+    def _host(claim: ArchiveClaim) -> str:
         capture = claim.capture
-        return cdx.folder_of((capture.original if capture else None) or submit_url(claim))
+        return cdx.host_of((capture.original if capture else None) or submit_url(claim))
 
     def _check_listed(self, due: list[tuple[ArchiveClaim, int]], work: Work) -> None:
         """Ready only once CDX lists the exact capture; until then look again, then give it back."""
