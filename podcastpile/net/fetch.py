@@ -366,6 +366,24 @@ def download_client(timeout_seconds: float, guard: AddressGuard) -> httpx.Client
 
 
 @contextmanager
+def http_failures(shown: str, timeout_seconds: float) -> Iterator[None]:
+    """httpx's and the address guard's errors as episode errors, each a one-line reason quoting
+    `shown` (the URL with its password hidden): a blocked address or an unusable URL is
+    permanent, a timeout or a connection failure transient."""
+    try:
+        yield
+    except BlockedAddress as error:
+        raise PermanentError("blocked-address", mask_secrets(str(error))) from error
+    except httpx.TimeoutException as error:
+        raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {shown}") from error
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+        raise PermanentError("bad-url", f"{mask_secrets(str(error))}: {shown}") from error
+    except httpx.TransportError as error:  # refused, reset, a garbled answer
+        detail = mask_secrets(str(error)) or "connection failed"
+        raise TransientError("connection", f"{type(error).__name__}: {detail}: {shown}") from error
+
+
+@contextmanager
 def download(
     url: str,
     *,
@@ -399,22 +417,14 @@ def download(
     if client is None:
         client = download_client(timeout_seconds, guard)
     try:
-        try:
-            downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects, capture_timestamp)
-        except BlockedAddress as error:
-            raise PermanentError("blocked-address", mask_secrets(str(error))) from error
-        except httpx.TimeoutException as error:
-            raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {shown}") from error
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
-            raise PermanentError("bad-url", f"{mask_secrets(str(error))}: {shown}") from error
-        except httpx.RemoteProtocolError as error:
-            # h11 raises this for a body that ends before Content-Length (and for garbled replies).
-            raise TransientError("short-read", f"{mask_secrets(str(error))}: {shown}") from error
-        except httpx.TransportError as error:
-            detail = mask_secrets(str(error)) or "connection failed"
-            raise TransientError("connection", f"{type(error).__name__}: {detail}: {shown}") from error
-        except OSError as error:
-            raise TransientError("local-io", f"cannot write temporary file: {error}") from error
+        with http_failures(shown, timeout_seconds):
+            try:
+                downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects, capture_timestamp)
+            except httpx.RemoteProtocolError as error:
+                # h11 raises this for a body that ends before Content-Length (and for garbled replies).
+                raise TransientError("short-read", f"{mask_secrets(str(error))}: {shown}") from error
+            except OSError as error:
+                raise TransientError("local-io", f"cannot write temporary file: {error}") from error
         yield downloaded
     finally:
         if own_client:

@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from podcastpile.errors import PermanentError, TransientError
-from podcastpile.net.fetch import download_client
-from podcastpile.net.guard import AddressGuard, BlockedAddress, guard_for
+from podcastpile.errors import PermanentError
+from podcastpile.net.fetch import download_client, http_failures
+from podcastpile.net.guard import AddressGuard, guard_for
 from podcastpile.net.urls import display_url, mask_secrets
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -163,16 +163,8 @@ def resolve_redirects(
     if client is None:
         client = download_client(timeout_seconds, guard)
     try:
-        return _follow(client, url, guard, max_hops)
-    except BlockedAddress as error:
-        raise PermanentError("blocked-address", mask_secrets(str(error))) from error
-    except httpx.TimeoutException as error:
-        raise TransientError("timeout", f"{type(error).__name__} after {timeout_seconds:g}s: {shown}") from error
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
-        raise PermanentError("bad-url", f"{mask_secrets(str(error))}: {shown}") from error
-    except httpx.TransportError as error:  # refused, reset, a garbled answer
-        detail = mask_secrets(str(error)) or "connection failed"
-        raise TransientError("connection", f"{type(error).__name__}: {detail}: {shown}") from error
+        with http_failures(shown, timeout_seconds):
+            return _follow(client, url, guard, max_hops)
     finally:
         if own_client:
             client.close()
