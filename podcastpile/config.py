@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     ia_secret_key: SecretStr | None = Field(None, description="archive.org S3-style secret key.")
     wayback_url: str = Field("https://web.archive.org", description="Wayback Machine / SPN2 base URL.")
-    archive_api_url: str = Field("https://archive.org", description="archive.org API base URL.")
+    archive_api_url: str = Field("https://archive.org", description="archive.org API base URL (the availability API); no longer used: lookups go to CDX. Kept so existing .env files load.")
     spn_captures_per_minute: float = Field(
         7.0, gt=0, description="Save Page Now 2 captures submitted per minute (IA's limit: ~7)."
     )

@@ -23,6 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from podcastpile.archive import cdx
 from podcastpile.archive.wayback import Throttled, WaybackClient
 from podcastpile.store.known_captures import KnownCapture, KnownCaptures
@@ -114,6 +116,8 @@ class CaptureFinder:
                 continue
             try:
                 rows, _ = self._captures(folder, prefix=True, since=since)
+            except SQLAlchemyError:
+                raise  # the store (the lookup window) is away: no episode is to blame
             except Exception as error:  # noqa: BLE001 - the caller decides per capture
                 answers.update({member: error for member in members})
                 continue
@@ -138,6 +142,8 @@ class CaptureFinder:
     def _exact(self, url: str, since: str) -> Found:
         try:
             rows, _ = self._captures(url, since=since)
+        except SQLAlchemyError:
+            raise  # the store (the lookup window) is away: no episode is to blame
         except Exception as error:  # noqa: BLE001 - the caller decides per URL
             return error
         self.known.remember(rows)
@@ -149,6 +155,8 @@ class CaptureFinder:
             return {url: cdx.best_capture(self.known.of(url, since=since), since=since) for url in members}
         try:
             rows, complete = self._captures(folder, prefix=True, since=since)
+        except SQLAlchemyError:
+            raise  # the store (the lookup window) is away: no episode is to blame
         except Exception as error:  # noqa: BLE001 - every URL of the folder shares the outcome
             return {url: error for url in members}
         self.known.remember(rows)

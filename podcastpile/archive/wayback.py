@@ -163,7 +163,7 @@ class WaybackClient:
     def __init__(
         self,
         wayback_url: str,
-        archive_api_url: str | None = None,
+        archive_api_url: str | None = None,  # the availability API's; no longer used (CDX answers)
         *,
         access_key: str | None = None,
         secret_key: str | None = None,
@@ -172,7 +172,6 @@ class WaybackClient:
         lookup_gate: Callable[[], None] | None = None,
     ) -> None:
         self.wayback_url = wayback_url.rstrip("/")
-        self.archive_api_url = (archive_api_url or wayback_url).rstrip("/")
         self.lookup_gate = lookup_gate
         self.lookups = 0  # requests sent to CDX by this client
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}

@@ -154,3 +154,17 @@ def test_without_keys_lookups_and_reuse_run_and_new_captures_wait(harness: Harne
     assert stats.deferred == {"ia-keys-missing": 1} and stats.pauses == {}  # a keyed run elsewhere goes on
     assert _released(harness, reusable, new)
     assert harness.ia.submissions == [] and harness.ia.refused == 0  # no request it knew would be refused
+
+
+def test_a_store_outage_during_a_lookup_ends_the_run_and_charges_no_episode(harness: Harness) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    (episode,) = harness.add("ep1.wav")
+
+    def store_away() -> None:  # the lookup window lives in the store
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    with WaybackClient(harness.ia.base_url, lookup_gate=store_away, **KEYS) as client, pytest.raises(OperationalError):
+        _run(harness, client)
+    row = harness.row(episode)
+    assert row.archive_attempts == 0 and row.status == "archive_pending" and row.error_code is None
