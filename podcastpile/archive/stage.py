@@ -116,10 +116,10 @@ class ArchiveStage:
             while (work.to_submit or work.polling or work.listing) and time.monotonic() < self._deadline:
                 if work.to_submit and time.monotonic() >= next_submit:
                     next_submit = self._guarded(work, [work.to_submit[0]], self._submit_next, work) or time.monotonic()
-                polls = [claim for claim, due in work.polling.values() if due <= time.monotonic()]
-                if polls and not self._polls_paused(work):
-                    for claim in polls:
-                        self._guarded(work, [claim], self._poll, claim, work)
+                for claim in [claim for claim, due in work.polling.values() if due <= time.monotonic()]:
+                    if self._polls_paused(work):
+                        break  # a 429 (this poll's or another run's) stops the rest of the round too
+                    self._guarded(work, [claim], self._poll, claim, work)
                 due = self._listing_due(work)
                 if due:
                     self._guarded(work, [claim for claim, _ in due], self._check_listed, due, work)

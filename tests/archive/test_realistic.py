@@ -287,6 +287,17 @@ def test_a_429_on_a_status_poll_pauses_the_save_family_and_no_poll_goes_out_in_i
     assert real.ia.status_polls == polls and real.ia.requests_during_save_pause == 0
 
 
+def test_a_429_on_the_first_poll_of_a_round_stops_the_other_polls_due_with_it(real: Realistic) -> None:
+    episodes = real.add(*(real.origin.url(f"ep{i}.wav") for i in range(3)))
+    real.ia.pending_polls = 1000
+    real.run(max_seconds=0.5)  # submitted and polled; the run ends with the jobs still pending
+    assert all(real.row(e).archive_job_id for e in episodes)
+    real.ia.status_busy = 1
+    polls = real.ia.status_polls
+    real.run(max_seconds=2)  # all three jobs are due in the run's first round of polls
+    assert real.ia.status_polls == polls + 1 and real.ia.requests_during_save_pause == 0
+
+
 def test_same_snapshot_naming_only_a_redirect_capture_submits_once_more_without_the_window(real: Realistic) -> None:
     url = real.origin.url("ep1.wav")
     real.ia.add_capture(url, b"", statuscode=302, location=real.origin.url("ep2.wav"))  # once a redirect
