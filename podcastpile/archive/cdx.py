@@ -78,8 +78,3 @@ def best_capture(captures: Iterable[KnownCapture], *, since: str = "") -> KnownC
     bodies = [c for c in captures if c.timestamp >= since and c.statuscode in ("200", None)]
     return max(bodies, key=lambda c: (c.digest is not None, c.timestamp), default=None)
 
-
-def redirect_at(captures: Iterable[KnownCapture], *, since: str = "") -> KnownCapture | None:
-    """The newest 3xx capture at or after `since`: the URL was captured as a redirect."""
-    hops = [c for c in captures if c.timestamp >= since and (c.statuscode or "").startswith("3")]
-    return max(hops, key=lambda c: c.timestamp, default=None)
