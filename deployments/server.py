@@ -12,6 +12,9 @@ X-Forwarded-For is ignored (uvicorn would trust it from 127.0.0.1) unless the pr
 sends it is named: `--trusted-proxy ADDRESS` (repeatable; an address or a network) or
 TRUSTED_PROXIES (comma-separated). See docs/security.md.
 
+With `--ssl-certfile` and `--ssl-keyfile` (`ppcli manager --tls-cert/--tls-key`) uvicorn
+serves HTTPS, and only HTTPS, for everything on the port: API, UI, docs, websockets.
+
 Run by `ppcli manager` as `python -m deployments.server --host H --port P`.
 """
 
@@ -88,7 +91,11 @@ def main() -> None:
     parser.add_argument("--trusted-proxy", action="append", metavar="ADDRESS",
                         help="A reverse proxy (address or network) whose X-Forwarded-For names the client "
                              "(repeatable; default: TRUSTED_PROXIES, else none).")
+    parser.add_argument("--ssl-certfile", metavar="FILE", help="Serve HTTPS with this certificate (PEM).")
+    parser.add_argument("--ssl-keyfile", metavar="FILE", help="The certificate's private key (PEM).")
     args = parser.parse_args()
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        parser.error("--ssl-certfile and --ssl-keyfile go together")
 
     import uvicorn
     from prefect.server.api.server import create_app
@@ -104,6 +111,7 @@ def main() -> None:
         proxy_headers=False,  # `protect` decides which proxies to believe
         timeout_keep_alive=settings.server.api.keepalive_timeout,
         log_level=settings.server.logging_level.lower(),
+        ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )
 
 

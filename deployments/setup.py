@@ -4,8 +4,9 @@
 it found by the rule every command follows (`podcastpile.prefect_api`), whatever Prefect's
 own settings in this process name:
   1. the episode database, migrated;
-  2. work pools: `gpu` (one batch per run, the job template in gpu-pool.json) and `cpu`
-     (archive, dispatch, export, stats);
+  2. work pools: `gpu` (one batch per run) and `cpu` (archive, dispatch, export, stats), of
+     the `podcastpile` worker type (deployments/worker.py: workers run only prefect.yaml's
+     deployments) with the job template in gpu-pool.json;
   3. every deployment in prefect.yaml (`prefect deploy --all`);
   4. the automations in automations.yaml (crash detection), replaced by name;
   5. the episode database's connection as a SqlAlchemyConnector block, so GPU machines need
@@ -70,27 +71,60 @@ def prefect_client_settings(api: PrefectAPI) -> Iterator[None]:
     Without this, a process with no PREFECT_API_URL would set up a temporary server of its own
     and throw it away.
     """
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_KEY,
+        PREFECT_API_SSL_CERT_FILE,
+        PREFECT_API_URL,
+        temporary_settings,
+    )
 
-    updates = {PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string, PREFECT_API_KEY: api.api_key}
+    # The CA file too: an https:// manager with a private CA is verified as `ppcli` checked it.
+    updates = {PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string, PREFECT_API_KEY: api.api_key,
+               PREFECT_API_SSL_CERT_FILE: api.ca_file}
     with temporary_settings(updates={key: value for key, value in updates.items() if value},
                             restore_defaults={key for key, value in updates.items() if not value}):
         yield
 
 
 def create_work_pools(gpu_pool: str, gpu_pool_limit: int | None) -> None:
-    """The batch pool with the project's job template, and the CPU pool; overwrites both."""
+    """The batch pool and the CPU pool, both of the `podcastpile` worker type (its workers run
+    only this checkout's deployments: deployments/worker.py) with the job template in
+    gpu-pool.json; overwrites both. A pool of another type (a `process` pool of an older setup)
+    is deleted and made again: a pool's type cannot be changed, and a plain `prefect worker
+    start` on it would run whatever a deployment says. The deployments are made again next."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
 
-    template = json.loads((ROOT / "deployments" / "gpu-pool.json").read_text())
+    from deployments.worker import WORKER_TYPE, job_template
+
     with get_client(sync_client=True) as client:
-        client.create_work_pool(
-            WorkPoolCreate(name=gpu_pool, type="process", base_job_template=template,
-                           concurrency_limit=gpu_pool_limit),
-            overwrite=True,
-        )
-        client.create_work_pool(WorkPoolCreate(name="cpu", type="process"), overwrite=True)
+        for name, limit in ((gpu_pool, gpu_pool_limit), ("cpu", None)):
+            try:
+                if client.read_work_pool(name).type != WORKER_TYPE:
+                    client.delete_work_pool(name)
+            except ObjectNotFound:
+                pass
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type=WORKER_TYPE, base_job_template=job_template(),
+                               concurrency_limit=limit),
+                overwrite=True,
+            )
+
+
+def record_insecure(api: PrefectAPI, warning: str | None) -> None:
+    """Keep the manager's `--insecure` warning where the dashboard reads it (a Prefect variable,
+    shown on every stats run's dashboard), or remove it when the manager is safe again."""
+    from prefect.variables import Variable
+
+    from tasks.report import INSECURE_VARIABLE
+
+    with prefect_client_settings(api):
+        if warning:
+            Variable.set(INSECURE_VARIABLE, warning, overwrite=True)
+        else:
+            Variable.unset(INSECURE_VARIABLE)
 
 
 def deploy(api: PrefectAPI) -> None:

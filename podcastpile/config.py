@@ -36,6 +36,14 @@ class DiarizationLatency(StrEnum):
     ultra_low = "ultra-low"
 
 
+class DatasetAudio(StrEnum):
+    """Whether, and how, `ppcli export` writes each turn's audio into the dataset."""
+
+    none = "none"
+    flac = "flac"  # lossless 16-bit
+    opus = "opus"  # lossy, about a tenth of FLAC's size
+
+
 class ArchiveMode(StrEnum):
     """How episodes relate to the Internet Archive (see docs/archive.md)."""
 
@@ -70,6 +78,20 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(
         "", description="Comma-separated addresses of reverse proxies in front of the manager whose "
         "X-Forwarded-For names the client (for the wrong-password limit); empty: none.",
+    )
+    tls_cert_file: str | None = Field(
+        None, description="The manager serves HTTPS with this certificate (PEM; any intermediate "
+        "certificates after it) on its one port; needs TLS_KEY_FILE. Unset: plain HTTP. "
+        "`ppcli manager --tls-cert` overrides it.",
+    )
+    tls_key_file: str | None = Field(
+        None, description="The private key of TLS_CERT_FILE (PEM, not encrypted). `ppcli manager --tls-key` overrides it.",
+    )
+    tls_ca_file: str | None = Field(
+        None, description="CA certificates (PEM) that clients of an https:// manager verify its "
+        "certificate with: workers and their flow runs, `ppcli setup`. Unset: the public "
+        "CAs (SSL_CERT_FILE, else certifi's bundle, as Prefect's client); the manager's own clients: "
+        "TLS_CERT_FILE when it holds a self-signed certificate. `--ca` overrides it.",
     )
     worker_auth_enabled: bool = Field(False, description="Require a password from workers.")
     worker_password: SecretStr | None = Field(None, description="The password the manager demands when auth is on; clients send it whenever set.")
@@ -194,6 +216,13 @@ class Settings(BaseSettings):
     shard_max_rows: int = Field(
         100_000, gt=0, description="Most episodes in one Parquet shard (bounds the per-turn files too)."
     )
+    dataset_audio: DatasetAudio = Field(
+        DatasetAudio.none,
+        description="Write each turn's audio (from the archived copy) into the turns files: none, flac or opus.",
+    )
+    dataset_audio_pad: float = Field(
+        0.0, ge=0, le=10, description="Seconds of audio added before and after each turn's span (with audio)."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -219,6 +248,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_host(cls, value: str | None) -> str | None:
         # HOST= (empty) in .env means unset: the manager picks by whether auth is on.
+        return (value.strip() or None) if value is not None else None
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_ca_file")
+    @classmethod
+    def _check_tls_file(cls, value: str | None) -> str | None:
+        # TLS_CERT_FILE= (empty, as .env.example leaves it) means unset: plain HTTP.
         return (value.strip() or None) if value is not None else None
 
     @field_validator("worker_languages")
@@ -258,6 +293,8 @@ class Settings(BaseSettings):
             self.worker_password and self.worker_password.get_secret_value()
         ):
             raise ValueError("WORKER_AUTH_ENABLED is true but WORKER_PASSWORD is empty; set one")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("set both TLS_CERT_FILE and TLS_KEY_FILE, or neither")
         if bool(self.ia_access_key) != bool(self.ia_secret_key):
             raise ValueError("set both IA_ACCESS_KEY and IA_SECRET_KEY, or neither")
         return self

@@ -11,11 +11,17 @@ manager`'s calls to its own server, `ppcli stats` asking which runs are dead) fi
             machine at PORT (the one-machine install: `ppcli manager` plus `ppcli worker`).
   password  the -p/--password option; else WORKER_PASSWORD whenever it is set (a server
             without auth ignores it, so sending it is never wrong); else PREFECT_API_AUTH_STRING.
+  CA        for an https:// manager, the certificates its certificate is verified with: the
+            --ca option; else TLS_CA_FILE; else PREFECT_API_SSL_CERT_FILE (where Prefect reads
+            it); else what Prefect's client trusts by default, SSL_CERT_FILE or certifi's bundle
+            of public CAs. The path is made absolute: workers and flow runs start elsewhere.
 
-PREFECT_API_URL, PREFECT_API_AUTH_STRING and PREFECT_API_KEY are read where Prefect's own client
-reads them: the environment, then `.env` in the working directory, then the active profile
-(`prefect config set` writes there). The password goes as HTTP Basic credentials, as Prefect's
-client sends PREFECT_API_AUTH_STRING; without one, PREFECT_API_KEY goes as a bearer token.
+PREFECT_API_URL, PREFECT_API_AUTH_STRING, PREFECT_API_KEY and PREFECT_API_SSL_CERT_FILE are read
+where Prefect's own client reads them: the environment, then `.env` in the working directory,
+then the active profile (`prefect config set` writes there). The password goes as HTTP Basic
+credentials, as Prefect's client sends PREFECT_API_AUTH_STRING; without one, PREFECT_API_KEY
+goes as a bearer token. The CA file reaches workers and their flow runs as
+PREFECT_API_SSL_CERT_FILE (`PrefectAPI.client_environment`).
 
 The manager's own server demands a password only with WORKER_AUTH_ENABLED (`server_password`).
 
@@ -34,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    import ssl
+
     from podcastpile.config import Settings
 
 LOCAL_HOST = "127.0.0.1"
@@ -47,6 +55,7 @@ class PrefectAPI:
     auth_string: str | None = field(default=None, repr=False)  # sent as HTTP Basic credentials
     api_key: str | None = field(default=None, repr=False)  # sent as a bearer token (Prefect Cloud)
     guessed: bool = False  # nothing named a server: this is the manager on this machine at PORT
+    ca_file: str | None = None  # an absolute path: the CAs an https:// manager is verified with
 
     @property
     def address(self) -> str:
@@ -57,10 +66,25 @@ class PrefectAPI:
         """The Authorization header Prefect's client would send with these credentials."""
         return auth_headers(self.auth_string, self.api_key)
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """What an https:// API is verified with: `ca_file`, else the CAs Prefect's client
+        trusts by default (SSL_CERT_FILE, else certifi's bundle), so that a check passes exactly
+        where the workers' own clients will. OSError or ssl.SSLError for an unreadable CA file."""
+        import ssl  # here, like certifi: commands that never call an https:// manager skip both
+
+        cafile = self.ca_file or os.environ.get("SSL_CERT_FILE")
+        if not cafile:
+            import certifi
+
+            cafile = certifi.where()
+        return ssl.create_default_context(cafile=cafile)
+
     def client_environment(self) -> dict[str, str]:
         """The environment variables that point a Prefect client (a worker, `prefect deploy`)
-        at this API with these credentials."""
+        at this API with these credentials and, where one is named, this CA file."""
         env = {"PREFECT_API_URL": self.url}
+        if self.ca_file:
+            env["PREFECT_API_SSL_CERT_FILE"] = self.ca_file
         if self.auth_string:
             env["PREFECT_API_AUTH_STRING"] = self.auth_string
         if self.api_key:
@@ -73,12 +97,13 @@ def find_prefect_api(
     *,
     manager: str | None = None,
     password: str | None = None,
+    ca: str | None = None,
     guess_local: bool = False,
     environ: Mapping[str, str] | None = None,
 ) -> PrefectAPI | None:
-    """The Prefect API to call and its password, by the rule in this module's docstring.
+    """The Prefect API to call, its password and CA file, by the rule in this module's docstring.
 
-    `manager` and `password` are the command's -m and -p options (None or empty: not given).
+    `manager`, `password` and `ca` are the command's -m, -p and --ca options (None or empty: not given).
     None when nothing names a server and `guess_local` is off.
     """
     environ = os.environ if environ is None else environ
@@ -96,7 +121,10 @@ def find_prefect_api(
     worker_password = settings.worker_password.get_secret_value() if settings.worker_password else None
     auth = password or worker_password or prefect_setting("PREFECT_API_AUTH_STRING", environ)
     key = None if auth else prefect_setting("PREFECT_API_KEY", environ)
-    return PrefectAPI(url, auth_string=auth or None, api_key=key, guessed=guessed)
+    ca_file = ca or settings.tls_ca_file or prefect_setting("PREFECT_API_SSL_CERT_FILE", environ)
+    if ca_file:
+        ca_file = str(Path(ca_file).expanduser().absolute())
+    return PrefectAPI(url, auth_string=auth or None, api_key=key, guessed=guessed, ca_file=ca_file)
 
 
 def server_password(settings: Settings) -> str | None:

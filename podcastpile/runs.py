@@ -26,6 +26,9 @@ from podcastpile.prefect_api import PrefectAPI
 
 # The flow-run state types whose episodes `dispatch` gives back at once (tasks/dispatch.py).
 DEAD_STATES = ("CRASHED", "FAILED", "CANCELLED")
+# The name of the Failed state a worker gives a run that is not one of its checkout's
+# deployments (deployments/worker.py).
+REFUSED_STATE = "Refused"
 TIMEOUT_SECONDS = 1.0
 _PAGE = 200  # Prefect's default (and usual maximum) page size for filters
 
@@ -51,6 +54,59 @@ class HeldByRuns:
         return f"{self.dead:,}"
 
 
+@dataclass(frozen=True)
+class RefusedRuns:
+    """Flow runs the workers refused (deployments/allowlist.py): None when unknown."""
+
+    count: int | None
+    last_message: str | None = None  # the latest refusal's reason, as its state says it
+    reason: str | None = None  # why the count is unknown
+
+    def describe(self) -> str:
+        """`0`, `3 (last: refused by worker w: deployment 'x' is not ...)`, or `unknown (...)`."""
+        if self.count is None:
+            return f"unknown ({self.reason})"
+        return f"{self.count:,}" + (f" (last: {self.last_message})" if self.count and self.last_message else "")
+
+
+def refused_runs(api: PrefectAPI | None, *, timeout: float = TIMEOUT_SECONDS) -> RefusedRuns:
+    """How many flow runs workers refused, and the latest one's reason; never raises."""
+    if api is None:
+        return RefusedRuns(count=None, reason="no Prefect server")
+    refused = {"flow_runs": {"state": {"name": {"any_": [REFUSED_STATE]}}}}
+    try:
+        count = _post(api, "/flow_runs/count", refused, timeout)
+        latest = _post(api, "/flow_runs/filter", {**refused, "sort": "END_TIME_DESC", "limit": 1}, timeout) if count else []
+    except RunStatesUnavailable as error:
+        return RefusedRuns(count=None, reason=str(error))
+    message = ((latest[0].get("state") or {}).get("message") if latest else None) or None
+    return RefusedRuns(count=int(count), last_message=message)
+
+
+def _post(api: PrefectAPI, path: str, body: dict, timeout: float) -> object:
+    """One JSON POST to the Prefect API; RunStatesUnavailable with a short reason on any failure."""
+    from urllib.error import HTTPError, URLError
+    from urllib.request import Request, urlopen
+
+    headers = {"Content-Type": "application/json", "Accept": "application/json", **api.headers()}
+    request = Request(f"{api.url}{path}", data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        # An https:// manager is verified as the workers verify it (--ca, TLS_CA_FILE, ...).
+        context = api.ssl_context() if api.url.startswith("https://") else None
+        with urlopen(request, timeout=timeout, context=context) as response:
+            return json.loads(response.read())
+    except HTTPError as error:
+        raise RunStatesUnavailable(f"Prefect server answered {error.code}") from None
+    except (URLError, OSError) as error:
+        import ssl
+
+        if isinstance(getattr(error, "reason", error), ssl.SSLError):
+            raise RunStatesUnavailable("cannot verify the Prefect server's certificate; give its CA with TLS_CA_FILE") from error
+        raise RunStatesUnavailable("Prefect server unreachable") from error
+    except ValueError:
+        raise RunStatesUnavailable("Prefect server answered something else than JSON") from None
+
+
 def run_states(
     run_ids: list[str], api: PrefectAPI | None, *, timeout: float = TIMEOUT_SECONDS
 ) -> dict[str, str]:
@@ -61,24 +117,12 @@ def run_states(
     """
     if api is None:
         raise RunStatesUnavailable("no Prefect server")
-    headers = {"Content-Type": "application/json", "Accept": "application/json", **api.headers()}
-    from urllib.error import HTTPError, URLError
-    from urllib.request import Request, urlopen
-
     states: dict[str, str] = {}
     for start in range(0, len(run_ids), _PAGE):
         page = run_ids[start:start + _PAGE]
-        body = json.dumps({"flow_runs": {"id": {"any_": page}}, "limit": _PAGE}).encode()
-        request = Request(f"{api.url}/flow_runs/filter", data=body, headers=headers, method="POST")
-        try:
-            with urlopen(request, timeout=timeout) as response:
-                runs = json.loads(response.read())
-        except HTTPError as error:
-            raise RunStatesUnavailable(f"Prefect server answered {error.code}") from None
-        except (URLError, OSError) as error:
-            raise RunStatesUnavailable("Prefect server unreachable") from error
-        except ValueError:
-            raise RunStatesUnavailable("Prefect server answered something else than runs") from None
+        runs = _post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": page}}, "limit": _PAGE}, timeout)
+        if not isinstance(runs, list):
+            raise RunStatesUnavailable("Prefect server answered something else than runs")
         for run in runs:
             state = run.get("state") or {}
             states[str(run["id"])] = str(state.get("type") or "")

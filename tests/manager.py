@@ -14,13 +14,16 @@ PPCLI = [sys.executable, "-m", "podcastpile.cli"]
 class Manager:
     """A running `ppcli manager` subprocess and what clients need to reach it."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int, *options: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, port: int, *options: str, host: str = "127.0.0.1",
+                 scheme: str = "http", cwd: Path = ROOT) -> None:
+        """`scheme`: https for a manager given a certificate (options or settings); clients
+        reach it at 127.0.0.1 whatever `host` it binds."""
         self.env, self.log, self.port = env, log, port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         self.api = self.url + "/api"
         self.process = subprocess.Popen(
-            [*PPCLI, "manager", "--port", str(port), "--host", "127.0.0.1", *options],
-            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [*PPCLI, "manager", "--port", str(port), "--host", host, *options],
+            cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def output(self) -> str:

@@ -20,7 +20,7 @@ from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.cli.views import archive_stats, episode_dict, episode_table, print_stats, stats_dict
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.prefect_api import find_prefect_api
-from podcastpile.runs import held_by_runs
+from podcastpile.runs import held_by_runs, refused_runs
 from podcastpile.store import EpisodeStatus, NewEpisode, Rejected, normalize_language
 
 LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
@@ -179,8 +179,10 @@ def stats(json_output: JsonOption = False) -> None:
     finally:
         store.close()  # closed here: the command ends without the interpreter's teardown
     # Asks the Prefect API (the one every command talks to) only if something is leased.
-    held = held_by_runs(leased, find_prefect_api(config))
+    api = find_prefect_api(config)
+    held = held_by_runs(leased, api)
+    refused = refused_runs(api)
     if json_output:
-        print(json.dumps(stats_dict(result, archive, held)))
+        print(json.dumps(stats_dict(result, archive, held, refused)))
         return
-    print_stats(result, archive, held)
+    print_stats(result, archive, held, refused)

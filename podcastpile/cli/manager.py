@@ -18,8 +18,13 @@ deployment whose pull step is a shell command and have every worker run it. So w
 the manager serves on loopback only: HOST unset means 127.0.0.1 then (0.0.0.0 with auth on),
 and a non-loopback address asked for explicitly (`--host`, HOST) is refused with one line,
 unless `--insecure`, which warns on every start. `--generate-password` writes the password to
-`.env`. With auth on, a non-loopback address still gets one line: there is no TLS, so the
-password travels in clear until a TLS reverse proxy is put in front (docs/operate.md).
+`.env`. With auth on, a non-loopback address still gets one line without TLS: the password
+travels in clear.
+
+TLS: `--tls-cert FILE --tls-key FILE` (TLS_CERT_FILE, TLS_KEY_FILE) serve HTTPS, and only
+HTTPS, for everything on the port; a TLS reverse proxy in front is the other way
+(docs/operate.md). The manager then calls itself over https too, verifying its own certificate
+(podcastpile/cli/tls.py says with which CA).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from podcastpile.cli.common import EXIT_FAILED, EXIT_SETUP, fail, settings
 from podcastpile.cli.display import errors, literal, say, tell
 from podcastpile.cli.manager_api import ManagerProblem, check_manager, is_healthy, online_workers
 from podcastpile.cli.stopping import descendants, signal_all
+from podcastpile.cli.tls import ServedTLS, served_tls
 from podcastpile.config import Settings, SettingsError, load_settings, safe_database_url
 from podcastpile.prefect_api import PrefectAPI, find_prefect_api, server_password
 
@@ -66,10 +72,11 @@ def setup_command(
     manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL).")] = None,
     password: Annotated[str | None, typer.Option("--password", "-p", help="The manager's password (default: WORKER_PASSWORD, else PREFECT_API_AUTH_STRING).")] = None,
     one_batch_at_a_time: Annotated[bool, typer.Option(help="Cap the gpu pool at one running batch (for a SQLite Prefect database).")] = False,
+    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with (default: TLS_CA_FILE, else the public CAs).")] = None,
 ) -> None:
     """Create or update everything the pipeline needs on a Prefect server; safe to rerun."""
     config = settings()
-    api = find_prefect_api(config, manager=manager, password=password)
+    api = find_prefect_api(config, manager=manager, password=password, ca=ca)
     if api is None:
         fail("no Prefect server named: use -m http://host:port or set PREFECT_API_URL", code=EXIT_SETUP)
     try:
@@ -96,8 +103,11 @@ def manager(
     reload: Annotated[bool, typer.Option(help="Restart everything when the code or .env changes (development).")] = False,
     allow_sqlite_workers: Annotated[bool, typer.Option(help="Let several batches run at once although Prefect's database is SQLite.")] = False,
     cpu_runs: Annotated[int, typer.Option(min=1, help="Flow runs the manager's CPU worker runs at once (archive, dispatch, export, stats).")] = 6,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Serve a non-loopback address without auth anyway: anyone who reaches the port can run code on this machine and every worker.")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Serve a non-loopback address without auth anyway: anyone who reaches the port controls the pipeline and reads the database password.")] = False,
     generate_password: Annotated[bool, typer.Option("--generate-password", help="Write WORKER_AUTH_ENABLED=true and a new WORKER_PASSWORD to ./.env (mode 0600), print the password once and exit.")] = False,
+    tls_cert: Annotated[str | None, typer.Option("--tls-cert", metavar="FILE", help="Serve HTTPS with this certificate (PEM, intermediates after it; default: TLS_CERT_FILE). Needs --tls-key.")] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", metavar="FILE", help="The certificate's private key (PEM, unencrypted; default: TLS_KEY_FILE).")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) the manager's own clients verify its certificate with (default: TLS_CA_FILE, else the certificate itself when self-signed, else the public CAs).")] = None,
 ) -> None:
     """Run the Prefect server with the pipeline set up, plus its CPU worker; Ctrl+C stops all."""
     if generate_password:
@@ -108,19 +118,22 @@ def manager(
     port = port or config.port
     auth = server_password(config)  # what the server demands; None: it is open
     host = _bind_address(host, config.host, auth, insecure, port)
+    tls = served_tls(tls_cert, tls_key, ca, config)
+    scheme = "https" if tls else "http"
     local = LOOPBACK if host in (*WILDCARDS, "") else host
-    # Its own calls to the server follow the rule every client follows, given this address
-    # and the password the server demands.
-    api = find_prefect_api(config, manager=f"http://{_url_host(local)}:{port}", password=auth)
+    # Its own calls to the server follow the rule every client follows, given this address,
+    # the password the server demands and the CA its certificate verifies with.
+    api = find_prefect_api(config, manager=f"{scheme}://{_url_host(local)}:{port}", password=auth,
+                           ca=tls.ca if tls else None)
     assert api is not None  # named explicitly
     sqlite = _prefect_database_is_sqlite()
     # At most one batch at a time on SQLite: concurrent runs make it fail (database is locked).
     gpu_pool_limit = 1 if sqlite and not allow_sqlite_workers else None
-    stack = _Stack(host, port, auth, api, config, gpu_pool_limit, cpu_runs)
+    stack = _Stack(host, port, auth, api, config, gpu_pool_limit, cpu_runs, tls)
     loopback = is_loopback(host)
     shown = socket.gethostname() if host in (*WILDCARDS, "") else local
-    public = f"http://{_url_host(shown)}:{port}"
-    _announce(config, public, host, port, loopback, auth, sqlite, gpu_pool_limit)
+    public = f"{scheme}://{_url_host(shown)}:{port}"
+    _announce(config, public, host, port, loopback, auth, sqlite, gpu_pool_limit, tls)
 
     signals = {"count": 0}
 
@@ -162,13 +175,23 @@ def manager(
 
 
 def _announce(config: Settings, public: str, host: str, port: int, loopback: bool, auth: str | None,
-              sqlite: bool, gpu_pool_limit: int | None) -> None:
+              sqlite: bool, gpu_pool_limit: int | None, tls: ServedTLS | None = None) -> None:
     """What the manager serves, to whom, and how GPU machines join it, printed once at start."""
     say(f"Podcast Pile manager: {public}")
     reach = "this machine only" if loopback else ("every address" if host in WILDCARDS else "this address")
     say(f"  listening on: {_url_host(host)}:{port} ({reach})")
     say(f"  episode database: {safe_database_url(config.database_url)}")
     say(f"  auth: {'on (the UI and workers need WORKER_PASSWORD)' if auth else 'off'}")
+    # What a worker adds to trust this manager's certificate (nothing for a public CA's).
+    ca_option = ""
+    if tls and tls.ca:
+        ca_option = f" --ca {tls.ca}" if loopback else " --ca CA_FILE"
+        say(f"  TLS: on, certificate {tls.cert}; clients verify it with {tls.ca} "
+            "(other machines: a copy of it as --ca CA_FILE or TLS_CA_FILE)")
+    elif tls:
+        say(f"  TLS: on, certificate {tls.cert}; clients verify it with the public CAs")
+    else:
+        say("  TLS: off")
     if sqlite:
         note = ("one batch at a time across all GPU workers; for several set "
                 "PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://...") if gpu_pool_limit else "several batches allowed"
@@ -176,18 +199,20 @@ def _announce(config: Settings, public: str, host: str, port: int, loopback: boo
     else:
         say("  Prefect database: PostgreSQL")
     if loopback:
-        say(f"  workers on this machine join with: ppcli worker -m {public}" + (" -p PASSWORD" if auth else ""))
+        say(f"  workers on this machine join with: ppcli worker -m {public}" + (" -p PASSWORD" if auth else "") + ca_option)
         if not auth:
             say("  GPU machines: run `ppcli manager --generate-password`, then restart the manager")
         return
-    joining = f"ppcli worker -m {public}" + (" -p PASSWORD" if auth else "")
+    joining = f"ppcli worker -m {public}" + (" -p PASSWORD" if auth else "") + ca_option
     say(f"  GPU machines join with: {joining}")
-    if auth:
-        tell("warning", f"no TLS: the password travels in clear to {_url_host(host)}:{port}; put a TLS "
-             "reverse proxy (Caddy, nginx) in front, see docs/operate.md", style="yellow")
-    else:
+    if auth and not tls:
+        tell("warning", f"no TLS: the password travels in clear to {_url_host(host)}:{port}; serve HTTPS with "
+             "--tls-cert/--tls-key or put a TLS reverse proxy (Caddy, nginx) in front, see docs/operate.md",
+             style="yellow")
+    elif not auth:
         tell("warning", f"--insecure: auth is off on {_url_host(host)}:{port}: anyone who can reach this port "
-             "can run code on this machine and every worker", style="yellow")
+             "controls the pipeline (starts, cancels and deletes runs) and reads the database password",
+             style="yellow")
 
 
 def _bind_address(option: str | None, setting: str | None, auth: str | None, insecure: bool, port: int) -> str:
@@ -313,27 +338,47 @@ class _Stack:
     """The processes the manager runs: the Prefect server, then (after setup) a CPU worker."""
 
     def __init__(self, host: str, port: int, auth: str | None, api: PrefectAPI, config: Settings,
-                 gpu_pool_limit: int | None, cpu_runs: int) -> None:
+                 gpu_pool_limit: int | None, cpu_runs: int, tls: ServedTLS | None = None) -> None:
         self.host, self.port, self.auth, self.api, self.config = host, port, auth, api, config
-        self.gpu_pool_limit, self.cpu_runs = gpu_pool_limit, cpu_runs
+        self.gpu_pool_limit, self.cpu_runs, self.tls = gpu_pool_limit, cpu_runs, tls
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Start the server, wait until it is healthy, set it up, then start the CPU worker."""
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "deployments.server", "--host", self.host, "--port", str(self.port)],
+            [sys.executable, "-m", "deployments.server", "--host", self.host, "--port", str(self.port),
+             *(["--ssl-certfile", self.tls.cert, "--ssl-keyfile", self.tls.key] if self.tls else [])],
             cwd=ROOT, env=self._server_environment(), start_new_session=True,
         )
         self._wait_healthy()
         _run_setup(self.config, self.api, self.gpu_pool_limit)
+        self._record_insecure()
         # The worker runs in the project root, where this directory's .env is not read: its
         # client settings come along in its environment.
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", self.api.url,
              "--limit", str(self.cpu_runs), "--id", f"{socket.gethostname()}-cpu", "--grace", "30"],
-            cwd=ROOT, env={**os.environ, **self.api.client_environment()}, start_new_session=True,
+            cwd=ROOT, env=self._worker_environment(), start_new_session=True,
         )
+
+    def _record_insecure(self) -> None:
+        """Put the --insecure warning on the dashboard too (or take an old one off)."""
+        from deployments.setup import record_insecure
+
+        warning = None
+        if not self.auth and not is_loopback(self.host):
+            warning = (f"the manager serves {_url_host(self.host)}:{self.port} without auth (--insecure): anyone "
+                       "who can reach it can run flow runs, and read and change the pipeline's state")
+        try:
+            record_insecure(self.api, warning)
+        except Exception as error:  # noqa: BLE001 - the start-up banner has said it already
+            say(f"could not put the --insecure warning on the dashboard: {type(error).__name__}: {error}")
+
+    def _worker_environment(self) -> dict[str, str]:
+        """The CPU worker's environment: this manager's API, password and CA for the worker and
+        its flow runs; TLS_CA_FILE too, which would otherwise come from the root's .env."""
+        return {**os.environ, **self.api.client_environment(), "TLS_CA_FILE": self.api.ca_file or ""}
 
     def _server_environment(self) -> dict[str, str]:
         """The server's environment: the project's settings as Prefect server settings."""
@@ -361,8 +406,11 @@ class _Stack:
         while time.monotonic() < deadline:
             if self.server is not None and self.server.poll() is not None:
                 fail(f"the Prefect server exited with code {self.server.returncode}", code=EXIT_FAILED)
-            if is_healthy(self.api):
-                return
+            try:
+                if is_healthy(self.api):
+                    return
+            except ManagerProblem as problem:  # its own certificate: waiting will not help
+                fail(str(problem), code=EXIT_SETUP)
             time.sleep(0.5)
         fail(f"the Prefect server did not become healthy within {timeout:g} s", code=EXIT_FAILED)
 

@@ -18,7 +18,7 @@ from rich.text import Text
 from podcastpile.cli.display import console, literal
 from podcastpile.config import Settings
 from podcastpile.net.urls import display_url, mask_secrets
-from podcastpile.runs import HeldByRuns
+from podcastpile.runs import HeldByRuns, RefusedRuns
 from podcastpile.store import EpisodeStatus, EpisodeStore, Stats, utcnow
 from podcastpile.store.archive import PAUSE_TEXT, ArchiveStats, archive_queue_for, pause_text
 from podcastpile.store.archive_limits import HOST_SCOPE, LOOKUP_SCOPE
@@ -149,7 +149,7 @@ def pause_line(reason: str) -> str:
     return f"submissions paused: {reason}{why}"
 
 
-def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> dict[str, Any]:
+def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns, refused: RefusedRuns) -> dict[str, Any]:
     """`ppcli stats --json`: the counts, with the dead-run counts null (and why) when unknown."""
     return {
         "total": result.total,
@@ -158,13 +158,16 @@ def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> dict
         "held_by_dead_runs": held.dead,  # null when unknown, with the reason below
         "held_by_runs_unknown_to_prefect": held.unknown_runs,
         "held_by_runs_unknown_reason": held.reason,
+        "refused_runs": refused.count,  # flow runs workers refused to run; null when unknown
+        "refused_runs_last_reason": refused.last_message,
+        "refused_runs_unknown_reason": refused.reason,
         "audio_hours_done": round(result.audio_hours_done, 3),
         "failures_by_reason": result.failures_by_reason,
         "archive": archive,
     }
 
 
-def print_stats(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> None:
+def print_stats(result: Stats, archive: dict[str, Any], held: HeldByRuns, refused: RefusedRuns) -> None:
     """`ppcli stats` for people: episodes by status, the archive stage, leases, failures."""
     table = Table("status", "episodes", title="Episodes")
     for name, count in result.by_status.items():
@@ -174,6 +177,9 @@ def print_stats(result: Stats, archive: dict[str, Any], held: HeldByRuns) -> Non
     console.print(archive_table(archive))
     console.print(f"leases past their deadline: {result.expired_leases:,}")
     console.print(f"held by dead runs: {held.describe()}")
+    if refused.count is not None:  # without a Prefect server there are no workers to refuse
+        style = "red" if refused.count else ""
+        console.print(literal(f"flow runs refused by workers: {mask_secrets(refused.describe())}", style), soft_wrap=True)
     console.print(f"audio done: {result.audio_hours_done:,.2f} hours")
     if result.failures_by_reason:
         failures = Table("reason", "episodes", title="Failures")

@@ -22,6 +22,7 @@ from typing import Annotated
 
 import typer
 
+from deployments.allowlist import WORKER_TYPE, Allowlist, AllowlistError
 from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_SETUP, fail, settings
 from podcastpile.cli.manager_api import ManagerProblem, check_manager
@@ -45,12 +46,17 @@ def worker(
     pool: Annotated[str | None, typer.Option(help="Work pool (default: WORK_POOL, i.e. gpu).")] = None,
     grace: Annotated[float, typer.Option(min=0, help="Seconds a stopping worker gives its runs to release their episodes.")] = 60.0,
     limit: Annotated[int, typer.Option(min=1, help="Flow runs each worker runs at once (a batch wants a whole GPU: keep 1 on the gpu pool).")] = 1,
+    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with, here and in every flow run (default: TLS_CA_FILE, else the public CAs).")] = None,
 ) -> None:
     """Run Prefect workers that take one batch at a time; SIGTERM/Ctrl+C once stops them cleanly."""
     config = settings()
+    try:  # the workers' allowlist: a broken prefect.yaml is one line here, not a traceback per worker
+        Allowlist.from_project()
+    except AllowlistError as error:
+        fail(f"cannot start workers: {error}", code=EXIT_SETUP)
     devices = _devices(gpus, all_gpus)
     wanted = _languages(languages) if languages is not None else config.worker_languages
-    api = find_prefect_api(config, manager=manager, password=password, guess_local=True)
+    api = find_prefect_api(config, manager=manager, password=password, ca=ca, guess_local=True)
     assert api is not None  # guess_local: there is always one
     try:
         check_manager(api)
@@ -76,7 +82,10 @@ def worker(
             env["CUDA_VISIBLE_DEVICES"] = str(device)
             if config.device.startswith("cuda:"):
                 env["DEVICE"] = "cuda"  # the one GPU it sees is cuda:0 now
-        command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--limit", str(limit), "--name", name]
+        # --type: this project's worker class whatever type the pool has on the server, so a
+        # pool made again by someone holding the API still runs only this checkout's flows.
+        command = [PREFECT, "worker", "start", "--pool", pool or config.work_pool, "--type", WORKER_TYPE,
+                   "--limit", str(limit), "--name", name]
         note(f"worker {name}" + (f" on GPU {device}" if device is not None else "")
              + f" (pool {pool or config.work_pool}, manager {api.address}"
              + (f", languages {wanted}" if wanted else "") + (", one batch" if once else "") + ")")

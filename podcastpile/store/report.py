@@ -100,10 +100,14 @@ def dashboard(store: EpisodeStore, *, top_failures: int = 10) -> Dashboard:
     )
 
 
-def render_markdown(board: Dashboard, archive: dict[str, Any] | None = None) -> str:
-    """The dashboard as Markdown (Prefect artifacts render it in the UI)."""
+def render_markdown(board: Dashboard, archive: dict[str, Any] | None = None,
+                    warnings: list[str] | None = None) -> str:
+    """The dashboard as Markdown (Prefect artifacts render it in the UI); `warnings` (an
+    insecure manager, runs the workers refused) come first, where nobody misses them."""
     stats = board.stats
     lines = [f"# Podcast Pile — {board.generated_at:%Y-%m-%d %H:%M} UTC", ""]
+    for warning in warnings or []:
+        lines += [f"> **Warning**: {_cell(warning)}", ""]
     lines += ["| status | episodes |", "| --- | ---: |"]
     lines += [f"| {status} | {count:,} |" for status, count in stats.by_status.items()]
     lines += [f"| **total** | **{stats.total:,}** |", ""]

@@ -198,7 +198,7 @@ def test_insecure_serves_every_address_without_auth_and_warns(tmp_path: Path) ->
         assert listening(port) == {"0.0.0.0"}
         warnings = [line for line in manager.err.read_text().splitlines() if line.startswith("warning:")]
         assert warnings == [(f"warning: --insecure: auth is off on 0.0.0.0:{port}: anyone who can reach this "
-                             "port can run code on this machine and every worker")]
+                             "port controls the pipeline (starts, cancels and deletes runs) and reads the database password")]
         assert f"listening on: 0.0.0.0:{port} (every address)" in manager.out.read_text()
     finally:
         manager.stop_now()
@@ -261,8 +261,9 @@ def test_generated_password_guards_a_manager_on_every_address(tmp_path: Path) ->
         assert f"listening on: 0.0.0.0:{port} (every address)" in out
         assert "auth: on" in out and f"-m http://{socket.gethostname()}:{port} -p PASSWORD" in out
         warnings = [line for line in err.splitlines() if line.startswith("warning:")]
-        assert warnings == [(f"warning: no TLS: the password travels in clear to 0.0.0.0:{port}; put a TLS "
-                             "reverse proxy (Caddy, nginx) in front, see docs/operate.md")]
+        assert warnings == [(f"warning: no TLS: the password travels in clear to 0.0.0.0:{port}; serve HTTPS "
+                             "with --tls-cert/--tls-key or put a TLS reverse proxy (Caddy, nginx) in front, see "
+                             "docs/operate.md")]
         assert password not in out + err
 
         url = f"http://127.0.0.1:{port}"

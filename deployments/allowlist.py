@@ -1,0 +1,145 @@
+"""Which flow runs a Podcast Pile worker agrees to run: the deployments of its own checkout.
+
+A Prefect worker, left to itself, runs whatever a deployment on its pool says: pull steps
+(`run_shell_script`), a command from job variables, code from a storage block. Whoever can
+create a deployment (anyone who reaches an open API, anyone holding the worker password) could
+then run code on every worker. The original system's password let a worker fetch jobs and post
+results, nothing more; this allowlist brings that back.
+
+A run is allowed when its deployment is one of those in the worker's own `prefect.yaml`: same
+name, same entrypoint, no job variables beyond those the file gives (none today, on the
+deployment or on the run), no storage block, pull steps of the one kind `prefect deploy`
+records for this project (`set_working_directory`: the worker never runs them, it runs its own
+checkout), and parameters the flow's function takes. The worker then runs the entrypoint from
+its checkout with a configuration it builds itself (deployments/worker.py), so nothing the
+server holds decides which code runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# The Prefect worker type that applies this allowlist (deployments/worker.py); named here so the
+# CLI can name it without importing Prefect.
+WORKER_TYPE = "podcastpile"
+# The only pull step `prefect deploy` records for a prefect.yaml with `pull: null`.
+WORKING_DIRECTORY_STEP = "prefect.deployments.steps.set_working_directory"
+
+
+class AllowlistError(ValueError):
+    """The checkout's prefect.yaml cannot be read as a list of deployments."""
+
+
+@dataclass(frozen=True)
+class AllowedDeployment:
+    """One deployment of prefect.yaml, as a worker compares a run's deployment to it."""
+
+    name: str
+    entrypoint: str  # relative to the checkout, `flows/process.py:process_batch`
+    job_variables: Mapping[str, Any] = field(default_factory=dict)
+    parameters: frozenset[str] = frozenset()  # the flow function's parameter names
+
+    def local_entrypoint(self, root: Path = ROOT) -> str:
+        """The entrypoint as an absolute path in `root`, for `PREFECT__FLOW_ENTRYPOINT`."""
+        path, _, function = self.entrypoint.rpartition(":")
+        return f"{root / path}:{function}"
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """The deployments of one checkout's prefect.yaml, by name."""
+
+    deployments: Mapping[str, AllowedDeployment]
+    pull_steps: list[dict[str, Any]] | None = None  # prefect.yaml's `pull`, None when absent
+
+    @classmethod
+    def from_project(cls, root: Path = ROOT) -> Allowlist:
+        """Read `root/prefect.yaml` and the signature of each deployment's flow function."""
+        path = root / "prefect.yaml"
+        try:
+            project = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as error:
+            raise AllowlistError(f"cannot read {path}: {error}") from error
+        if not isinstance(project, dict) or not isinstance(project.get("deployments"), list):
+            raise AllowlistError(f"{path} lists no deployments")
+        allowed: dict[str, AllowedDeployment] = {}
+        for entry in project["deployments"]:
+            name, entrypoint = entry.get("name"), entry.get("entrypoint")
+            if not isinstance(name, str) or not isinstance(entrypoint, str) or ":" not in entrypoint:
+                raise AllowlistError(f"{path}: a deployment without a name or an entrypoint: {entry!r}")
+            allowed[name] = AllowedDeployment(
+                name=name, entrypoint=entrypoint, job_variables=dict(entry.get("job_variables") or {}),
+                parameters=flow_parameters(root, entrypoint),
+            )
+        return cls(deployments=allowed, pull_steps=project.get("pull"))
+
+    def match(self, deployment: Mapping[str, Any] | None, run_job_variables: Mapping[str, Any] | None,
+              parameters: Mapping[str, Any] | None) -> AllowedDeployment | str:
+        """The allowed deployment a run belongs to, or why it is refused (one sentence).
+
+        `deployment` is the run's deployment as the API returns it (None for a run without
+        one); `run_job_variables` and `parameters` are the run's own.
+        """
+        if deployment is None:
+            return "a flow run without a deployment"
+        name = str(deployment.get("name"))
+        allowed = self.deployments.get(name)
+        if allowed is None:
+            return f"deployment {name!r} is not in this worker's prefect.yaml"
+        if deployment.get("entrypoint") != allowed.entrypoint:
+            return (f"deployment {name!r} runs {deployment.get('entrypoint')!r}, "
+                    f"not {allowed.entrypoint!r} as this worker's prefect.yaml says")
+        if (deployment.get("job_variables") or {}) != dict(allowed.job_variables):
+            return f"deployment {name!r} sets job variables {_keys(deployment.get('job_variables'))} that prefect.yaml does not"
+        if run_job_variables:
+            return f"the run overrides job variables {_keys(run_job_variables)}"
+        if deployment.get("storage_document_id") or deployment.get("infrastructure_document_id"):
+            return f"deployment {name!r} names a storage or infrastructure block"
+        refused_step = self._refused_pull_step(deployment.get("pull_steps"))
+        if refused_step is not None:
+            return f"deployment {name!r} has a pull step this worker does not run: {refused_step}"
+        unknown = sorted(set(parameters or {}) - allowed.parameters)
+        if unknown:
+            return f"parameters {', '.join(map(repr, unknown))} are not parameters of {allowed.entrypoint}"
+        return allowed
+
+    def _refused_pull_step(self, steps: Any) -> str | None:
+        """The first pull step that is not what `prefect deploy` records for prefect.yaml."""
+        if self.pull_steps is not None:
+            return None if steps == self.pull_steps else _step_name(steps)
+        for step in steps or []:
+            if not isinstance(step, dict) or list(step) != [WORKING_DIRECTORY_STEP]:
+                return _step_name([step])
+        return None
+
+
+def flow_parameters(root: Path, entrypoint: str) -> frozenset[str]:
+    """The parameter names of the function an entrypoint names, read from its source (no import:
+    a GPU flow's module imports torch, and the worker checks runs in milliseconds)."""
+    path, _, function = entrypoint.rpartition(":")
+    try:
+        tree = ast.parse((root / path).read_text(), filename=str(root / path))
+    except (OSError, SyntaxError) as error:
+        raise AllowlistError(f"cannot read the flow {entrypoint}: {error}") from error
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            arguments = node.args
+            return frozenset(a.arg for a in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs])
+    raise AllowlistError(f"{path} defines no function {function!r}")
+
+
+def _keys(variables: Any) -> str:
+    return ", ".join(sorted(map(str, variables))) if isinstance(variables, Mapping) else repr(variables)
+
+
+def _step_name(steps: Any) -> str:
+    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
+        return ", ".join(map(str, steps[0]))
+    return repr(steps)[:120]
