@@ -226,8 +226,8 @@ def _bind_address(option: str | None, setting: str | None, auth: str | None, ins
         return EVERY_ADDRESS if auth else LOOPBACK
     if auth or insecure or is_loopback(host):
         return host
-    fail(f"refusing {asked} without auth: anyone who can reach port {port} could run code on this machine "
-         "and every worker; run `ppcli manager --generate-password` (writes WORKER_AUTH_ENABLED=true and "
+    fail(f"refusing {asked} without auth: anyone who can reach port {port} would control the pipeline "
+         "and read the database password; run `ppcli manager --generate-password` (writes WORKER_AUTH_ENABLED=true and "
          "WORKER_PASSWORD to .env), or serve 127.0.0.1, or add --insecure", code=EXIT_SETUP)
 
 

@@ -131,7 +131,7 @@ def test_a_non_loopback_address_without_auth_is_refused(tmp_path: Path, args: li
     assert "\n" not in line, refused.stderr
     assert line.startswith(f"error: refusing {asked} without auth")
     for words in ("WORKER_AUTH_ENABLED", "WORKER_PASSWORD", "`ppcli manager --generate-password`", "--insecure",
-                  "run code on this machine and every worker"):
+                  "control the pipeline and read the database password"):
         assert words in line
     assert refused.stdout == ""  # no banner: nothing was started
     assert time.monotonic() - started < 30
@@ -200,8 +200,19 @@ def test_insecure_serves_every_address_without_auth_and_warns(tmp_path: Path) ->
         assert warnings == [(f"warning: --insecure: auth is off on 0.0.0.0:{port}: anyone who can reach this "
                              "port controls the pipeline (starts, cancels and deletes runs) and reads the database password")]
         assert f"listening on: 0.0.0.0:{port} (every address)" in manager.out.read_text()
+        # ... and where operators look: the dashboard reads it from a Prefect variable setup leaves
+        variable = f"http://127.0.0.1:{port}/api/variables/name/podcastpile-manager-insecure"
+        manager.wait_until(lambda: _answers(variable), "the --insecure variable")
+        assert "without auth (--insecure)" in httpx.get(variable, timeout=10).json()["value"]
     finally:
         manager.stop_now()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # --- --generate-password, and a manager that uses it -------------------------------------------
