@@ -18,7 +18,6 @@ podcastpile/store/archive.py). Per-deployment limits live in prefect.yaml.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
         30.0, ge=1 / 24,
         description="The manager's Prefect server deletes flow runs (and their logs) older than this.",
     )
+    event_retention_days: float = Field(
+        2.0, ge=1 / 24,
+        description="The manager's Prefect server deletes events older than this (they are most of its database).",
+    )
+    control_check_seconds: float = Field(
+        10.0, gt=0, le=60,
+        description="How often the manager asks the store whether archive, dispatch, export or stats have work.",
+    )
     job_timeout_hours: float = Field(
         2.0, gt=0, description="Lease length: an episode not finished in this time is requeued."
     )

@@ -14,6 +14,7 @@ from prefect.tasks import exponential_backoff
 from sqlalchemy.exc import OperationalError
 
 from podcastpile.config import Settings
+from podcastpile.dataset.audio import ArchiveAccess, AudioOptions
 from podcastpile.dataset.export import export_dataset
 from podcastpile.dataset.writer import WriterLimits
 from podcastpile.store import make_engine, migrate
@@ -38,10 +39,17 @@ def export_dataset_task(settings: Settings, out: str | None = None) -> dict[str,
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
+        audio = None
+        if settings.dataset_audio != "none":
+            audio = AudioOptions(
+                codec=str(settings.dataset_audio), pad=settings.dataset_audio_pad,
+                access=ArchiveAccess.from_settings(settings),
+            )
         summary = export_dataset(
             engine,
             out or settings.dataset_dir,
             limits=WriterLimits(max_bytes=settings.shard_max_bytes, max_rows=settings.shard_max_rows),
+            audio=audio,
         )
     finally:
         engine.dispose()

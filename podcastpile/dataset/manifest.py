@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from podcastpile.dataset.destination import Destination
-from podcastpile.dataset.schema import CONFIGS, SCHEMA_VERSION
+from podcastpile.dataset.schema import CONFIGS, SCHEMA_VERSION, configs_for
 from podcastpile.store.exports import ShardRecord
 
 MANIFEST = "manifest.json"
@@ -22,7 +23,32 @@ CARD = "README.md"
 FORMAT = "podcastpile-parquet"
 
 
-def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Layout:
+    """What a dataset's rows are, beyond the schema version: every generation must agree on it."""
+
+    audio: str | None = None  # the turns' audio codec (`flac`, `opus`); None: no audio column
+    audio_pad: float = 0.0  # seconds of padding around each turn's audio
+    where: str | None = None  # the filter the exported episodes passed
+    schema_version: int = SCHEMA_VERSION  # a dataset keeps the version it was begun with
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> Layout:
+        """The layout a manifest records (one written before layouts existed: none)."""
+        found = manifest.get("layout") or {}
+        return cls(audio=found.get("audio"), audio_pad=float(found.get("audio_pad") or 0.0), where=found.get("where"),
+                   schema_version=int(manifest.get("schema_version") or 1))
+
+    def describe(self) -> str:
+        """The layout as the export options that make it."""
+        audio = "no audio"
+        if self.audio:
+            audio = f"--audio {self.audio}" + (f" --audio-pad {self.audio_pad:g}" if self.audio_pad else "")
+        version = f" (schema version {self.schema_version})" if self.schema_version != SCHEMA_VERSION else ""
+        return f"{audio}, " + (f"--where {json.dumps(self.where)}" if self.where else "no filter") + version
+
+
+def build_manifest(shards: Sequence[ShardRecord], layout: Layout = Layout()) -> dict[str, Any]:
     """The manifest for a dataset whose shards (live and retired) are `shards`."""
     live = sorted((shard for shard in shards if shard.removed_generation is None), key=lambda s: s.name)
     configs: dict[str, Any] = {}
@@ -53,7 +79,8 @@ def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
     return {
         "provenance": _provenance(live),
         "format": FORMAT,
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": layout.schema_version,
+        "layout": {key: value for key, value in asdict(layout).items() if key != "schema_version"},
         "generation": max(generations, default=0),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "episodes": configs["episodes"]["rows"],
@@ -75,7 +102,7 @@ def build_manifest(shards: Sequence[ShardRecord]) -> dict[str, Any]:
         ],
         "schema": {
             config: [f"{field.name}: {field.type}" for field in schema]
-            for config, (schema, _) in CONFIGS.items()
+            for config, (schema, _) in configs_for(layout.audio is not None, layout.schema_version).items()
         },
     }
 
@@ -121,6 +148,26 @@ def _yaml_string(value: str) -> str:
     return json.dumps(value)
 
 
+def _layout_lines(layout: Mapping[str, Any]) -> str:
+    """The card's sentences on the turns' audio and on the filter the rows passed."""
+    lines = []
+    if layout.get("audio"):
+        pad = layout.get("audio_pad") or 0.0
+        padding = f", padded by {pad:g} s on each side (clamped to the episode)" if pad else ""
+        lines.append(
+            f"- `turns` rows carry `audio`: the turn's span of the archived episode, 16 kHz mono, "
+            f"{layout['audio']}{padding}; `datasets` reads it as an `Audio` feature."
+        )
+    else:
+        lines.append(
+            "- no audio in the files: `podcastpile.dataset.turn_audio(row)` fetches a turn's audio "
+            "from the archived copy its row names (checked against `audio_sha256`)."
+        )
+    if layout.get("where"):
+        lines.append(f"- a filtered release: only episodes with `{layout['where']}`.")
+    return "\n".join(lines)
+
+
 def build_card(manifest: dict[str, Any]) -> str:
     """The dataset card: YAML front matter with `configs`/`data_files`, then a description."""
     lines = ["---", "pretty_name: Podcast Pile", "task_categories:", "- automatic-speech-recognition"]
@@ -153,6 +200,7 @@ what they say (ASR), by the NeMo models listed below.
 - `episodes` (default): one row per episode; `turns` holds the speaker turns, each with its
   `words` (word, start, end); `segments` is the raw diarization; times are seconds.
 - `turns`: one row per speaker turn (with `episode_id` and `turn_index`), from the same rows.
+{_layout_lines(manifest.get("layout") or {})}
 
 ```python
 from datasets import load_dataset
@@ -169,9 +217,11 @@ With pandas or duckdb, read a configuration's folder (the root also holds this c
     return "\n".join(lines) + "\n" + body
 
 
-def publish_manifest(destination: Destination, shards: Sequence[ShardRecord]) -> dict[str, Any]:
+def publish_manifest(
+    destination: Destination, shards: Sequence[ShardRecord], layout: Layout = Layout()
+) -> dict[str, Any]:
     """Write `manifest.json`, then `README.md`, each atomically; return the manifest."""
-    manifest = build_manifest(shards)
+    manifest = build_manifest(shards, layout)
     destination.write_atomically(MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     destination.write_atomically(CARD, build_card(manifest).encode())
     return manifest

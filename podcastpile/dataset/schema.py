@@ -10,6 +10,7 @@ are dBFS. Bump `SCHEMA_VERSION` on any change a reader could notice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-SCHEMA_VERSION = 1
+# 2: `turns` rows carry `audio_sha256` (so a turn's audio can be fetched and checked from its
+# row alone), and `ppcli export --audio` adds an `audio` column to them.
+SCHEMA_VERSION = 2
 METADATA_KEY = b"podcastpile.schema_version"
 
 WORD = pa.struct([("word", pa.string()), ("start", pa.float64()), ("end", pa.float64())])
@@ -79,7 +82,9 @@ EPISODES_SCHEMA = _schema(
 )
 
 # Per-turn rows carry the episode fields a training loader filters or groups by.
-_TURN_EPISODE_COLUMNS = ["episode_id", "podcast_id", "language", "archive_url", "code_version"]
+_TURN_EPISODE_COLUMNS = [
+    "episode_id", "podcast_id", "language", "archive_url", "audio_sha256", "code_version",
+]
 TURNS_SCHEMA = _schema(
     [
         *(EPISODES_SCHEMA.field(name) for name in _TURN_EPISODE_COLUMNS),
@@ -170,3 +175,86 @@ CONFIGS: dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]] = {
     "episodes": (EPISODES_SCHEMA, lambda table: table),
     "turns": (TURNS_SCHEMA, explode_turns),
 }
+
+# With audio, the encoded turns ride along with the `episodes` table the writer gets, as one
+# list per episode (one entry per turn) in this column, which only the `turns` files keep.
+TURN_AUDIO_COLUMN = "turn_audio"
+# The storage of Hugging Face `datasets`' `Audio` feature: the encoded file and a name for it.
+AUDIO = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+AUDIO_SAMPLE_RATE = 16_000
+HF_METADATA_KEY = b"huggingface"
+
+
+def hf_features(schema: pa.Schema, audio_column: str | None = None) -> dict[str, Any]:
+    """`datasets`' feature dict for `schema`; `audio_column` becomes an `Audio` feature.
+
+    Lists are written in the `[feature]` form, which `datasets` 3.x reads and 4.x+ still
+    accepts (4.x writes `{"_type": "List"}`, which 3.x cannot read).
+    """
+    def feature(data_type: pa.DataType) -> Any:
+        if pa.types.is_struct(data_type):
+            return {data_type.field(i).name: feature(data_type.field(i).type) for i in range(data_type.num_fields)}
+        if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+            return [feature(data_type.value_type)]
+        if pa.types.is_timestamp(data_type):
+            zone = f", tz={data_type.tz}" if data_type.tz else ""
+            return {"dtype": f"timestamp[{data_type.unit}{zone}]", "_type": "Value"}
+        name = {"binary": "binary", "string": "string"}.get(str(data_type), str(data_type))
+        return {"dtype": name, "_type": "Value"}
+
+    return {
+        field.name: {"sampling_rate": AUDIO_SAMPLE_RATE, "_type": "Audio"}
+        if field.name == audio_column else feature(field.type)
+        for field in schema
+    }
+
+
+def _with_audio(schema: pa.Schema) -> pa.Schema:
+    """`schema` plus an `audio` column that `datasets` reads as its `Audio` feature."""
+    with_audio = schema.append(pa.field("audio", AUDIO))
+    features = {"info": {"features": hf_features(with_audio, "audio")}}
+    metadata = {**(schema.metadata or {}), HF_METADATA_KEY: json.dumps(features).encode()}
+    return with_audio.with_metadata(metadata)
+
+
+TURNS_AUDIO_SCHEMA = _with_audio(TURNS_SCHEMA)
+
+
+def _episodes_only(table: pa.Table) -> pa.Table:
+    return table.select(EPISODES_SCHEMA.names)
+
+
+def _turns_with_audio(table: pa.Table) -> pa.Table:
+    turns = explode_turns(_episodes_only(table))
+    audio = pc.list_flatten(table.column(TURN_AUDIO_COLUMN).combine_chunks())
+    if len(audio) != turns.num_rows:
+        raise ValueError(f"{len(audio)} turn audio entries for {turns.num_rows} turns")
+    return turns.append_column(TURNS_AUDIO_SCHEMA.field("audio"), audio).cast(TURNS_AUDIO_SCHEMA)
+
+
+AUDIO_CONFIGS: dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]] = {
+    "episodes": (EPISODES_SCHEMA, _episodes_only),
+    "turns": (TURNS_AUDIO_SCHEMA, _turns_with_audio),
+}
+
+
+# Schema version 1, before turns carried `audio_sha256`: a dataset begun with it keeps it (a
+# configuration whose shards disagree on columns cannot be loaded whole), so an upgrade does not
+# stop the hourly export of a dataset already published.
+TURNS_SCHEMA_V1 = pa.schema(
+    [field for field in TURNS_SCHEMA if field.name != "audio_sha256"],
+    metadata={**TURNS_SCHEMA.metadata, METADATA_KEY: b"1"},
+)
+EPISODES_SCHEMA_V1 = EPISODES_SCHEMA.with_metadata({**EPISODES_SCHEMA.metadata, METADATA_KEY: b"1"})
+CONFIGS_V1: dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]] = {
+    "episodes": (EPISODES_SCHEMA_V1, lambda table: table.cast(EPISODES_SCHEMA_V1)),
+    "turns": (TURNS_SCHEMA_V1, lambda table: explode_turns(table).drop_columns(["audio_sha256"]).cast(TURNS_SCHEMA_V1)),
+}
+
+
+def configs_for(audio: bool, schema_version: int = SCHEMA_VERSION) -> dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]]:
+    """The configurations an export writes: with audio, the `turns` files carry an `audio`
+    column; `schema_version` 1 for a dataset begun before version 2 (no audio then)."""
+    if schema_version == 1:
+        return CONFIGS_V1
+    return AUDIO_CONFIGS if audio else CONFIGS

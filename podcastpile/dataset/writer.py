@@ -2,7 +2,7 @@
 
 Rows are buffered as Arrow tables until a row group's worth (by bytes or rows) is there, then
 written as one row group per configuration, so streaming readers fetch bounded pieces. A shard
-rolls over once its `episodes` file reaches `max_bytes` on disk (a target: the last row group
+rolls over once its largest file reaches `max_bytes` on disk (a target: the last row group
 may overshoot it) or `max_rows` rows. Files are written under the destination's staging folder;
 `on_shard` receives each finished shard and decides when it is published (see `export.py`).
 """
@@ -186,8 +186,9 @@ class ShardWriter:
         _add_provenance(self._provenance, episodes)
         self._pending, self._pending_keys = [], []
         self._pending_rows = self._pending_bytes = 0
-        first = next(iter(self._files.values()))
-        if first.bytes_written >= self.limits.max_bytes or self._shard_rows >= self.limits.max_rows:
+        # The largest file counts: with audio, a shard's `turns` file outgrows its `episodes` file.
+        largest = max(staged.bytes_written for staged in self._files.values())
+        if largest >= self.limits.max_bytes or self._shard_rows >= self.limits.max_rows:
             self._finish_shard()
 
     def _open_shard(self) -> None:

@@ -266,3 +266,33 @@ def test_refuses_a_folder_holding_shards_it_did_not_write(tmp_path: Path) -> Non
         export_dataset(engine, str(tmp_path / "dataset"))
     assert foreign.read_bytes() == b"not ours"
     engine.dispose()
+
+
+def test_a_dataset_begun_with_schema_version_1_goes_on_in_it(store: EpisodeStore, clock, tmp_path: Path) -> None:
+    """After an upgrade the hourly export of an already published dataset must not stop: one
+    begun before turns carried `audio_sha256` (schema version 1) gets version-1 shards, and the
+    whole `turns` configuration still loads as one table; audio is refused for it."""
+    from podcastpile.dataset.export import DatasetInconsistent
+    from podcastpile.dataset.audio import AudioOptions
+
+    out = tmp_path / "dataset"
+    add_completed(store, [f"https://example.com/a-{n}.mp3" for n in range(4)])
+    export_dataset(store.engine, str(out), limits=SMALL)
+    # What the previous release wrote: no audio_sha256 in the turns files, version 1 everywhere.
+    for path in listed_files(out, "turns"):
+        table = pq.read_table(path)
+        metadata = {**table.schema.metadata, b"podcastpile.schema_version": b"1"}
+        pq.write_table(table.drop_columns(["audio_sha256"]).replace_schema_metadata(metadata), path)
+    info = manifest(out)
+    info["schema_version"] = 1
+    info.pop("layout")
+    (out / "manifest.json").write_text(json.dumps(info))
+
+    clock.advance(60)
+    add_completed(store, [f"https://example.com/b-{n}.mp3" for n in range(3)])
+    more = export_dataset(store.engine, str(out), limits=SMALL)
+    assert more.episodes_written == 3 and manifest(out)["schema_version"] == 1
+    turns = duckdb.sql(f"SELECT * FROM read_parquet({listed_files(out, 'turns')!r})").df()
+    assert "audio_sha256" not in turns.columns and turns["episode_id"].nunique() == 7
+    with pytest.raises(DatasetInconsistent, match="schema version 1"):
+        export_dataset(store.engine, str(out), limits=SMALL, audio=AudioOptions(codec="flac"))
