@@ -7,6 +7,8 @@ per-batch tables.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -17,9 +19,10 @@ DASHBOARD_KEY = "podcastpile-dashboard"
 
 
 @flow(name="stats")
-def stats_flow() -> str:
-    """Compute the dashboard and publish it; returns the Markdown."""
-    markdown, workers = compute_dashboard(flow_settings())
+def stats_flow(loops: dict[str, dict[str, Any]] | None = None) -> str:
+    """Compute the dashboard and publish it; returns the Markdown. `loops`: what the manager's
+    control loops last saw (podcastpile/cli/control.py), shown so an idle manager is seen alive."""
+    markdown, workers = compute_dashboard(flow_settings(), loops)
     create_markdown_artifact(key=DASHBOARD_KEY, markdown=markdown,
                              description="Episodes by status, throughput, failures, queue ETA")
     create_table_artifact(key=f"{DASHBOARD_KEY}-workers", table=workers or [{"worker": "", "episodes": 0}],

@@ -43,8 +43,8 @@ def security_warnings() -> list[str]:
 
 
 @task(name="compute-dashboard", cache_policy=NONE, retries=2, retry_delay_seconds=10)
-def compute_dashboard(settings: Settings) -> tuple[str, list[dict[str, Any]]]:
-    """The dashboard as Markdown, and its per-worker table rows."""
+def compute_dashboard(settings: Settings, loops: dict[str, dict[str, Any]] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """The dashboard as Markdown, and its per-worker table rows; `loops` as the manager gave them."""
     store = store_for(settings)
     board = dashboard(store)
     archive = None
@@ -55,4 +55,4 @@ def compute_dashboard(settings: Settings) -> tuple[str, list[dict[str, Any]]]:
     rows = [{"worker": w.worker, "episodes": w.episodes, "audio_hours": round(w.audio_hours, 3),
              "real_time_factor": round(w.real_time_factor, 5) if w.real_time_factor else None}
             for w in board.workers]
-    return render_markdown(board, archive, security_warnings()), rows
+    return render_markdown(board, archive, security_warnings(), loops), rows

@@ -47,6 +47,7 @@ import typer
 
 from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_FAILED, EXIT_SETUP, fail, settings
+from podcastpile.cli.control import ControlLoops
 from podcastpile.cli.display import errors, literal, say, tell
 from podcastpile.cli.manager_api import ManagerProblem, check_manager, is_healthy, online_workers
 from podcastpile.cli.stopping import descendants, signal_all
@@ -147,12 +148,18 @@ def manager(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    loops = ControlLoops(api, config, say=say)
     try:
         stack.start()
+        _pause_schedules(loops)  # before `ready`: from now on runs start when there is work
         say(f"ready: open {public} (API docs: {public}/docs)")
         stamp = _code_stamp() if reload else None
         warned_workers = False
+        next_check = 0.0
         while not signals["count"]:
+            if time.monotonic() >= next_check:
+                loops.check()  # archive, dispatch, export, stats: a run only when there is work
+                next_check = time.monotonic() + config.control_check_seconds
             time.sleep(1)
             dead = stack.dead()
             if dead:
@@ -161,6 +168,7 @@ def manager(
                 say("code changed: restarting the server and the CPU worker")
                 stack.stop()
                 stack.start()
+                _pause_schedules(loops)
                 stamp = _code_stamp()
                 say(f"ready: open {public} (restarted)")
             if gpu_pool_limit and not warned_workers and online_workers(api, config.work_pool) > 1:
@@ -170,8 +178,17 @@ def manager(
                     "at a time. Set PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://... "
                     "and restart the manager to run them side by side."))
     finally:
+        loops.close()
         stack.stop()
     raise typer.Exit(EXIT_STOPPED)
+
+
+def _pause_schedules(loops: ControlLoops) -> None:
+    """Pause the control deployments' schedules; a failure is said and retried by the loops."""
+    try:
+        loops.pause_schedules()
+    except Exception as error:  # noqa: BLE001 - the next check tries again
+        say(f"control loops: could not pause the schedules yet ({type(error).__name__}: {error})")
 
 
 def _announce(config: Settings, public: str, host: str, port: int, loopback: bool, auth: str | None,
@@ -394,6 +411,8 @@ class _Stack:
         env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,flow_runs")
         env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD",
                        str(int(self.config.run_retention_days * 86400)))
+        # Events are most of an active server's database (issue 23): kept days, not Prefect's week.
+        env.setdefault("PREFECT_SERVER_EVENTS_RETENTION_PERIOD", f"PT{int(self.config.event_retention_days * 86400)}S")
         if self.auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth
         if self.config.trusted_proxies:  # .env is not the server's: pass the setting along

@@ -142,15 +142,27 @@ class ArchiveQueue:
 
     # --- claims ---------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, n: int, *, episode_ids: list[int] | None = None) -> list[ArchiveClaim]:
-        """Lease up to `n` episodes waiting for a capture (oldest first), skipping deferred ones."""
-        now = self.clock()
-        token = uuid.uuid4().hex
-        eligible = and_(
+    def count_due(self) -> int:
+        """How many episodes a claim would take now: what tells the manager an archive run has
+        work (a run for nothing costs a flow run, its states and events)."""
+        query = select(func.count()).select_from(_episodes).where(self._claimable(self.clock()))
+        with self.store.engine.execution_options(**READ_ONLY).connect() as connection:
+            return connection.execute(query).scalar_one()
+
+    @staticmethod
+    def _claimable(now: datetime) -> Any:
+        """Waiting for a capture, not leased, not deferred."""
+        return and_(
             _episodes.c.status.in_([s.value for s in ARCHIVE_WAITING]),
             or_(_episodes.c.leased_until.is_(None), _episodes.c.leased_until < now),
             or_(_episodes.c.archive_not_before.is_(None), _episodes.c.archive_not_before <= now),
         )
+
+    def claim(self, worker_id: str, n: int, *, episode_ids: list[int] | None = None) -> list[ArchiveClaim]:
+        """Lease up to `n` episodes waiting for a capture (oldest first), skipping deferred ones."""
+        now = self.clock()
+        token = uuid.uuid4().hex
+        eligible = self._claimable(now)
         if episode_ids is not None:
             eligible = and_(eligible, _episodes.c.id.in_(list(episode_ids)))
         picked = (

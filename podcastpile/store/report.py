@@ -101,7 +101,7 @@ def dashboard(store: EpisodeStore, *, top_failures: int = 10) -> Dashboard:
 
 
 def render_markdown(board: Dashboard, archive: dict[str, Any] | None = None,
-                    warnings: list[str] | None = None) -> str:
+                    warnings: list[str] | None = None, loops: dict[str, dict[str, Any]] | None = None) -> str:
     """The dashboard as Markdown (Prefect artifacts render it in the UI); `warnings` (an
     insecure manager, runs the workers refused) come first, where nobody misses them."""
     stats = board.stats
@@ -131,6 +131,12 @@ def render_markdown(board: Dashboard, archive: dict[str, Any] | None = None,
     for worker in board.workers:
         rtf = f"{worker.real_time_factor:.4f}" if worker.real_time_factor is not None else "–"
         lines.append(f"| {_cell(worker.worker)} | {worker.episodes:,} | {worker.audio_hours:,.2f} | {rtf} |")
+    if loops:
+        lines += ["", "## Control loops (the manager starts a run only when there is work)", "",
+                  "| loop | last check (UTC) | found | last run started | runs started |", "| --- | --- | --- | --- | ---: |"]
+        for name, loop in loops.items():
+            lines.append(f"| {_cell(name)} | {_cell(loop.get('checked_at') or '–')} | {_cell(loop.get('found', ''))} "
+                         f"| {_cell(loop.get('last_run_at') or '–')} | {int(loop.get('runs_started') or 0):,} |")
     if board.failures:
         lines += ["", "## Top failure reasons", "", "| reason | episodes | example |", "| --- | ---: | --- |"]
         lines += [f"| {_cell(f['code'])} | {f['episodes']:,} | {_cell(f['example_url'])} |" for f in board.failures]

@@ -167,7 +167,7 @@ def test_the_manager_serves_https_only(manager: Manager, certificates: Certifica
 
 
 def test_the_manager_runs_its_own_flows_over_https(manager: Manager, certificates: Certificates) -> None:
-    """Its CPU worker and the flow runs it starts (scheduled dispatch, archive) talk to the API
+    """Its CPU worker and the flow runs it starts (the stats run its control loops start) talk to the API
     over https, verifying with the manager's certificate file."""
     ca = verified(certificates)
     done = {"work_pools": {"name": {"any_": ["cpu"]}}, "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}

@@ -1,0 +1,201 @@
+"""The manager's control loops: a run of `archive`, `dispatch`, `export` or `stats` only when
+there is work for it.
+
+prefect.yaml schedules these four deployments (every 60 s, 30 s, hourly, 5 min), which is what
+a plain Prefect setup (`prefect server start` + `ppcli setup` + workers) runs. But each run is
+a flow run with its states, task runs, logs and some twenty events, whether or not anything
+waits: an idle manager grew Prefect's database by 0.66 MB a minute (issue 23). So `ppcli
+manager` pauses those schedules and asks the episode store instead, every CONTROL_CHECK_SECONDS
+(a count over an index or the counters table: milliseconds), starting a run only when:
+
+- archive: episodes wait for a capture and are due (not leased, not deferred); at most one new
+  run a minute, as the schedule did (a run lasts up to 10 minutes and overlapping runs share the
+  limits in the store);
+- dispatch: episodes are ready (or leases expired, or dead runs hold episodes), and something
+  changed since the last dispatch (the ready count, the leased count, the online GPU workers),
+  or 5 minutes passed: a finished batch changes the counts, so its worker gets the next batch
+  within one check; a new episode is dispatched within one check as well;
+- export: episodes were completed since the last export, at most hourly (a batch that empties
+  the queue starts one itself, as before);
+- stats: the store's counts changed, at most every 5 minutes, and otherwise hourly, so the
+  dashboard still says the loops are alive and when each last looked (its parameter `loops`).
+
+Why loops in the manager rather than Prefect automations on events: the work is defined by the
+store (an episode added by `ppcli create` or SQL, a deferral that expires at 03:00, a lease
+that runs out), and most of those changes emit no event at all; a count is the one check that
+sees them all. The loops cost one query per check and no Prefect writes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from podcastpile.config import Settings
+from podcastpile.prefect_api import PrefectAPI
+from podcastpile.runs import held_by_runs
+from podcastpile.store import EpisodeStore
+from podcastpile.store.archive import archive_queue_for
+
+# loop name -> (flow name, deployment name) in prefect.yaml
+DEPLOYMENTS = {"archive": ("archive", "archive"), "dispatch": ("dispatch", "dispatch"),
+               "export": ("export-dataset", "export"), "stats": ("stats", "stats")}
+ARCHIVE_EVERY, DISPATCH_SAFETY, EXPORT_EVERY = 60.0, 300.0, 3600.0
+STATS_EVERY, STATS_IDLE_EVERY, SCHEDULES_RECHECK = 300.0, 3600.0, 300.0
+
+
+@dataclass
+class Loop:
+    """What one loop last saw and did, for the log and the dashboard."""
+
+    name: str
+    checked_at: datetime | None = None
+    found: str = "not checked yet"
+    started_at: float | None = None  # monotonic time of its last run
+    started: datetime | None = None
+    runs: int = 0
+    seen: Any = None  # what the last run was started for (a fingerprint)
+
+    def since_start(self) -> float:
+        return math.inf if self.started_at is None else time.monotonic() - self.started_at
+
+    def summary(self) -> dict[str, Any]:
+        return {"checked_at": self.checked_at.isoformat(timespec="seconds") if self.checked_at else None,
+                "found": self.found, "runs_started": self.runs,
+                "last_run_at": self.started.isoformat(timespec="seconds") if self.started else None}
+
+
+@dataclass
+class ControlLoops:
+    """The loops of one manager; `check()` once every CONTROL_CHECK_SECONDS."""
+
+    api: PrefectAPI
+    config: Settings
+    say: Callable[[str], None] = print
+    loops: dict[str, Loop] = field(default_factory=lambda: {name: Loop(name) for name in DEPLOYMENTS})
+    _ids: dict[str, str] = field(default_factory=dict)
+    _store: EpisodeStore | None = None
+    _schedules_checked: float = -math.inf
+    _last_problem: str | None = None
+
+    def check(self) -> None:
+        """Look at the store once and start the runs there is work for; never raises (a store
+        or server outage is said once and tried again next time)."""
+        try:
+            if time.monotonic() - self._schedules_checked >= SCHEDULES_RECHECK:
+                self.pause_schedules()
+            store = self._open_store()
+            now = datetime.now(UTC)
+            self._archive(store, now)
+            self._dispatch(store, now)
+            counts = store.stats()
+            self._export(counts.by_status.get("completed", 0), now)
+            self._stats((counts.total, tuple(sorted(counts.by_status.items()))), now)
+            self._last_problem = None
+        except Exception as error:  # noqa: BLE001 - the loops outlive any outage
+            problem = f"control loops: {type(error).__name__}: {error}"
+            if problem != self._last_problem:
+                self.say(problem[:300] + "; trying again")
+            self._last_problem = problem
+            self.close()  # a fresh connection next time
+
+    def close(self) -> None:
+        """Close the store connection, if open."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def pause_schedules(self) -> None:
+        """Pause the four deployments' schedules (the loops start their runs); again after a
+        `ppcli setup` has deployed them anew."""
+        for name in DEPLOYMENTS:
+            deployment = self._http("GET", f"/deployments/{self._id(name)}")
+            if deployment.get("paused"):
+                continue
+            self._http("PATCH", f"/deployments/{self._id(name)}", {"paused": True})
+            # Pausing drops the future runs its schedule made, not one already due.
+            due = self._http("POST", "/flow_runs/filter", {
+                "deployments": {"id": {"any_": [self._id(name)]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}, "limit": 200})
+            for run in due:
+                self._http("DELETE", f"/flow_runs/{run['id']}")
+        self._schedules_checked = time.monotonic()
+
+    # --- the loops ---------------------------------------------------------------------------------
+
+    def _archive(self, store: EpisodeStore, now: datetime) -> None:
+        loop = self._looked(self.loops["archive"], now)
+        if not self.config.archives:
+            loop.found = "ARCHIVE_MODE=off"
+            return
+        due = archive_queue_for(store, self.config).count_due()
+        loop.found = f"{due:,} due for a capture"
+        if due and loop.since_start() >= ARCHIVE_EVERY:
+            self._start(loop, {})
+
+    def _dispatch(self, store: EpisodeStore, now: datetime) -> None:
+        loop = self._looked(self.loops["dispatch"], now)
+        ready, leased = store.count_claimable(), store.count_leased()
+        dead = (held_by_runs(store.leased_by_run(), self.api).dead or 0) if leased else 0
+        loop.found = f"{ready:,} ready, {leased:,} leased" + (f", {dead:,} held by dead runs" if dead else "")
+        if not ready and not dead:
+            return
+        seen = (ready, leased, dead, self._online_workers())
+        if seen != loop.seen or loop.since_start() >= DISPATCH_SAFETY:
+            self._start(loop, {}, seen)
+
+    def _export(self, completed: int, now: datetime) -> None:
+        loop = self._looked(self.loops["export"], now)
+        loop.found = f"{completed:,} completed"
+        if loop.seen is None:
+            loop.seen = completed  # the manager's start: the hourly run comes when more complete
+        if completed != loop.seen and loop.since_start() >= EXPORT_EVERY:
+            self._start(loop, {}, completed)
+
+    def _stats(self, fingerprint: Any, now: datetime) -> None:
+        loop = self._looked(self.loops["stats"], now)
+        changed = fingerprint != loop.seen
+        loop.found = "counts changed" if changed else "no change"
+        if (changed and loop.since_start() >= STATS_EVERY) or loop.since_start() >= STATS_IDLE_EVERY:
+            self._start(loop, {"loops": {name: other.summary() for name, other in self.loops.items()}}, fingerprint)
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _looked(loop: Loop, now: datetime) -> Loop:
+        loop.checked_at = now
+        return loop
+
+    def _start(self, loop: Loop, parameters: dict[str, Any], seen: Any = None) -> None:
+        self._http("POST", f"/deployments/{self._id(loop.name)}/create_flow_run", {"parameters": parameters})
+        loop.started_at, loop.started, loop.runs, loop.seen = time.monotonic(), datetime.now(UTC), loop.runs + 1, seen
+
+    def _online_workers(self) -> int:
+        workers = self._http("POST", f"/work_pools/{self.config.work_pool}/workers/filter", {})
+        return sum(1 for worker in workers if worker.get("status") == "ONLINE")
+
+    def _id(self, name: str) -> str:
+        if name not in self._ids:
+            flow, deployment = DEPLOYMENTS[name]
+            self._ids[name] = self._http("GET", f"/deployments/name/{flow}/{deployment}")["id"]
+        return self._ids[name]
+
+    def _open_store(self) -> EpisodeStore:
+        if self._store is None:
+            self._store = EpisodeStore.open(self.config)
+        return self._store
+
+    def _http(self, method: str, path: str, body: dict | None = None) -> Any:
+        import httpx
+
+        verify = self.api.ssl_context() if self.api.url.startswith("https://") else True
+        answer = httpx.request(method, f"{self.api.url}{path}", json=body, headers=self.api.headers(),
+                               timeout=5, verify=verify)
+        if answer.status_code == 404 and path.startswith("/deployments/"):
+            self._ids.clear()  # deployed anew (ids change): look them up again next time
+        answer.raise_for_status()
+        return answer.json() if answer.content else None

@@ -1,0 +1,76 @@
+"""A quiet manager (issue 23): with nothing to do, `ppcli manager` starts no archive or dispatch
+runs (the schedules of prefect.yaml are paused, its control loops ask the store instead); an
+episode added while idle is dispatched within seconds; the dashboard shows the loops alive.
+The figures (database growth, runs and CPU per idle hour) are bench/idle_bench.py's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.manager import PPCLI, Manager
+from tests.prefect_server import free_port
+from tests.processes import stop_tree
+
+CONTROLLED = {"archive": "archive", "dispatch": "dispatch", "stats": "stats", "export-dataset": "export"}
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[Manager]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PREFECT_", "WORKER_", "HOST", "PORT", "DATABASE_URL"))}
+    env.update({
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'episodes.db'}", "ARCHIVE_MODE": "off",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "CONTROL_CHECK_SECONDS": "2",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    running = Manager(env, tmp_path / "manager.log", free_port())
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        stop_tree(running.process, grace=60)
+        print(running.output()[-4000:])
+
+
+def runs_by_deployment(manager: Manager) -> dict[str, list[dict]]:
+    deployments = {d["id"]: d["name"] for d in httpx.post(f"{manager.api}/deployments/filter", json={}).json()}
+    runs: dict[str, list[dict]] = {name: [] for name in deployments.values()}
+    for run in httpx.post(f"{manager.api}/flow_runs/filter", json={"limit": 200}).json():
+        runs[deployments.get(run["deployment_id"], "?")].append(run)
+    return runs
+
+
+def test_an_idle_manager_starts_nothing_and_a_new_episode_is_dispatched_at_once(manager: Manager, tmp_path: Path) -> None:
+    for flow, name in CONTROLLED.items():
+        deployment = httpx.get(f"{manager.api}/deployments/name/{flow}/{name}").json()
+        assert deployment["paused"], f"{name}: its schedule would start runs for nothing"
+
+    time.sleep(30)  # idle: fifteen checks of the store
+    runs = runs_by_deployment(manager)
+    assert runs["archive"] == [] and runs["dispatch"] == [] and runs["export"] == [], {k: len(v) for k, v in runs.items()}
+    assert len(runs["stats"]) == 1  # the dashboard at start, then hourly while nothing changes
+
+    created = subprocess.run([*PPCLI, "create", "https://podcasts.example.org/ep1.mp3", "--language", "en"],
+                             cwd=tmp_path, env=manager.env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    added = time.monotonic()
+    while not runs_by_deployment(manager)["gpu"]:
+        assert time.monotonic() - added < 60, manager.output()[-3000:]
+        time.sleep(1)
+    assert len(runs_by_deployment(manager)["dispatch"]) == 1
+    time.sleep(10)  # nothing changed since: no second dispatch (the waiting batch run is enough)
+    assert len(runs_by_deployment(manager)["dispatch"]) == 1
+
+    # The dashboard of the stats run says what each loop last saw.
+    artifact = httpx.get(f"{manager.api}/artifacts/podcastpile-dashboard/latest").json()
+    assert "Control loops" in artifact["data"] and "not checked yet" not in artifact["data"]
