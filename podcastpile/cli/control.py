@@ -29,6 +29,7 @@ sees them all. The loops cost one query per check and no Prefect writes.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +82,28 @@ class ControlLoops:
     _store: EpisodeStore | None = None
     _schedules_checked: float = -math.inf
     _last_problem: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Check every CONTROL_CHECK_SECONDS in a thread of its own: a check that waits (a store
+        outage, a slow server) never delays the manager's reaction to a signal."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="control-loops", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop checking (waits `timeout` for a check under way) and close the store."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check()
+            self._stop.wait(self.config.control_check_seconds)
 
     def check(self) -> None:
         """Look at the store once and start the runs there is work for; never raises (a store

@@ -155,11 +155,8 @@ def manager(
         say(f"ready: open {public} (API docs: {public}/docs)")
         stamp = _code_stamp() if reload else None
         warned_workers = False
-        next_check = 0.0
+        loops.start()  # archive, dispatch, export, stats: a run only when there is work
         while not signals["count"]:
-            if time.monotonic() >= next_check:
-                loops.check()  # archive, dispatch, export, stats: a run only when there is work
-                next_check = time.monotonic() + config.control_check_seconds
             time.sleep(1)
             dead = stack.dead()
             if dead:
@@ -178,7 +175,7 @@ def manager(
                     "at a time. Set PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://... "
                     "and restart the manager to run them side by side."))
     finally:
-        loops.close()
+        loops.stop()
         stack.stop()
     raise typer.Exit(EXIT_STOPPED)
 
