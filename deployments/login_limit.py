@@ -4,8 +4,9 @@ Everything the manager serves (Prefect's API, its websockets and UI, the docs, w
 runs on that port) goes through `LoginLimit` when a password is configured. A request that
 carries credentials other than the password is a wrong guess: an `Authorization` header that is
 not `Basic base64(password)` or `Basic base64(user:password)` (a malformed header or another
-scheme counts too), or, on a websocket, Prefect's first `{"type": "auth", "token": ...}` message
-with a token that is not the password. A request with no credentials at all is no guess (the
+scheme counts too), an `X-Worker-Password` header (the original manager's, which the job API
+takes: deployments/jobs_api.py) that is not the password, or, on a websocket, Prefect's first
+`{"type": "auth", "token": ...}` message with a token that is not the password. A request with no credentials at all is no guess (the
 UI's pages, a browser before its login box): the app answers it as before.
 
 After `attempts` wrong guesses within a sliding `window` seconds, the address is refused for
@@ -80,6 +81,23 @@ def header_verdict(headers: Iterable[tuple[bytes, bytes]], password: str) -> boo
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return False
     return password_matches(decoded, password)
+
+
+def worker_header_verdict(headers: Iterable[tuple[bytes, bytes]], password: str) -> bool | None:
+    """What the request's X-Worker-Password header says: None without one, True when it is the
+    password (compared in constant time), False for anything else (a wrong guess)."""
+    values = [value for name, value in headers if name.lower() == b"x-worker-password"]
+    if not values:
+        return None
+    return len(values) == 1 and hmac.compare_digest(values[0], password.encode())
+
+
+def credentials_verdict(headers: Iterable[tuple[bytes, bytes]], password: str) -> bool | None:
+    """Both headers together: None when the request carries neither, False when either is wrong,
+    else True."""
+    headers = list(headers)
+    verdicts = {header_verdict(headers, password), worker_header_verdict(headers, password)} - {None}
+    return None if not verdicts else False not in verdicts
 
 
 def auth_message_token(message: Message) -> Any:
@@ -211,7 +229,7 @@ class LoginLimit:
             await self._refuse(scope, receive, send, wait)
             return
         where = f"{scope.get('method', 'WEBSOCKET')} {scope['path']}"
-        if header_verdict(scope.get("headers") or [], self.password) is False:
+        if credentials_verdict(scope.get("headers") or [], self.password) is False:
             self._failed(address, key, where)
         if kind == "websocket":
             receive = self._watching_auth_message(receive, address, key, where)

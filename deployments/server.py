@@ -15,6 +15,9 @@ TRUSTED_PROXIES (comma-separated). See docs/security.md.
 With `--ssl-certfile` and `--ssl-keyfile` (`ppcli manager --tls-cert/--tls-key`) uvicorn
 serves HTTPS, and only HTTPS, for everything on the port: API, UI, docs, websockets.
 
+Next to Prefect's API, the manager's own (deployments/jobs_api.py: /api/jobs, /api/stats) is
+served on the same port, behind the same password, limit and TLS.
+
 Run by `ppcli manager` as `python -m deployments.server --host H --port P`.
 """
 
@@ -25,9 +28,14 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deployments.login_limit import ASGIApp, LoginLimit, Scope, header_verdict
+from podcastpile.prefect_api import PrefectAPI
+
+if TYPE_CHECKING:
+    from podcastpile.config import Settings
 
 DOCS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
@@ -73,6 +81,37 @@ def trusted_proxies_from(flags: Sequence[str] | None, environ: Mapping[str, str]
     return [value.strip() for value in values if value.strip()]
 
 
+def own_api(host: str, port: int, password: str | None, certfile: str | None, ca_file: str | None = None) -> PrefectAPI:
+    """This server's Prefect API as a client on this machine reaches it (loopback when it is
+    bound to every address): the job API's stats ask it which runs are dead, as `ppcli stats`
+    does. Over https its certificate is verified with `ca_file` (TLS_CA_FILE), else with the
+    certificate file itself (a self-signed one or one with its CA appended); a certificate that
+    does not name the loopback address leaves those counts unknown, with that reason."""
+    name = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    name = f"[{name}]" if ":" in name else name
+    scheme = "https" if certfile else "http"
+    ca = ca_file or certfile
+    return PrefectAPI(f"{scheme}://{name}:{port}/api", auth_string=password,
+                      ca_file=os.path.abspath(os.path.expanduser(ca)) if certfile and ca else None)
+
+
+def job_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """The project's settings for the job API: from PODCASTPILE_ENV_FILE, the .env of the
+    directory `ppcli manager` ran in (the server itself runs in the checkout), else ./.env;
+    the environment wins over either, as for every command. A relative SQLite path is taken
+    from that directory too, where the manager's own commands find the database."""
+    from podcastpile.config import load_settings
+
+    env_file = environ.get("PODCASTPILE_ENV_FILE")
+    settings = load_settings(env_file=env_file or ".env")
+    prefix = "sqlite:///"
+    path = settings.database_url.removeprefix(prefix)
+    if env_file and settings.database_url.startswith(prefix) and path and not path.startswith(("/", ":memory:", "file:")):
+        where = Path(env_file).parent / Path(path).expanduser()
+        settings = load_settings(env_file=env_file, database_url=prefix + str(where.absolute()))
+    return settings
+
+
 def _log_to_stderr() -> None:
     """The limiter's warnings reach the server's output whatever Prefect's logging does."""
     logger = logging.getLogger("podcastpile.manager")
@@ -101,10 +140,16 @@ def main() -> None:
     from prefect.server.api.server import create_app
     from prefect.settings import get_current_settings
 
+    from deployments.jobs_api import JobsAPI, create_jobs_app, with_jobs_api
+
     _log_to_stderr()
     settings = get_current_settings()
-    password = settings.server.api.auth_string
-    app = protect(create_app(final=True), None if password is None else password.get_secret_value(),
+    secret = settings.server.api.auth_string
+    password = None if secret is None else secret.get_secret_value()
+    config = job_settings()
+    jobs = create_jobs_app(JobsAPI(config, prefect_api=own_api(
+        args.host, args.port, password, args.ssl_certfile, config.tls_ca_file)))
+    app = protect(with_jobs_api(create_app(final=True), jobs, password), password,
                   trusted_proxies_from(args.trusted_proxy))
     uvicorn.run(
         app, host=args.host, port=args.port,

@@ -100,7 +100,9 @@ def _count_lines(path: Path) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
 
 
-def _episode(record: dict, line: int) -> Entry:
+def entry_from_record(record: dict, line: int | None) -> Entry:
+    """One JSON/CSV record (`episode_url` or `url`, optional `language`, `podcast_id`) as an
+    episode to add, or Rejected when it names no URL; `line` says where it came from."""
     url = record.get("episode_url") or record.get("url")
     if not isinstance(url, str) or not url.strip():
         return Rejected(line, "", "no episode_url")
@@ -127,7 +129,7 @@ def _jsonl_entries(path: Path) -> Iterator[Entry]:
             if not isinstance(record, dict):
                 yield Rejected(line, text.strip()[:80], "not a JSON object")
                 continue
-            yield _episode(record, line)
+            yield entry_from_record(record, line)
 
 
 def _csv_entries(path: Path) -> Iterator[Entry]:
@@ -138,7 +140,7 @@ def _csv_entries(path: Path) -> Iterator[Entry]:
             yield Rejected(1, "", f"CSV header has no episode_url column (found: {sorted(fields)})")
             return
         for record in reader:
-            yield _episode(record, reader.line_num)
+            yield entry_from_record(record, reader.line_num)
 
 
 def _text_entries(path: Path) -> Iterator[Entry]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 
@@ -18,31 +17,18 @@ from podcastpile.cli.application import app
 from podcastpile.cli.common import JsonOption, fail, open_store, settings
 from podcastpile.cli.display import console, errors, literal, say, tell
 from podcastpile.cli.views import archive_stats, episode_dict, episode_table, print_stats, stats_dict
+from podcastpile.jsonviews import LIST_STATUSES
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.prefect_api import find_prefect_api
 from podcastpile.runs import held_by_runs, refused_runs
-from podcastpile.store import EpisodeStatus, NewEpisode, Rejected, normalize_language
-
-LIST_STATUSES = [status.value for status in EpisodeStatus] + ["expired"]
+from podcastpile.store import NewEpisode, Rejected, normalize_language
 
 
 def private_address(url: str) -> str | None:
-    """Why downloads will refuse `url` when its host is a literal non-public address, else None.
+    """Why downloads will refuse `url` when its host is a literal non-public address, else None."""
+    from podcastpile.net.guard import private_address as why  # loads httpx: not for `stats`
 
-    Literal only (an IP in any form a resolver reads, or localhost): no DNS at queueing time.
-    """
-    from podcastpile.net.guard import address_kind, literal_address  # loads httpx: not for `stats`
-
-    try:
-        host = urlsplit(url.strip()).hostname or ""
-    except ValueError:
-        return None
-    address = literal_address(host)
-    kind = address_kind(address) if address is not None else None
-    if not kind:
-        return None
-    named = f"{host} is {address}," if host != str(address) else f"{host} is"
-    return f"{named} a {kind} address"
+    return why(url)
 
 
 @app.command()

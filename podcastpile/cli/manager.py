@@ -412,6 +412,9 @@ class _Stack:
         env.setdefault("PREFECT_SERVER_EVENTS_RETENTION_PERIOD", f"PT{int(self.config.event_retention_days * 86400)}S")
         if self.auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth
+        # The server runs in the checkout, not here: its job API (deployments/jobs_api.py) reads
+        # the project's settings from this command's .env, so both see the same store.
+        env["PODCASTPILE_ENV_FILE"] = str(Path(".env").absolute())
         if self.config.trusted_proxies:  # .env is not the server's: pass the setting along
             env["TRUSTED_PROXIES"] = self.config.trusted_proxies
         return env

@@ -8,7 +8,6 @@ script can still fetch what it lists. Nothing here loads the ORM, httpx or Prefe
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +15,17 @@ from rich.table import Table
 from rich.text import Text
 
 from podcastpile.cli.display import console, literal
-from podcastpile.config import Settings
+from podcastpile.jsonviews import (  # noqa: F401  (re-exported: the commands import them from here)
+    EPISODE_FIELDS,
+    archive_stats,
+    archive_stats_dict,
+    episode_dict,
+    stats_dict,
+)
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.runs import HeldByRuns, RefusedRuns
 from podcastpile.store import EpisodeStatus, EpisodeStore, Stats, utcnow
-from podcastpile.store.archive import PAUSE_TEXT, ArchiveStats, archive_queue_for, pause_text
+from podcastpile.store.archive import PAUSE_TEXT, pause_text
 from podcastpile.store.archive_limits import HOST_SCOPE, LOOKUP_SCOPE
 from podcastpile.store.tables import ARCHIVE_WAITING
 
@@ -28,14 +33,6 @@ if TYPE_CHECKING:
     from podcastpile.store.rows import Episode
 
 _WAITING_FOR_CAPTURE = {status.value for status in ARCHIVE_WAITING}
-
-EPISODE_FIELDS = [
-    "id", "url", "podcast_id", "language", "status", "attempts", "worker_id", "leased_until",
-    "archive_url", "archive_timestamp", "archive_reused", "archive_error", "duration_seconds",
-    "audio_sha256", "duplicate_of", "error_code",
-    "error", "created_at", "updated_at", "completed_at",
-]
-
 
 def archive_state(row: Episode, now: datetime | None = None) -> str:
     """One line on where an episode is in the archive stage, from its stored state (passwords hidden).
@@ -99,27 +96,6 @@ def deferred_line(row: Episode) -> str:
     return mask_secrets(f"episode {row.id}: deferred: {waiting_reason(row.error_code, row.error)}{when}")
 
 
-def archive_stats_dict(stats: ArchiveStats) -> dict[str, Any]:
-    """The archive stage's counts as JSON-able values.
-
-    `pauses` maps every pause's reason to its end (host pauses are keyed `host:<host>`);
-    `paused_hosts` repeats the host pauses keyed by host alone.
-    """
-    data = asdict(stats)
-    data["deferred_until"] = stats.deferred_until.isoformat() if stats.deferred_until else None
-    data["pauses"] = {reason: until.isoformat() for reason, until in stats.pauses.items()}
-    data["paused_hosts"] = {
-        reason.removeprefix(HOST_SCOPE): until.isoformat()
-        for reason, until in stats.pauses.items() if reason.startswith(HOST_SCOPE)
-    }
-    return data
-
-
-def archive_stats(store: EpisodeStore, config: Settings) -> dict[str, Any]:
-    """The archive stage's counts for `ppcli stats`."""
-    return archive_stats_dict(archive_queue_for(store, config).stats(config.spn_daily_bytes))
-
-
 def archive_table(stats: dict[str, Any]) -> Table:
     """The archive stage as a table: waiting, submitted, archived, deferred, today's quota."""
     table = Table("archive stage", "episodes", title="Internet Archive")
@@ -149,24 +125,6 @@ def pause_line(reason: str) -> str:
     return f"submissions paused: {reason}{why}"
 
 
-def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns, refused: RefusedRuns) -> dict[str, Any]:
-    """`ppcli stats --json`: the counts, with the dead-run counts null (and why) when unknown."""
-    return {
-        "total": result.total,
-        "by_status": result.by_status,
-        "expired_leases": result.expired_leases,
-        "held_by_dead_runs": held.dead,  # null when unknown, with the reason below
-        "held_by_runs_unknown_to_prefect": held.unknown_runs,
-        "held_by_runs_unknown_reason": held.reason,
-        "refused_runs": refused.count,  # flow runs workers refused to run; null when unknown
-        "refused_runs_last_reason": refused.last_message,
-        "refused_runs_unknown_reason": refused.reason,
-        "audio_hours_done": round(result.audio_hours_done, 3),
-        "failures_by_reason": result.failures_by_reason,
-        "archive": archive,
-    }
-
-
 def print_stats(result: Stats, archive: dict[str, Any], held: HeldByRuns, refused: RefusedRuns) -> None:
     """`ppcli stats` for people: episodes by status, the archive stage, leases, failures."""
     table = Table("status", "episodes", title="Episodes")
@@ -186,11 +144,6 @@ def print_stats(result: Stats, archive: dict[str, Any], held: HeldByRuns, refuse
         for reason, count in result.failures_by_reason.items():
             failures.add_row(literal(mask_secrets(reason)), f"{count:,}")
         console.print(failures)
-
-
-def episode_dict(row: Any) -> dict[str, Any]:
-    """An episode row as `ppcli list --json` prints it (URLs and reasons as stored)."""
-    return {key: getattr(row, key) for key in EPISODE_FIELDS}
 
 
 def episode_table(rows: list[Any]) -> Table:

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -118,6 +119,23 @@ def literal_address(host: str) -> IPAddress | None:
         return ipaddress.IPv4Address(socket.inet_aton(name))
     except OSError:
         return None
+
+
+def private_address(url: str) -> str | None:
+    """Why downloads will refuse `url` when its host is a literal non-public address, else None.
+
+    Literal only (an IP in any form a resolver reads, or localhost): no DNS at queueing time.
+    """
+    try:
+        host = urlsplit(url.strip()).hostname or ""
+    except ValueError:
+        return None
+    address = literal_address(host)
+    kind = address_kind(address) if address is not None else None
+    if not kind:
+        return None
+    named = f"{host} is {address}," if host != str(address) else f"{host} is"
+    return f"{named} a {kind} address"
 
 
 def _normal_host(host: str) -> str:

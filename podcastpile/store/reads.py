@@ -71,11 +71,18 @@ class EpisodeReads:
         language: str | None = None,
         limit: int | None = 100,
         offset: int = 0,
+        after: int | None = None,
     ) -> list[Episode]:
-        """Episodes, oldest first. `status="expired"` lists held leases past their deadline."""
+        """Episodes, oldest first. `status="expired"` lists held leases past their deadline.
+
+        `after` starts the list past that id: pages by id stay stable while episodes are added
+        (an offset would shift under inserts and repeat or skip rows).
+        """
         from podcastpile.store.rows import Episode
 
         query = select(Episode).order_by(Episode.id).offset(offset)
+        if after is not None:
+            query = query.where(Episode.id > after)
         if status == "expired":
             query = query.where(Episode.status.in_(LEASED), Episode.leased_until < self.clock())
         elif status is not None:
