@@ -3,7 +3,7 @@
 One flow run per batch, not per episode: a process worker spends seconds starting each run and
 NeMo's import and model loads cost tens of seconds, so models are loaded once per batch and
 every episode runs as tasks inside the run: its download, then each step of the speech chain
-(`podcastpile.speech.pipeline.STEPS`: decode → diarize → transcribe → merge) as a `run_step`
+(`podcastpile.speech.pipeline.STEPS`: decode → diarize → transcribe → merge → quality) as a `run_step`
 task. Downloads of the next episodes overlap inference of the current one (bounded prefetch).
 """
 

@@ -1,6 +1,6 @@
 """Tasks over the speech core: load models, download, and run one step of the chain.
 
-The chain itself (decode → diarize → transcribe → merge) is defined once, in
+The chain itself (decode → diarize → transcribe → merge → quality) is defined once, in
 `podcastpile.speech.pipeline.STEPS`; `run_step` is the one task that runs any of its steps,
 named after the step. Downloads retry transient failures (timeouts, 429, 5xx, resets) with
 exponential backoff; permanent ones (404, not audio, too large) fail at once. Model inference

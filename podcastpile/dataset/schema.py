@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # 2: `turns` rows carry `audio_sha256` (so a turn's audio can be fetched and checked from its
-# row alone), and `ppcli export --audio` adds an `audio` column to them.
+# row alone), and `ppcli export --audio` adds an `audio` column to them; turns and episodes
+# carry the quality scores (`_QUALITY`) and episodes the quality models' ids.
 SCHEMA_VERSION = 2
 METADATA_KEY = b"podcastpile.schema_version"
 
@@ -32,16 +33,27 @@ _LEVELS = [
     pa.field("clipped_ratio", pa.float64()),
     pa.field("speech_ratio", pa.float64()),
 ]
-TURN = pa.struct(
-    [
-        pa.field("speaker", pa.string()),
-        pa.field("start", pa.float64()),
-        pa.field("end", pa.float64()),
-        pa.field("text", pa.string()),
-        pa.field("words", pa.list_(WORD)),
-        *_LEVELS,
-    ]
-)
+# Model-based quality scores (podcastpile.speech.quality); null where not measured (results
+# stored before them) or not measurable (DNSMOS for a turn with under 1 s of speech).
+_QUALITY = [
+    pa.field("dnsmos_sig", pa.float64()),
+    pa.field("dnsmos_bak", pa.float64()),
+    pa.field("dnsmos_ovrl", pa.float64()),
+    pa.field("vad_segments", pa.int32()),
+    pa.field("loudness_lufs", pa.float64()),
+    pa.field("snr_db", pa.float64()),
+    pa.field("overlap_ratio", pa.float64()),
+]
+_TURN_TEXT = [
+    pa.field("speaker", pa.string()),
+    pa.field("start", pa.float64()),
+    pa.field("end", pa.float64()),
+    pa.field("text", pa.string()),
+    pa.field("words", pa.list_(WORD)),
+]
+TURN = pa.struct([*_TURN_TEXT, *_LEVELS, *_QUALITY])
+TURN_V1 = pa.struct([*_TURN_TEXT, *_LEVELS])
+_QUALITY_MODELS = ["dnsmos_model", "vad_model", "loudness_model"]
 _UTC_MILLIS = pa.timestamp("ms", tz="UTC")  # Parquet has no second unit: ms is what readers get
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
 
@@ -70,10 +82,12 @@ EPISODES_SCHEMA = _schema(
         pa.field("turns", pa.list_(TURN)),
         pa.field("segments", pa.list_(SEGMENT)),  # raw diarization output
         *_LEVELS,
+        *_QUALITY,
         pa.field("asr_model", pa.string()),
         pa.field("asr_fingerprint", pa.string()),
         pa.field("diar_model", pa.string()),
         pa.field("diar_fingerprint", pa.string()),
+        *(pa.field(name, pa.string()) for name in _QUALITY_MODELS),
         pa.field("code_version", pa.string()),
         pa.field("processing_seconds", pa.float64()),
         pa.field("processed_at", _UTC_MICROS, nullable=False),  # when the result was stored
@@ -118,7 +132,7 @@ def episode_record(
     The result's own `language` wins over the episode's (it is what the ASR model was chosen
     for). Fields a result lacks become nulls rather than failing the export.
     """
-    levels = {field.name: result.get(field.name) for field in _LEVELS}
+    levels = {field.name: result.get(field.name) for field in (*_LEVELS, *_QUALITY)}
     return {
         "episode_id": url_hash,
         "podcast_id": podcast_id,
@@ -140,6 +154,7 @@ def episode_record(
         "asr_fingerprint": result.get("asr_fingerprint"),
         "diar_model": result.get("diar_model"),
         "diar_fingerprint": result.get("diar_fingerprint"),
+        **{name: result.get(name) for name in _QUALITY_MODELS},
         "code_version": result.get("code_version"),
         "processing_seconds": result.get("processing_seconds"),
         "processed_at": result_created_at.replace(tzinfo=UTC)
@@ -238,17 +253,29 @@ AUDIO_CONFIGS: dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]] = {
 }
 
 
-# Schema version 1, before turns carried `audio_sha256`: a dataset begun with it keeps it (a
-# configuration whose shards disagree on columns cannot be loaded whole), so an upgrade does not
-# stop the hourly export of a dataset already published.
+# Schema version 1, before turns carried `audio_sha256` and the quality scores: a dataset begun
+# with it keeps it (a configuration whose shards disagree on columns cannot be loaded whole), so
+# an upgrade does not stop the hourly export of a dataset already published.
+_NOT_IN_V1 = {"audio_sha256", *(field.name for field in _QUALITY), *_QUALITY_MODELS}
 TURNS_SCHEMA_V1 = pa.schema(
-    [field for field in TURNS_SCHEMA if field.name != "audio_sha256"],
+    [field for field in TURNS_SCHEMA if field.name not in _NOT_IN_V1],
     metadata={**TURNS_SCHEMA.metadata, METADATA_KEY: b"1"},
 )
-EPISODES_SCHEMA_V1 = EPISODES_SCHEMA.with_metadata({**EPISODES_SCHEMA.metadata, METADATA_KEY: b"1"})
+EPISODES_SCHEMA_V1 = pa.schema(
+    [pa.field("turns", pa.list_(TURN_V1)) if field.name == "turns" else field
+     for field in EPISODES_SCHEMA if field.name not in _NOT_IN_V1],
+    metadata={**EPISODES_SCHEMA.metadata, METADATA_KEY: b"1"},
+)
+
+
+def _as_v1(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    # A struct cast drops the fields the target lacks (the turns' quality scores), by name.
+    return table.select(schema.names).cast(schema)
+
+
 CONFIGS_V1: dict[str, tuple[pa.Schema, Callable[[pa.Table], pa.Table]]] = {
-    "episodes": (EPISODES_SCHEMA_V1, lambda table: table.cast(EPISODES_SCHEMA_V1)),
-    "turns": (TURNS_SCHEMA_V1, lambda table: explode_turns(table).drop_columns(["audio_sha256"]).cast(TURNS_SCHEMA_V1)),
+    "episodes": (EPISODES_SCHEMA_V1, lambda table: _as_v1(table, EPISODES_SCHEMA_V1)),
+    "turns": (TURNS_SCHEMA_V1, lambda table: _as_v1(explode_turns(table), TURNS_SCHEMA_V1)),
 }
 
 

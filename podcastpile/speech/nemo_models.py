@@ -70,8 +70,8 @@ class MissingExtra(ModelLoadError):
 
 
 # What the `worker` extra installs and the speech chain imports (torch and NeMo for the models,
-# PyAV for decoding). The core install leaves them out: they are gigabytes.
-WORKER_EXTRA_MODULES = ("torch", "nemo", "av")
+# PyAV for decoding, the quality models' runtime and wheels). The core install leaves them out: they are gigabytes.
+WORKER_EXTRA_MODULES = ("torch", "nemo", "av", "onnxruntime", "speechmos", "silero_vad", "pyloudnorm")
 
 
 def _installed(module: str) -> bool:

@@ -1,6 +1,6 @@
 """One episode through the speech core, defined once: fetch, then the chain of `STEPS`.
 
-The chain decode → diarize → transcribe → merge is a tuple of small named steps, each a
+The chain decode → diarize → transcribe → merge → quality is a tuple of small named steps, each a
 function over one `EpisodeWork` (the episode's state as it moves along). Everything that
 processes an episode runs this one definition: `process_downloaded` calls the steps directly
 (`ppcli transcribe`, benchmarks), and the batch flow hands each step to a Prefect task
@@ -11,8 +11,11 @@ are made of; model loading stays off that clock (once per process, not per episo
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +25,7 @@ from podcastpile.errors import PermanentError, TransientError
 from podcastpile.net.fetch import MAX_REDIRECTS, DownloadedAudio, download, local_file
 from podcastpile.net.guard import guard_for
 from podcastpile.speech import audio as audio_module
-from podcastpile.speech import levels
+from podcastpile.speech import levels, quality
 from podcastpile.speech.audio import DecodedAudio
 from podcastpile.speech.merge import SpeakerTurn, merge_words
 from podcastpile.speech.nemo_models import Diarization, SpeechModels, Transcript, require_worker_extra
@@ -140,12 +143,50 @@ def _merge(episode: EpisodeWork, models: SpeechModels) -> None:
     )
 
 
+# CPU threads for the quality models: onnxruntime sessions are single-threaded and release
+# the GIL, so this many threads use about this many cores; half the machine leaves the other
+# half to decoding and to feeding the GPU.
+QUALITY_WORKERS = max(1, (os.cpu_count() or 2) // 2)
+_quality_pool: ThreadPoolExecutor | None = None
+_quality_lock = threading.Lock()
+
+
+def quality_pool() -> ThreadPoolExecutor:
+    """The process's thread pool for quality scores, started on first use and kept."""
+    global _quality_pool
+    with _quality_lock:
+        if _quality_pool is None:
+            _quality_pool = ThreadPoolExecutor(QUALITY_WORKERS, thread_name_prefix="quality")
+        return _quality_pool
+
+
+def add_quality(result: EpisodeResult, decoded: DecodedAudio, executor: ThreadPoolExecutor | None = None) -> None:
+    """Fill `result`'s quality scores, per turn and for the episode, and the models' provenance
+    (see `podcastpile.speech.quality`). The VAD's speech_ratio replaces the word-coverage one."""
+    spans = [(turn.start, turn.end) for turn in result.turns]
+    segments = [(s.speaker, s.start, s.end) for s in result.segments]
+    episode, turns = quality.measure(decoded.samples, spans, segments, executor)
+    for turn, scores in zip(result.turns, turns):
+        for name, value in scores.rounded().items():
+            setattr(turn, name, value)
+    for name, value in episode.rounded().items():
+        setattr(result, name, value)
+    for name, value in quality.model_ids().items():
+        setattr(result, name, value)
+
+
+def _quality(episode: EpisodeWork, models: SpeechModels) -> None:
+    assert episode.decoded and episode.result, "quality runs after merge"
+    add_quality(episode.result, episode.decoded, quality_pool())
+
+
 # Decoding comes first, so bytes that are not audio fail before any model is needed.
 STEPS: tuple[Step, ...] = (
     Step("decode", _decode, "Probe and decode to 16 kHz mono float32."),
     Step("diarize", _diarize, "Who speaks when (Sortformer).", needs_models=True),
     Step("transcribe", _transcribe, "One ASR pass with word timestamps (Parakeet).", needs_models=True),
     Step("merge", _merge, "Words into speaker turns, levels, the typed result."),
+    Step("quality", _quality, "DNSMOS, VAD, loudness, SNR, overlap per turn and episode (CPU threads)."),
 )
 
 

@@ -39,12 +39,29 @@ class SignalLevels(_Model):
     peak_dbfs: float = Field(description="Highest absolute sample, dBFS (floored at -120).")
     clipped_ratio: float = Field(description="Share of samples at or near full scale.")
     speech_ratio: float = Field(
-        description="Turn: time covered by words over the turn's span. "
-        "Episode: time covered by turns over the duration."
+        description="Share of the span that Silero VAD hears as speech (turn: its span; episode: "
+        "the whole audio). Results stored before the quality scores: time covered by words "
+        "(turn) or by turns (episode)."
     )
 
 
-class Turn(SignalLevels):
+class QualityScores(SignalLevels):
+    """Model-based quality scores (see `podcastpile.speech.quality`). Each defaults to None so
+    results stored before they existed still load; None also means not measurable there."""
+
+    dnsmos_sig: float | None = Field(None, description="DNSMOS P.835 speech signal quality, 1-5; "
+                                     "None with under 1 s of speech.")
+    dnsmos_bak: float | None = Field(None, description="DNSMOS P.835 background noise quality, 1-5.")
+    dnsmos_ovrl: float | None = Field(None, description="DNSMOS P.835 overall quality, 1-5.")
+    vad_segments: int | None = Field(None, description="Speech segments Silero VAD finds in the span.")
+    loudness_lufs: float | None = Field(None, description="ITU-R BS.1770 integrated loudness, LUFS; "
+                                        "None under 400 ms or for silence.")
+    snr_db: float | None = Field(None, description="Power of VAD speech over VAD non-speech, dB.")
+    overlap_ratio: float | None = Field(None, description="Share of the span where the diarizer "
+                                        "has two or more speakers active.")
+
+
+class Turn(QualityScores):
     """Consecutive words of one speaker, with the levels of that stretch of audio."""
 
     speaker: str
@@ -54,7 +71,7 @@ class Turn(SignalLevels):
     words: list[Word]
 
 
-class EpisodeResult(SignalLevels):
+class EpisodeResult(QualityScores):
     """Everything one episode yields: audio facts, models used, turns, raw segments, levels."""
 
     duration: float = Field(description="Decoded audio length, seconds.")
@@ -74,6 +91,9 @@ class EpisodeResult(SignalLevels):
     asr_fingerprint: str
     diar_model: str
     diar_fingerprint: str
+    dnsmos_model: str | None = Field(None, description="Quality models' ids, versions and weight digests.")
+    vad_model: str | None = None
+    loudness_model: str | None = None
     code_version: str
     processing_seconds: float = Field(
         description="Wall time to decode, diarize and transcribe, seconds (not download or model load)."

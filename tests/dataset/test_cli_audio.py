@@ -43,9 +43,9 @@ def test_ppcli_export_audio_and_where(tmp_path: Path, monkeypatch) -> None:
     assert bad.returncode == 2 and "use none, flac, opus" in bad.stderr
     unplaced = ppcli("export", "--where", "duration > 0", database_url=url, cwd=tmp_path)
     assert unplaced.returncode == 2 and "--out" in unplaced.stderr
-    unknown = ppcli("export", "--where", "dnsmos_ovrl >= 3.0", "--out", str(tmp_path / "r"),
+    unknown = ppcli("export", "--where", "pesq >= 3.0", "--out", str(tmp_path / "r"),
                     database_url=url, cwd=tmp_path)
-    assert unknown.returncode == 1 and "no column 'dnsmos_ovrl'" in unknown.stderr
+    assert unknown.returncode == 1 and "no column 'pesq'" in unknown.stderr
     release = ppcli("export", "--where", f"episode_id = '{made['duo'].url_hash}'", "--out", str(tmp_path / "r"),
                     database_url=url, cwd=tmp_path)
     assert release.returncode == 0, release.stderr

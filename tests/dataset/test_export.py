@@ -16,7 +16,13 @@ import pytest
 from sqlalchemy import select, update
 
 from podcastpile.dataset.export import export_dataset
-from podcastpile.dataset.schema import EPISODES_SCHEMA, SCHEMA_VERSION, explode_turns
+from podcastpile.dataset.schema import (
+    EPISODES_SCHEMA,
+    EPISODES_SCHEMA_V1,
+    SCHEMA_VERSION,
+    TURNS_SCHEMA_V1,
+    explode_turns,
+)
 from podcastpile.dataset.writer import WriterLimits
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.store.tables import EpisodeStatus, episodes, results
@@ -54,8 +60,11 @@ def store_rows(store: EpisodeStore) -> dict[str, dict[str, Any]]:
             "segments": result["segments"],
             **{key: result[key] for key in ("rms_dbfs", "peak_dbfs", "clipped_ratio", "speech_ratio")},
             **{key: result[key] for key in (
-                "asr_model", "asr_fingerprint", "diar_model", "diar_fingerprint", "code_version",
-                "processing_seconds",
+                "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "vad_segments", "loudness_lufs", "snr_db", "overlap_ratio",
+            )},
+            **{key: result[key] for key in (
+                "asr_model", "asr_fingerprint", "diar_model", "diar_fingerprint",
+                "dnsmos_model", "vad_model", "loudness_model", "code_version", "processing_seconds",
             )},
             "processed_at": created[episode.id].replace(tzinfo=UTC),
         }
@@ -272,17 +281,20 @@ def test_a_dataset_begun_with_schema_version_1_goes_on_in_it(store: EpisodeStore
     """After an upgrade the hourly export of an already published dataset must not stop: one
     begun before turns carried `audio_sha256` (schema version 1) gets version-1 shards, and the
     whole `turns` configuration still loads as one table; audio is refused for it."""
-    from podcastpile.dataset.export import DatasetInconsistent
     from podcastpile.dataset.audio import AudioOptions
+    from podcastpile.dataset.export import DatasetInconsistent
 
     out = tmp_path / "dataset"
     add_completed(store, [f"https://example.com/a-{n}.mp3" for n in range(4)])
     export_dataset(store.engine, str(out), limits=SMALL)
-    # What the previous release wrote: no audio_sha256 in the turns files, version 1 everywhere.
-    for path in listed_files(out, "turns"):
-        table = pq.read_table(path)
-        metadata = {**table.schema.metadata, b"podcastpile.schema_version": b"1"}
-        pq.write_table(table.drop_columns(["audio_sha256"]).replace_schema_metadata(metadata), path)
+    # What the previous release wrote: no audio_sha256 in the turns files, no quality scores,
+    # version 1 everywhere.
+    old_columns = {"audio_sha256", "dnsmos_ovrl", "vad_segments", "overlap_ratio", "dnsmos_model"}
+    for config, schema in (("turns", TURNS_SCHEMA_V1), ("episodes", EPISODES_SCHEMA_V1)):
+        for path in listed_files(out, config):
+            table = pq.read_table(path)
+            assert set(table.column_names) & old_columns  # written as version 2
+            pq.write_table(table.select(schema.names).cast(schema), path)
     info = manifest(out)
     info["schema_version"] = 1
     info.pop("layout")
@@ -294,5 +306,8 @@ def test_a_dataset_begun_with_schema_version_1_goes_on_in_it(store: EpisodeStore
     assert more.episodes_written == 3 and manifest(out)["schema_version"] == 1
     turns = duckdb.sql(f"SELECT * FROM read_parquet({listed_files(out, 'turns')!r})").df()
     assert "audio_sha256" not in turns.columns and turns["episode_id"].nunique() == 7
+    assert not set(turns.columns) & old_columns
+    episodes_v1 = duckdb.sql(f"SELECT * FROM read_parquet({listed_files(out)!r})").df()
+    assert not set(episodes_v1.columns) & old_columns and len(episodes_v1) == 7
     with pytest.raises(DatasetInconsistent, match="schema version 1"):
         export_dataset(store.engine, str(out), limits=SMALL, audio=AudioOptions(codec="flac"))

@@ -63,7 +63,7 @@ def test_the_same_rows_as_duckdb_pandas_and_datasets(predicate: str) -> None:
         ("duration >= ", "expected a value"),
         ("__import__('os').system('true')", "cannot read the filter"),
         ("duration >= 600; drop table x", "cannot read the filter"),
-        ("dnsmos_ovrl >= 3.0", "no column 'dnsmos_ovrl'"),
+        ("pesq >= 3.0", "no column 'pesq'"),
         ("language >= 3", "language >= 3"),  # a string compared with a number
         ("duration", "not a true/false condition"),
         ("", "empty"),
@@ -96,3 +96,18 @@ def test_where_export_writes_a_filtered_release(store: EpisodeStore, tmp_path: P
     assert export_dataset(store.engine, str(release), where=predicate).episodes_written == 0
     with pytest.raises(DatasetInconsistent, match="--where"):
         export_dataset(store.engine, str(release), where="num_speakers = 1")
+
+
+def test_where_filters_on_the_quality_scores(store: EpisodeStore, tmp_path: Path) -> None:
+    add_completed(store, [f"https://example.com/q-{n}.mp3" for n in range(12)])
+    full, release = tmp_path / "full", tmp_path / "release"
+    predicate = "dnsmos_ovrl >= 3.0 and speech_ratio >= 0.8 and overlap_ratio < 0.1"
+    export_dataset(store.engine, str(full))
+    summary = export_dataset(store.engine, str(release), where=predicate)
+    selected = duckdb.sql(
+        f"SELECT episode_id FROM read_parquet('{full}/data/episodes/*.parquet') WHERE {predicate} ORDER BY 1"
+    ).fetchall()
+    assert 0 < len(selected) < 12  # the synthetic scores put episodes on both sides
+    written = pd.read_parquet(release / "data" / "episodes")["episode_id"].sort_values().tolist()
+    assert written == [row[0] for row in selected]
+    assert (summary.episodes_written, summary.episodes_filtered) == (len(selected), 12 - len(selected))

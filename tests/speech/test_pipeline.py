@@ -43,11 +43,19 @@ def check_result(result: EpisodeResult, conversation, body: bytes) -> None:
         # Each turn sits on its true span (within the tiny model's timing slack).
         assert turn.start >= truth["start"] - 0.6 and turn.end <= truth["end"] + 0.6
         assert -60 < turn.rms_dbfs < turn.peak_dbfs <= 0 and turn.clipped_ratio == 0.0
-        assert 0 < turn.speech_ratio <= 1
-    # Turn time over duration: three turns with silence between them.
-    covered = sum(t.end - t.start for t in result.turns)  # no overlaps here: one speaker at a time
-    assert 0 < result.speech_ratio < 1.0
-    assert result.speech_ratio == pytest.approx(covered / result.duration, abs=1e-3)
+        # The tiny ASR's word times are loose, so a turn's span can reach into the pauses.
+        assert 0.3 < turn.speech_ratio <= 1 and turn.vad_segments >= 1
+        assert turn.overlap_ratio == 0.0 and turn.loudness_lufs is not None and turn.snr_db is not None
+        speech_seconds = turn.speech_ratio * (turn.end - turn.start)
+        if turn.dnsmos_ovrl is None:  # the ratio is stored to 4 decimals: allow for that
+            assert speech_seconds < 1.0 + 1e-3
+        else:
+            assert speech_seconds > 1.0 - 1e-3 and 1.0 <= turn.dnsmos_ovrl <= 5.0
+    # The VAD's speech over the duration: three turns with silence between them.
+    spoken = sum(t["end"] - t["start"] for t in conversation["turns"])
+    assert result.speech_ratio == pytest.approx(spoken / result.duration, abs=0.1)
+    assert result.vad_segments == len(conversation["turns"]) and result.dnsmos_ovrl is not None
+    assert result.dnsmos_model and result.vad_model and result.loudness_model
     assert EpisodeResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
 
 
@@ -84,5 +92,6 @@ def test_digital_silence_gives_no_turns(tiny_models, settings, tmp_path):
     result = process_source(str(path), tiny_models, settings)
     assert (result.turns, result.segments, result.text, result.num_speakers) == ([], [], "", 0)
     assert result.duration == pytest.approx(2.0) and result.speech_ratio == 0.0
+    assert result.vad_segments == 0 and result.dnsmos_ovrl is None and result.loudness_lufs is None
     assert result.rms_dbfs == result.peak_dbfs == -120.0
     assert EpisodeResult.from_dict(result.to_dict()) == result

@@ -86,3 +86,15 @@ def test_from_dict_rejects_malformed_results():
     data["surprise"] = 1
     with pytest.raises(ValidationError):
         EpisodeResult.from_dict(data)
+
+
+def test_results_stored_before_the_quality_scores_still_load():
+    data = _result().to_dict()
+    quality_keys = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "vad_segments", "loudness_lufs", "snr_db",
+                    "overlap_ratio")
+    for key in (*quality_keys, "dnsmos_model", "vad_model", "loudness_model"):
+        data.pop(key)
+    for key in quality_keys:
+        data["turns"][0].pop(key)
+    loaded = EpisodeResult.from_dict(data)
+    assert loaded == _result() and loaded.dnsmos_ovrl is None and loaded.turns[0].overlap_ratio is None
