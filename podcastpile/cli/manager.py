@@ -155,6 +155,7 @@ def manager(
         say(f"ready: open {public} (API docs: {public}/docs)")
         stamp = _code_stamp() if reload else None
         warned_workers = False
+        next_worker_count = 0.0  # asked once a minute: each ask is a request the server answers
         loops.start()  # archive, dispatch, export, stats: a run only when there is work
         while not signals["count"]:
             time.sleep(1)
@@ -168,7 +169,10 @@ def manager(
                 _pause_schedules(loops)
                 stamp = _code_stamp()
                 say(f"ready: open {public} (restarted)")
-            if gpu_pool_limit and not warned_workers and online_workers(api, config.work_pool) > 1:
+            if gpu_pool_limit and not warned_workers and time.monotonic() >= next_worker_count:
+                next_worker_count = time.monotonic() + 60
+                if online_workers(api, config.work_pool) <= 1:
+                    continue
                 warned_workers = True
                 errors.print(literal(
                     "several GPU workers are online but Prefect's database is SQLite: batches run one "

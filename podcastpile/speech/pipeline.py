@@ -196,6 +196,7 @@ def load_models(models: SpeechModels, languages: list[str | None]) -> SpeechMode
     models.diarizer()
     for language in languages:
         models.asr(language)
+    quality.load()
     return models
 
 

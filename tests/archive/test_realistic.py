@@ -290,7 +290,7 @@ def test_a_429_on_a_status_poll_pauses_the_save_family_and_no_poll_goes_out_in_i
 def test_a_429_on_the_first_poll_of_a_round_stops_the_other_polls_due_with_it(real: Realistic) -> None:
     episodes = real.add(*(real.origin.url(f"ep{i}.wav") for i in range(3)))
     real.ia.pending_polls = 1000
-    real.run(max_seconds=0.5)  # submitted and polled; the run ends with the jobs still pending
+    real.run(max_seconds=5)  # submitted and polled; the run ends with the jobs still pending
     assert all(real.row(e).archive_job_id for e in episodes)
     real.ia.status_busy = 1
     polls = real.ia.status_polls

@@ -35,6 +35,16 @@ QUALITY_FIELDS = (
 )
 
 
+def load() -> None:
+    """Create the models' sessions now, as the speech models are loaded once per batch: off the
+    first episode's clock (its time budget) and before any thread of the pool needs them."""
+    from podcastpile.speech.quality import runtime
+
+    runtime.session(dnsmos._path())
+    runtime.session(runtime.package_file("silero_vad", "data", vad.MODEL_FILE))
+    model_ids()  # hashes the weights once
+
+
 def model_ids() -> dict[str, str]:
     """Provenance of each quality model: result field → model id with version and digest."""
     return {"dnsmos_model": dnsmos.model_id(), "vad_model": vad.model_id(), "loudness_model": loudness.model_id()}
