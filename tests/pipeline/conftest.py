@@ -49,9 +49,9 @@ class AudioHost:
 
         def slow(request):  # type: ignore[no-untyped-def]
             # A host that trickles: each read arrives well within the read timeout, but the
-            # whole file takes ~16 s, twice a test's 8 s episode budget.
+            # whole file takes ~40 s, twice a test's 20 s episode budget.
             def trickle():  # type: ignore[no-untyped-def]
-                step = len(wav) // 16 + 1
+                step = len(wav) // 40 + 1
                 for start in range(0, len(wav), step):
                     time.sleep(1.0)
                     yield wav[start:start + step]
