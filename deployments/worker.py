@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,23 @@ if TYPE_CHECKING:
 REFUSED = "Refused"  # the name of a refused run's Failed state: `ppcli stats` counts them
 JOB_TEMPLATE = ROOT / "deployments" / "gpu-pool.json"
 log = logging.getLogger(__name__)
+
+
+def _stoppable_by_sigterm() -> None:
+    """Give an inherited ignored SIGINT back its KeyboardInterrupt, so one SIGTERM stops this worker.
+
+    `prefect worker start` stops on SIGTERM by sending itself SIGINT with SIGINT's handler put back
+    as it found it. A worker started as a background job of a script (`prefect worker start &`,
+    `make` recipes, some init scripts) inherits SIGINT ignored, and then that SIGINT does nothing:
+    the worker ignores `docker stop`/`systemctl stop` until their SIGKILL (measured: one SIGTERM,
+    still running 3 s later; the second SIGTERM is a SIGKILL that leaves its runs for crash
+    detection). Prefect loads this class before it installs its handlers, so this runs first.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_stoppable_by_sigterm()
 
 
 class RunRefused(RuntimeError):

@@ -48,7 +48,7 @@ def _owner(database_url: str, mode: str) -> tuple[subprocess.Popen, int]:
 
 
 
-def test_a_killed_batch_gets_its_episodes_back_within_a_second(store: EpisodeStore, database_url: str) -> None:
+def test_a_killed_batch_gets_its_episodes_back_from_its_guard(store: EpisodeStore, database_url: str) -> None:
     store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(4)])
     owner, guard = _owner(database_url, "hold")
     try:
@@ -57,7 +57,11 @@ def test_a_killed_batch_gets_its_episodes_back_within_a_second(store: EpisodeSto
         killed = time.monotonic()
         owner.wait(timeout=10)
         while any(row.status in ("assigned", "processing") for row in store.list()):
-            assert time.monotonic() - killed < 10, [(row.status, row.attempts) for row in store.list()]
+            # Nothing else here gives episodes back (no crash detection, leases last hours), so this
+            # is the guard's doing. About a second on a quiet machine; the bound is loose because a
+            # guard started just before the kill may still be importing SQLAlchemy on a loaded CI
+            # machine (CI once took over 10 s there, PostgreSQL, 4 test processes on 2 cores).
+            assert time.monotonic() - killed < 45, [(row.status, row.attempts) for row in store.list()]
             time.sleep(0.05)
         print(f"given back {time.monotonic() - killed:.2f} s after the kill")
     finally:

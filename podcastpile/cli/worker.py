@@ -72,7 +72,10 @@ def worker(
     # the same credentials, whatever this machine's own Prefect profile says.
     base = {**os.environ, **api.client_environment(), "WORKER_LANGUAGES": wanted}
     supervisor = Supervisor([], grace=grace, once=once, api=api)
-    # Handlers first: a signal while workers start must stop the ones already started.
+    # Handlers first: a signal while workers start must stop the ones already started. A caught
+    # SIGINT also starts each child with SIGINT at its default, where an ignored one (`ppcli
+    # worker &` in a script) would be inherited: a Prefect worker stops on SIGTERM by sending
+    # itself SIGINT, so it would never stop and the stop would wait out --grace.
     signal.signal(signal.SIGTERM, supervisor.on_signal)
     signal.signal(signal.SIGINT, supervisor.on_signal)
     for index, name in enumerate(names):

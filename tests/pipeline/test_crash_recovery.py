@@ -34,9 +34,20 @@ def stack_environment(prefect_env: dict[str, str], episodes_url: str) -> dict[st
     }
 
 
+# Runs the command after it with SIGINT ignored, as a script's background job (`prefect worker
+# start &`, a make recipe) starts a worker: one SIGTERM must stop it all the same (a plain Prefect
+# worker stops by sending itself SIGINT; deployments/worker.py makes that SIGINT count). exec keeps
+# the pid: the Popen's pid is the worker's.
+AS_A_BACKGROUND_JOB = [
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def start_worker(pool: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A plain `prefect worker start` on `pool`, signalled as an operator's would be."""
     return subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", pool, "--limit", "4" if pool == "cpu" else "1"],
+        [*AS_A_BACKGROUND_JOB, PREFECT, "worker", "start", "--pool", pool, "--limit", "4" if pool == "cpu" else "1"],
         cwd=log.parent, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 

@@ -142,11 +142,12 @@ def test_one_sigterm_to_a_plain_prefect_worker_gives_its_batch_back(
             gpu.wait(timeout=60)
             assert time.monotonic() - signalled < 20, "the worker exits promptly"
             while any(row.status in ("assigned", "processing") for row in store.list()):
-                assert time.monotonic() - signalled < 10, [(r.id, r.status) for r in store.list()]
+                # the claim guard's doing (see tests/test_claimguard.py for why the bound is loose)
+                assert time.monotonic() - signalled < 45, [(r.id, r.status) for r in store.list()]
                 time.sleep(0.1)
             back = time.monotonic() - signalled
             while any(_alive(pid) for pid in flow_runs) or _claim_guards(episodes_url):
-                assert time.monotonic() - signalled < 15, "no flow run or guard outlives the stop"
+                assert time.monotonic() - signalled < 50, "no flow run or guard outlives the stop"
                 time.sleep(0.1)
             print(f"worker gone and {len(held)} episodes back {back:.1f} s after the SIGTERM")
         finally:
