@@ -56,10 +56,11 @@ class LeaseKeeper:
             try:
                 self.store.renew(episode_id, token)
             except LeaseLost as error:
-                log.warning("lease lost: %s", error)
                 with self._lock:
-                    self._held.pop(episode_id, None)
+                    if self._held.pop(episode_id, None) != token:
+                        continue  # finished and dropped while this renewal ran: nothing was lost
                     self.lost.add(episode_id)
+                log.warning("lease lost: %s", error)
             except Exception as error:  # a database hiccup must not kill the keeper
                 log.warning("renewing the lease on episode %s failed: %s", episode_id, error)
 

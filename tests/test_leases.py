@@ -24,8 +24,8 @@ def test_keeper_renews_leases_past_their_first_deadline(short_lease_store: Episo
     kept, unkept = store.claim_batch("w", 2)
     with LeaseKeeper(store, [kept], interval=0.2) as keeper:
         time.sleep(3.0)  # longer than the lease
-        store.complete(kept.episode_id, kept.lease_token, {"duration": 1.0})
-        keeper.drop(kept.episode_id)
+        keeper.drop(kept.episode_id)  # before completing: a renewal after it would find no lease
+        store.complete(kept.episode_id, kept.lease_token, {"duration": 1.0})  # the lease was renewed
     assert keeper.lost == set()
     with pytest.raises(LeaseLost):  # the same wait without a keeper loses the lease
         store.complete(unkept.episode_id, unkept.lease_token, {"duration": 1.0})

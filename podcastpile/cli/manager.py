@@ -35,8 +35,6 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -49,11 +47,11 @@ from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_FAILED, EXIT_SETUP, fail, settings
 from podcastpile.cli.control import ControlLoops
 from podcastpile.cli.display import errors, literal, say, tell
-from podcastpile.cli.manager_api import ManagerProblem, check_manager, is_healthy, online_workers
-from podcastpile.cli.stopping import descendants, signal_all
+from podcastpile.cli.manager_api import ManagerProblem, check_manager, online_workers
+from podcastpile.cli.stack import Restarts, Stack, run_setup
 from podcastpile.cli.tls import ServedTLS, served_tls
 from podcastpile.config import Settings, SettingsError, load_settings, safe_database_url
-from podcastpile.prefect_api import PrefectAPI, find_prefect_api, server_password
+from podcastpile.prefect_api import find_prefect_api, server_password
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # What --reload watches: the pipeline's code and configuration.
@@ -84,17 +82,7 @@ def setup_command(
         check_manager(api)
     except ManagerProblem as problem:
         fail(str(problem), code=EXIT_SETUP)
-    _run_setup(config, api, 1 if one_batch_at_a_time else None)
-
-
-def _run_setup(config: Settings, api: PrefectAPI, gpu_pool_limit: int | None) -> None:
-    """Set up the server at `api` for the pipeline; a failure is one line and exit 1."""
-    from deployments.setup import setup
-
-    try:
-        setup(config, api, say=lambda line: say(f"setup: {line}"), gpu_pool_limit=gpu_pool_limit)
-    except Exception as error:  # noqa: BLE001 - one line for the operator; details in the chain
-        fail(f"setup failed: {type(error).__name__}: {error}", code=EXIT_FAILED)
+    run_setup(config, api, 1 if one_batch_at_a_time else None)
 
 
 @app.command()
@@ -130,7 +118,11 @@ def manager(
     sqlite = _prefect_database_is_sqlite()
     # At most one batch at a time on SQLite: concurrent runs make it fail (database is locked).
     gpu_pool_limit = 1 if sqlite and not allow_sqlite_workers else None
-    stack = _Stack(host, port, auth, api, config, gpu_pool_limit, cpu_runs, tls)
+    insecure = None
+    if not auth and not is_loopback(host):
+        insecure = (f"the manager serves {_url_host(host)}:{port} without auth (--insecure): anyone "
+                    "who can reach it can run flow runs, and read and change the pipeline's state")
+    stack = Stack(host, port, auth, api, config, gpu_pool_limit, cpu_runs, tls, insecure)
     loopback = is_loopback(host)
     shown = socket.gethostname() if host in (*WILDCARDS, "") else local
     public = f"{scheme}://{_url_host(shown)}:{port}"
@@ -149,6 +141,7 @@ def manager(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     loops = ControlLoops(api, config, say=say)
+    restarts = Restarts()
     try:
         stack.start()
         _pause_schedules(loops)  # before `ready`: from now on runs start when there is work
@@ -161,7 +154,15 @@ def manager(
             time.sleep(1)
             dead = stack.dead()
             if dead:
-                fail(f"{dead} exited; stopping the manager", code=EXIT_FAILED)
+                wait = restarts.next_wait()
+                if wait is None:
+                    fail(f"{dead} exited, the {Restarts.LIMIT + 1}th time within {Restarts.WINDOW / 60:g} "
+                         "minutes; stopping the manager", code=EXIT_FAILED)
+                say(f"{dead} exited; starting it again in {wait:g} s")
+                time.sleep(wait)
+                stack.restart()
+                _pause_schedules(loops)
+                say(f"ready: open {public} (restarted)")
             if reload and _code_stamp() != stamp:
                 say("code changed: restarting the server and the CPU worker")
                 stack.stop()
@@ -350,118 +351,6 @@ def _port_setting() -> int:
         return load_settings().port
     except SettingsError:
         return Settings.model_fields["port"].default
-
-
-class _Stack:
-    """The processes the manager runs: the Prefect server, then (after setup) a CPU worker."""
-
-    def __init__(self, host: str, port: int, auth: str | None, api: PrefectAPI, config: Settings,
-                 gpu_pool_limit: int | None, cpu_runs: int, tls: ServedTLS | None = None) -> None:
-        self.host, self.port, self.auth, self.api, self.config = host, port, auth, api, config
-        self.gpu_pool_limit, self.cpu_runs, self.tls = gpu_pool_limit, cpu_runs, tls
-        self.server: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """Start the server, wait until it is healthy, set it up, then start the CPU worker."""
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "deployments.server", "--host", self.host, "--port", str(self.port),
-             *(["--ssl-certfile", self.tls.cert, "--ssl-keyfile", self.tls.key] if self.tls else [])],
-            cwd=ROOT, env=self._server_environment(), start_new_session=True,
-        )
-        self._wait_healthy()
-        _run_setup(self.config, self.api, self.gpu_pool_limit)
-        self._record_insecure()
-        # The worker runs in the project root, where this directory's .env is not read: its
-        # client settings come along in its environment.
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", self.api.url,
-             "--limit", str(self.cpu_runs), "--id", f"{socket.gethostname()}-cpu", "--grace", "30"],
-            cwd=ROOT, env=self._worker_environment(), start_new_session=True,
-        )
-
-    def _record_insecure(self) -> None:
-        """Put the --insecure warning on the dashboard too (or take an old one off)."""
-        from deployments.setup import record_insecure
-
-        warning = None
-        if not self.auth and not is_loopback(self.host):
-            warning = (f"the manager serves {_url_host(self.host)}:{self.port} without auth (--insecure): anyone "
-                       "who can reach it can run flow runs, and read and change the pipeline's state")
-        try:
-            record_insecure(self.api, warning)
-        except Exception as error:  # noqa: BLE001 - the start-up banner has said it already
-            say(f"could not put the --insecure warning on the dashboard: {type(error).__name__}: {error}")
-
-    def _worker_environment(self) -> dict[str, str]:
-        """The CPU worker's environment: this manager's API, password and CA for the worker and
-        its flow runs; TLS_CA_FILE too, which would otherwise come from the root's .env."""
-        return {**os.environ, **self.api.client_environment(), "TLS_CA_FILE": self.api.ca_file or ""}
-
-    def _server_environment(self) -> dict[str, str]:
-        """The server's environment: the project's settings as Prefect server settings."""
-        env = dict(os.environ)
-        env.pop("PREFECT_API_URL", None)  # the server's UI would otherwise point at it
-        env.pop("PREFECT_API_AUTH_STRING", None)
-        env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        # The browser reaches the API wherever it reached the UI: a relative URL works for
-        # every name and address the manager is known by (0.0.0.0 would not).
-        env.setdefault("PREFECT_UI_API_URL", "/api")
-        env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-        # Retention: a year of batches must not grow Prefect's database without bound.
-        env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED", "events,flow_runs")
-        env.setdefault("PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD",
-                       str(int(self.config.run_retention_days * 86400)))
-        # Events are most of an active server's database (issue 23): kept days, not Prefect's week.
-        env.setdefault("PREFECT_SERVER_EVENTS_RETENTION_PERIOD", f"PT{int(self.config.event_retention_days * 86400)}S")
-        if self.auth:
-            env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth
-        # The server runs in the checkout, not here: its job API (deployments/jobs_api.py) reads
-        # the project's settings from this command's .env, so both see the same store.
-        env["PODCASTPILE_ENV_FILE"] = str(Path(".env").absolute())
-        if self.config.trusted_proxies:  # .env is not the server's: pass the setting along
-            env["TRUSTED_PROXIES"] = self.config.trusted_proxies
-        return env
-
-    def _wait_healthy(self, timeout: float = 180.0) -> None:
-        """Until the server answers its health check; its exit or `timeout` ends the command."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server is not None and self.server.poll() is not None:
-                fail(f"the Prefect server exited with code {self.server.returncode}", code=EXIT_FAILED)
-            try:
-                if is_healthy(self.api):
-                    return
-            except ManagerProblem as problem:  # its own certificate: waiting will not help
-                fail(str(problem), code=EXIT_SETUP)
-            time.sleep(0.5)
-        fail(f"the Prefect server did not become healthy within {timeout:g} s", code=EXIT_FAILED)
-
-    def dead(self) -> str | None:
-        """Which process died on its own, if any."""
-        for name, process in (("the Prefect server", self.server), ("the CPU worker", self.worker)):
-            if process is not None and process.poll() is not None:
-                return name
-        return None
-
-    def stop(self) -> None:
-        """The CPU worker first (its runs release what they hold), then the server."""
-        for process, grace in ((self.worker, 45.0), (self.server, 20.0)):
-            if process is None or process.poll() is not None:
-                continue
-            signal_all([process.pid], signal.SIGTERM)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
-                process.wait()
-        self.worker = self.server = None
-
-    def kill(self) -> None:
-        """Kill every process of the stack at once (a second signal)."""
-        for process in (self.worker, self.server):
-            if process is not None:
-                signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
 
 
 def _prefect_database_is_sqlite() -> bool:

@@ -127,7 +127,9 @@ def test_manager_and_one_worker_take_created_episodes_to_the_dataset(
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             rows = store.list()
-            if all(row.status == "completed" for row in rows) and list(episodes.glob("*.parquet")):
+            # the export loop may publish the first episode before the second is done: wait for both
+            if all(row.status == "completed" for row in rows) and list(episodes.glob("*.parquet")) \
+                    and len(pd.read_parquet(episodes, columns=["episode_url"])) == len(rows):
                 break
             time.sleep(2)
         rows = store.list()
