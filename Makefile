@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,19 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 # then NeMo and the test tools.
 $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[worker,dev]"
+	$(BIN)/pip install --quiet -e ".[worker,dev,dataset]"
 	touch $@ $(VENV)/.core
 
-# Tools the speech fixtures are built with (scripts/make_tiny_models.py, checked by a test), and
-# the headless browser tests/test_ui.py opens the Prefect UI in.
+# Tools the speech fixtures are built with (scripts/make_tiny_models.py, checked by a test), the
+# headless browser tests/test_ui.py opens the Prefect UI in, and FFmpeg's shared libraries, which
+# torchcodec (the `dataset` extra) decodes `datasets`' Audio feature with.
 $(VENV)/.sysdeps: | $(BIN)/python
-	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v ffmpeg >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq espeak-ng sox chromium >/dev/null; \
+	    apt-get update -qq && apt-get install -y -qq espeak-ng sox chromium ffmpeg >/dev/null; \
 	  else \
-	    echo "make test needs espeak-ng, sox and chromium: sudo apt-get install espeak-ng sox chromium (or brew install espeak-ng sox chromium)"; \
+	    echo "make test needs espeak-ng, sox, chromium and ffmpeg: sudo apt-get install espeak-ng sox chromium ffmpeg (or brew install espeak-ng sox chromium ffmpeg)"; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -51,6 +53,10 @@ test: $(VENV)/.all $(VENV)/.sysdeps
 
 bench: $(VENV)/.all
 	$(BIN)/python bench/store_bench.py
+
+# The 30-minute chaos soak (issue 21); bench/chaos.py --help for the knobs.
+chaos: $(VENV)/.all $(VENV)/.sysdeps
+	$(BIN)/python bench/chaos.py --minutes 30 --episodes 300 --seed 1 --compare
 
 clean:
 	rm -rf $(VENV) dataset podcastpile.db podcastpile.db-wal podcastpile.db-shm

@@ -8,6 +8,7 @@ Everything under `/api/jobs` and `/api/stats` comes here (`with_jobs_api`), the 
   POST /api/jobs                     add one job or a list (up to 10,000): added / present / rejected
   GET  /api/jobs?status=&language=&limit=&cursor=   pages by id (a cursor stable under inserts)
   GET  /api/jobs/{id}?full=          one job and its result's summary (`full`: the whole result)
+  POST /api/jobs/retry | invalidate  `ppcli retry | invalidate`: a dry run unless `apply`
   POST /api/jobs/request             a worker claims one ready job: id, download URL, lease token
   POST /api/jobs/{id}/start | renew | complete | fail   with the lease token (409 once lost)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
@@ -31,7 +33,7 @@ from pydantic import BaseModel, Field, ValidationError
 from deployments.login_limit import ASGIApp, Scope, credentials_verdict
 from podcastpile.config import Settings
 from podcastpile.errors import PermanentError, TransientError
-from podcastpile.jsonviews import LIST_STATUSES, archive_stats, episode_dict, stats_dict
+from podcastpile.jsonviews import LIST_STATUSES, archive_stats, episode_dict, operation_dict, stats_dict
 from podcastpile.net.guard import private_address
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.prefect_api import PrefectAPI
@@ -39,8 +41,10 @@ from podcastpile.runs import held_by_runs, refused_runs
 from podcastpile.sources import entry_from_record
 from podcastpile.speech.result import EpisodeResult
 from podcastpile.store import (
-    Claim, EpisodeStore, LeaseLost, NewEpisode, Rejected, StoreUnavailable, UnknownEpisode, normalize_language,
+    Claim, EpisodeStore, LeaseLost, NewEpisode, Rejected, Selection, StoreUnavailable, UnknownEpisode,
+    invalidate_selection, normalize_language, retry_selection,
 )
+from podcastpile.store.operations import RETRYABLE
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_JOBS_PER_REQUEST = 10_000
@@ -90,6 +94,36 @@ class FailBody(LeaseBody):
     error_code: str = Field(min_length=1, max_length=64)
     reason: str = Field(max_length=2000)
     permanent: bool = False
+
+
+class OperationBody(BaseModel):
+    """An operator action over many jobs: a dry run (count and sample) unless `apply`."""
+
+    apply: bool = Field(False, description="Apply; without it, only count and sample what would change (`--yes`).")
+    sample: int = Field(10, ge=0, le=100, description="How many of the matching jobs a dry run shows.")
+
+
+class RetryBody(OperationBody):
+    """`ppcli retry`: failed (or duplicate) jobs back to the queue, attempts reset."""
+
+    status: str = Field("failed", description=f"Which end state: {', '.join(s.value for s in RETRYABLE)}.")
+    reason: str | None = Field(None, max_length=64, description="Only this error code, exactly (e.g. http-404).")
+    since: datetime | None = Field(None, description="Only jobs changed at or after this time (no zone: UTC).")
+
+
+class InvalidateBody(OperationBody):
+    """`ppcli invalidate`: completed jobs back for reprocessing; every criterion given must match."""
+
+    code_version: str | None = Field(None, max_length=200, description="Results made by this code version.")
+    model: str | None = Field(None, max_length=500, description="Results made with this model id or weights fingerprint.")
+    completed_after: datetime | None = Field(None, description="Results completed at or after this time (no zone: UTC).")
+
+
+def naive_utc(when: datetime | None) -> datetime | None:
+    """A time as the store keeps times (naive UTC): one without a zone is taken as UTC already."""
+    if when is None or when.tzinfo is None:
+        return when
+    return when.astimezone(UTC).replace(tzinfo=None)
 
 
 class JobsAPI:
@@ -202,8 +236,12 @@ def create_jobs_app(jobs: JobsAPI) -> FastAPI:
             episodes.append(entry)
         summary = jobs.store.add(episodes)
         rejected = sorted(rejected + summary.rejected, key=lambda item: item.line or 0)
-        return {"added": summary.added, "present": summary.present, "rejected": _masked(rejected),
-                "private_addresses": _masked(private)}
+        answer: dict[str, Any] = {"added": summary.added, "present": summary.present,
+                                  "rejected": _masked(rejected), "private_addresses": _masked(private)}
+        if not isinstance(body, list):  # one job: the job itself too (`ppcli create` shows its id)
+            found = jobs.store.find(episodes[0]) if episodes and not rejected else None
+            answer["job"] = episode_dict(found) if found is not None else None
+        return answer
 
     @app.get("/api/jobs", tags=["Podcast Pile"])
     def list_jobs(
@@ -232,6 +270,29 @@ def create_jobs_app(jobs: JobsAPI) -> FastAPI:
         result = store.result(job_id)
         job["result"] = result if full or result is None else result_summary(result)
         return job
+
+    @app.post("/api/jobs/retry", tags=["Podcast Pile"])
+    def retry(body: RetryBody) -> dict[str, Any]:
+        """Failed (or duplicate) jobs back to the queue, as `ppcli retry --json` answers; a dry run unless `apply`."""
+        try:
+            selection = retry_selection(status=body.status, reason=body.reason, since=naive_utc(body.since))
+        except ValueError as error:  # an unknown or non-retryable status
+            raise HTTPException(422, str(error).splitlines()[0]) from None
+        return _operate(selection, body)
+
+    @app.post("/api/jobs/invalidate", tags=["Podcast Pile"])
+    def invalidate(body: InvalidateBody) -> dict[str, Any]:
+        """Completed jobs back for reprocessing, as `ppcli invalidate --json` answers; a dry run unless `apply`."""
+        try:
+            selection = invalidate_selection(code_version=body.code_version, model=body.model,
+                                             completed_after=naive_utc(body.completed_after))
+        except ValueError:
+            raise HTTPException(422, "say which results to invalidate: code_version, model or completed_after") from None
+        return _operate(selection, body)
+
+    def _operate(selection: Selection, body: OperationBody) -> dict[str, Any]:
+        # URLs in the sample as stored, as `GET /api/jobs` lists them: the caller may fetch them.
+        return operation_dict(jobs.store, selection, apply=body.apply, sample=body.sample)
 
     @app.post("/api/jobs/request", tags=["Podcast Pile workers"],
               responses={204: {"description": "No job is ready."}})

@@ -2,8 +2,9 @@
 
 Runs on a short schedule on the CPU pool. Each run first cancels the dispatch runs that fell
 late (while no CPU worker was up): one run does the work of all of them. Then it returns to
-the queue what dead runs held (batch runs marked crashed by the heartbeat automation, and
-leases past their deadline), so nothing waits for a claim to notice. Then it counts claimable episodes and batch runs not yet started, and
+the queue what dead runs held (batch runs marked crashed by the heartbeat automation, or by
+dispatch itself after 5 silent minutes when the automation missed one, and leases past their
+deadline), so nothing waits for a claim to notice. Then it counts claimable episodes and batch runs not yet started, and
 tops the waiting runs up to one per online worker (or `max_waiting`). A worker that finishes a
 batch finds the next one already waiting, so GPUs are not left idle between batches, and
 the number of runs stays bounded however long the queue is: no flood of runs.
@@ -17,10 +18,12 @@ from prefect import flow, get_run_logger
 
 from tasks.settings import flow_settings
 from tasks.dispatch import (
+    SILENT_SECONDS,
     cancel_late_runs,
     count_online_workers,
     count_ready,
     count_waiting_runs,
+    crash_silent_runs,
     create_batch_runs,
     requeue_dead_runs,
     requeue_expired,
@@ -36,6 +39,8 @@ def dispatch(deployment: str = BATCH_DEPLOYMENT, max_waiting: int | None = None)
     logger = get_run_logger()
     if late := cancel_late_runs():
         logger.info("cancelled %d dispatch runs that fell late: this run does their work", late)
+    for run_id in crash_silent_runs(deployment):
+        logger.warning("batch run %s sent no heartbeat for %g s: marked crashed", run_id, SILENT_SECONDS)
     for run_id, count in requeue_dead_runs(settings, deployment).items():
         logger.warning("requeued %d episodes held by dead batch run %s", count, run_id)
     if expired := requeue_expired(settings):

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     )
     worker_auth_enabled: bool = Field(False, description="Require a password from workers.")
     worker_password: SecretStr | None = Field(None, description="The password the manager demands when auth is on; clients send it whenever set.")
+    manager_url: str | None = Field(
+        None, description="The manager, e.g. http://manager:8000: `ppcli worker` joins it, and `ppcli create | "
+        "import | list | stats | retry | invalidate` go through its HTTP API (with WORKER_PASSWORD) instead of "
+        "DATABASE_URL; `-m` overrides it. Unset: workers use PREFECT_API_URL, the queue commands the database.",
+    )
     run_retention_days: float = Field(
         30.0, ge=1 / 24,
         description="The manager's Prefect server deletes flow runs (and their logs) older than this.",

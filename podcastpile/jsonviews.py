@@ -1,5 +1,5 @@
-"""The store as JSON for scripts and services: what `ppcli stats --json` and `ppcli list --json`
-print, and what the manager's own HTTP API (deployments/jobs_api.py) answers.
+"""The store as JSON for scripts and services: what `ppcli stats --json`, `ppcli list --json` and
+`ppcli retry | invalidate --json` print, and what the manager's own HTTP API (deployments/jobs_api.py) answers.
 
 Here rather than in the CLI so the manager's server (a layer below the CLI) gives the very
 same numbers. URLs and reasons are kept as stored: a script may need to fetch what it lists.
@@ -12,7 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from podcastpile.runs import HeldByRuns, RefusedRuns
-from podcastpile.store import EpisodeStatus, EpisodeStore, Stats
+from podcastpile.store import EpisodeStatus, EpisodeStore, Selection, Stats, preview, requeue
 from podcastpile.store.archive import ArchiveStats, archive_queue_for
 from podcastpile.store.archive_limits import HOST_SCOPE
 
@@ -72,3 +72,12 @@ def stats_dict(result: Stats, archive: dict[str, Any], held: HeldByRuns, refused
         "failures_by_reason": result.failures_by_reason,
         "archive": archive,
     }
+
+
+def operation_dict(store: EpisodeStore, selection: Selection, *, apply: bool, sample: int = 10) -> dict[str, Any]:
+    """`ppcli retry | invalidate --json`: with `apply`, the selection sent back to the queue and
+    how many changed; else a dry run, how many match and the first `sample` (URLs as stored)."""
+    if apply:
+        return {"dry_run": False, "changed": requeue(store, selection)}
+    found = preview(store, selection, sample=sample)
+    return {"dry_run": True, "matching": found.count, "sample": [asdict(row) for row in found.sample]}

@@ -23,7 +23,8 @@ from prefect.client.schemas.objects import StateType, WorkerStatus
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment as this_deployment
 from prefect.runtime import flow_run as this_flow_run
-from prefect.states import Cancelled
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+from prefect.states import Cancelled, Crashed
 
 from podcastpile.config import Settings
 from podcastpile.runs import DEAD_STATES
@@ -100,6 +101,50 @@ def requeue_dead_runs(settings: Settings, deployment: str, hours: float = 6.0) -
     store = store_for(settings)
     requeued = {str(run.id): store.requeue_run(str(run.id)) for run in runs}
     return {run_id: count for run_id, count in requeued.items() if count}
+
+
+# The heartbeat automation marks a silent run CRASHED after 90 s; this is its backstop, so it
+# waits longer: ten missed heartbeats (job template: one every 30 s).
+SILENT_SECONDS = 300.0
+
+
+@task(name="crash-silent-runs", cache_policy=NONE)
+def crash_silent_runs(deployment: str, silent_seconds: float = SILENT_SECONDS) -> list[str]:
+    """Mark CRASHED the batch runs still RUNNING with no heartbeat for `silent_seconds`; returns
+    their ids (`requeue_dead_runs` then gives their episodes back).
+
+    The heartbeat automation does this first, but it can miss a run: a run killed while
+    Prefect's database was down sent its last heartbeats nowhere, and the automation forgets
+    what it waited for when it is replaced. A run it missed would keep its episodes leased for
+    JOB_TIMEOUT_HOURS. A run wrongly crashed loses nothing: its leases are fenced, so its late
+    results are refused and the episodes are done once, by whoever claims them next.
+    """
+    now = datetime.now(UTC)
+    since = now - timedelta(seconds=silent_seconds)
+    crashed: list[str] = []
+    with get_client(sync_client=True) as client:
+        target = client.read_deployment_by_name(deployment)
+        running = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[target.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+            limit=200,
+        )
+        for run in running:
+            if run.state is None or run.state.timestamp > since:
+                continue  # running for less than the window: it may not have beaten yet
+            beats = client.read_events(EventFilter(
+                occurred=EventOccurredFilter(since=since, until=now),
+                event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"]),
+            ), limit=1)
+            if beats.events:
+                continue
+            client.set_flow_run_state(run.id, Crashed(
+                message=f"No heartbeat for {silent_seconds:g} s (found by dispatch); the process running it is gone. "
+                        "Its episodes go back to the queue."), force=True)
+            crashed.append(str(run.id))
+    return crashed
 
 
 @task(name="count-waiting-runs", cache_policy=NONE)

@@ -1,5 +1,8 @@
 """`ppcli create | import | list | stats`: put episodes in the store and look at it.
 
+With `-m URL` (or MANAGER_URL) each goes through the manager's HTTP API instead of the database
+(`podcastpile.cli.remote`) and prints the same.
+
 URLs are stored as given, passwords included (they may be what opens the file). What these
 commands print for people shows them through `display_url` (`user:***@`); `--json` output is
 for scripts and keeps URLs and reasons as stored, so a script can still fetch what it lists.
@@ -16,6 +19,8 @@ import typer
 from podcastpile.cli.application import app
 from podcastpile.cli.common import JsonOption, fail, open_store, settings
 from podcastpile.cli.display import console, errors, literal, say, tell
+from podcastpile.cli.remote import CaOption, ManagerOption, PasswordOption, answering, manager_client
+from podcastpile.cli.remote_views import add_in_batches, episode_rows, stats_parts
 from podcastpile.cli.views import archive_stats, episode_dict, episode_table, print_stats, stats_dict
 from podcastpile.jsonviews import LIST_STATUSES
 from podcastpile.net.urls import display_url, mask_secrets
@@ -36,6 +41,9 @@ def create(
     url: Annotated[str, typer.Argument(help="Episode audio URL.")],
     language: Annotated[str | None, typer.Option(help="Language code, e.g. en.")] = None,
     podcast_id: Annotated[str | None, typer.Option(help="Id of the podcast it belongs to.")] = None,
+    manager: ManagerOption = None,
+    password: PasswordOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Add one episode (nothing happens if it is already there)."""
     try:
@@ -43,6 +51,20 @@ def create(
     except ValueError as error:  # InvalidURL is one
         fail(str(error))
     config = settings()
+    client = manager_client(config, manager, password, ca)
+    if client is not None:
+        with answering(client):
+            answer = client.add({"episode_url": new.url, "language": new.language, "podcast_id": new.podcast_id})
+        job = answer.get("job")
+        if job is None:  # checked here as the manager checks it: only a manager of another version differs
+            fail("; ".join(item["reason"] for item in answer["rejected"])
+                 or f"the manager at {client.where} did not say which episode it is (an older version?)")
+        verb = "added" if answer["added"] else "already present:"
+        say(f"{verb} episode {job['id']} ({job['status']}) {display_url(job['url'])}")
+        # The manager's ALLOW_PRIVATE_ADDRESSES decides, as its workers download.
+        for item in answer["private_addresses"]:
+            _warn_private(item["reason"])
+        return
     store = open_store(config)
     summary = store.add([new])
     episode = store.find(new)
@@ -51,8 +73,13 @@ def create(
     say(f"{verb} episode {episode.id} ({episode.status}) {display_url(episode.url)}")
     blocked = None if config.allow_private_addresses else private_address(episode.url)
     if blocked:
-        tell("warning", f"{blocked}: downloads will refuse this episode (blocked-address) "
-             "unless ALLOW_PRIVATE_ADDRESSES=true", style="yellow")
+        _warn_private(blocked)
+
+
+def _warn_private(blocked: str) -> None:
+    """The warning for an episode whose host is a literal non-public address."""
+    tell("warning", f"{blocked}: downloads will refuse this episode (blocked-address) "
+         "unless ALLOW_PRIVATE_ADDRESSES=true", style="yellow")
 
 
 @app.command("import")
@@ -61,6 +88,9 @@ def import_(
         str, typer.Argument(help="JSONL/CSV/text file, or an RSS/Atom feed (file or URL).")
     ],
     json_output: JsonOption = False,
+    manager: ManagerOption = None,
+    password: PasswordOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Add many episodes from a file or feed; reports added / already present / rejected."""
     # Here, not at the top: they load httpx, which the quick commands (`stats`) do without.
@@ -70,13 +100,15 @@ def import_(
     from podcastpile.sources import Entry, SourceError, read_source
 
     config = settings()
+    client = manager_client(config, manager, password, ca)
     check_addresses = not config.allow_private_addresses
-    guard = AddressGuard(allow=is_public if check_addresses else allow_any)
+    guard = AddressGuard(allow=is_public if check_addresses else allow_any)  # a feed is read here, either way
+    # Through a manager its ALLOW_PRIVATE_ADDRESSES decides (its workers download), and it says which.
+    check_addresses = check_addresses and client is None
     try:
         total, entries = read_source(source, guard=guard)
     except SourceError as error:
         fail(str(error))
-    store = open_store(config)
     rejected: list[Rejected] = []
     private: list[Rejected] = []  # stored, but downloads will refuse them
 
@@ -95,11 +127,15 @@ def import_(
         TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=errors, disable=json_output or not errors.is_terminal, transient=True,
     )
-    with progress:
-        task = progress.add_task("import", total=total)
-        summary = store.add(
-            episodes(entries), on_progress=lambda n: progress.advance(task, n)
-        )
+    if client is None:
+        store = open_store(config)
+        with progress:
+            task = progress.add_task("import", total=total)
+            summary = store.add(episodes(entries), on_progress=lambda n: progress.advance(task, n))
+    else:
+        with answering(client), progress:
+            task = progress.add_task("import", total=total)
+            summary = add_in_batches(client, episodes(entries), private, lambda n: progress.advance(task, n))
     summary.rejected[:0] = rejected
     summary.rejected.sort(key=lambda item: item.line or 0)
     if json_output:
@@ -136,6 +172,9 @@ def list_(
     limit: Annotated[int, typer.Option(min=1, help="At most this many episodes.")] = 50,
     language: Annotated[str | None, typer.Option(help="Only this language.")] = None,
     json_output: JsonOption = False,
+    manager: ManagerOption = None,
+    password: PasswordOption = None,
+    ca: CaOption = None,
 ) -> None:
     """List episodes, oldest first."""
     if status is not None and status not in LIST_STATUSES:
@@ -144,7 +183,13 @@ def list_(
         normalize_language(language)
     except ValueError as error:
         fail(str(error))
-    rows = open_store().list(status=status, language=language, limit=limit)
+    config = settings()
+    client = manager_client(config, manager, password, ca)
+    if client is None:
+        rows = open_store(config).list(status=status, language=language, limit=limit)
+    else:
+        with answering(client):
+            rows = episode_rows(client.jobs(status=status, language=language, limit=limit))
     if json_output:
         print(json.dumps([episode_dict(row) for row in rows], default=str))
         return
@@ -154,9 +199,23 @@ def list_(
 
 
 @app.command()
-def stats(json_output: JsonOption = False) -> None:
+def stats(
+    json_output: JsonOption = False,
+    manager: ManagerOption = None,
+    password: PasswordOption = None,
+    ca: CaOption = None,
+) -> None:
     """Counts by status, the archive stage, hours of audio done, failures by reason."""
     config = settings()
+    client = manager_client(config, manager, password, ca)
+    if client is not None:
+        with answering(client):
+            data = client.stats()  # the manager asks its own Prefect API about the runs
+        if json_output:
+            print(json.dumps(data))
+            return
+        print_stats(*stats_parts(data))
+        return
     store = open_store(config)
     try:
         result = store.stats()

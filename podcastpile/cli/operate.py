@@ -2,30 +2,25 @@
 
 Both are dry runs unless `--yes`: an operator sees how many episodes a filter catches, and a few
 of them, before anything changes. Applying is one UPDATE in one transaction (see
-`podcastpile.store.operations`), so the count printed is exactly what changed.
+`podcastpile.store.operations`), so the count printed is exactly what changed. With `-m URL` (or
+MANAGER_URL) both go through the manager's API (`POST /api/jobs/retry | invalidate`) and print the same.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from podcastpile.cli.application import app
-from podcastpile.cli.common import JsonOption, fail, open_store
+from podcastpile.cli.common import JsonOption, fail, open_store, settings
 from podcastpile.cli.display import console, literal, say
-from podcastpile.store import (
-    EpisodeStore,
-    Selection,
-    invalidate_selection,
-    preview,
-    requeue,
-    retry_selection,
-)
+from podcastpile.cli.remote import CaOption, ManagerOption, PasswordOption, answering, manager_client
+from podcastpile.jsonviews import operation_dict
+from podcastpile.store import EpisodeStore, Selection, invalidate_selection, retry_selection
 from podcastpile.store.operations import RETRYABLE
 
 SAMPLE = 10
@@ -50,31 +45,30 @@ def parse_when(value: str | None, option: str) -> datetime | None:
 
 def act(store: EpisodeStore, selection: Selection, *, yes: bool, json_output: bool, what: str) -> None:
     """Apply `selection` with `--yes`, else show its count and a sample; print for people or scripts."""
-    if yes:
-        changed = requeue(store, selection)
-        if json_output:
-            print(json.dumps({"dry_run": False, "changed": changed}))
-        else:
-            say(f"sent {changed:,} {what} episode(s) back to the queue")
-        return
-    found = preview(store, selection, sample=SAMPLE)
+    show(operation_dict(store, selection, apply=yes, sample=SAMPLE), json_output=json_output, what=what)
+
+
+def show(answer: dict[str, Any], *, json_output: bool, what: str) -> None:
+    """Print `operation_dict`'s answer (from the store or the manager's API) for people or scripts."""
     if json_output:
-        print(json.dumps({
-            "dry_run": True, "matching": found.count, "sample": [asdict(row) for row in found.sample],
-        }))
+        print(json.dumps(answer))
         return
-    say(f"{found.count:,} {what} episode(s) would go back to the queue (dry run: add --yes to apply)")
-    if not found.sample:
+    if not answer["dry_run"]:
+        say(f"sent {answer['changed']:,} {what} episode(s) back to the queue")
+        return
+    count, sample = answer["matching"], answer["sample"]
+    say(f"{count:,} {what} episode(s) would go back to the queue (dry run: add --yes to apply)")
+    if not sample:
         return
     table = Table("id", "status", "error_code", "url", "goes to")
-    for row in found.sample:
+    for row in sample:
         table.add_row(
-            literal(row.id), literal(row.status), literal(row.error_code or ""),
-            literal(row.url), literal(row.to),
+            literal(row["id"]), literal(row["status"]), literal(row["error_code"] or ""),
+            literal(row["url"]), literal(row["to"]),
         )
     console.print(table)
-    if found.count > len(found.sample):
-        console.print(f"… and {found.count - len(found.sample):,} more")
+    if count > len(sample):
+        console.print(f"… and {count - len(sample):,} more")
 
 
 @app.command()
@@ -90,6 +84,9 @@ def retry(
     ] = None,
     yes: YesOption = False,
     json_output: JsonOption = False,
+    manager: ManagerOption = None,
+    password: PasswordOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Put failed (or duplicate) episodes back in the queue, attempts reset; a dry run unless --yes."""
     # Back in the queue is `pending`, or `archive_pending` for an episode without an Internet
@@ -99,7 +96,14 @@ def retry(
         selection = retry_selection(status=status, reason=reason, since=when)
     except ValueError as error:  # an unknown or non-retryable status
         fail(str(error).splitlines()[0])
-    act(open_store(), selection, yes=yes, json_output=json_output, what=status)
+    config = settings()
+    client = manager_client(config, manager, password, ca)
+    if client is None:
+        act(open_store(config), selection, yes=yes, json_output=json_output, what=status)
+        return
+    with answering(client):
+        answer = client.retry(status=status, reason=reason, since=_iso(when), apply=yes, sample=SAMPLE)
+    show(answer, json_output=json_output, what=status)
 
 
 @app.command()
@@ -115,6 +119,9 @@ def invalidate(
     ] = None,
     yes: YesOption = False,
     json_output: JsonOption = False,
+    manager: ManagerOption = None,
+    password: PasswordOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Send completed episodes back for reprocessing (all criteria must match); a dry run unless --yes."""
     # The old result, and its row in an exported dataset, stay until the new result replaces them.
@@ -123,4 +130,17 @@ def invalidate(
         selection = invalidate_selection(code_version=code_version, model=model, completed_after=when)
     except ValueError:
         fail("say which results to invalidate: --code-version, --model or --completed-after")
-    act(open_store(), selection, yes=yes, json_output=json_output, what="completed")
+    config = settings()
+    client = manager_client(config, manager, password, ca)
+    if client is None:
+        act(open_store(config), selection, yes=yes, json_output=json_output, what="completed")
+        return
+    with answering(client):
+        answer = client.invalidate(code_version=code_version, model=model, completed_after=_iso(when),
+                                   apply=yes, sample=SAMPLE)
+    show(answer, json_output=json_output, what="completed")
+
+
+def _iso(when: datetime | None) -> str | None:
+    """A naive UTC time as the API takes it (without a zone: UTC, as the store keeps it)."""
+    return when.isoformat() if when is not None else None

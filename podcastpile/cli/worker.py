@@ -7,7 +7,7 @@ gracefully (unfinished episodes are released), then the workers; a second kills 
 (see `supervise.py`). Before starting, the manager is asked whether it answers and accepts the
 worker password, so a wrong address or password is one clear line and exit 2. The manager and
 the password are found by the rule every command follows (`podcastpile.prefect_api`); without
--m or PREFECT_API_URL, the manager on this machine at PORT.
+-m, MANAGER_URL or PREFECT_API_URL, the manager on this machine at PORT.
 Use it as a container's entrypoint or a systemd unit's ExecStart.
 """
 
@@ -36,7 +36,7 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 @app.command()
 def worker(
-    manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL, else the manager on this machine at PORT).")] = None,
+    manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: MANAGER_URL, else PREFECT_API_URL, else the manager on this machine at PORT).")] = None,
     worker_id: Annotated[str | None, typer.Option("--id", "-i", help="Worker name (default: WORKER_ID, i.e. the hostname); with several GPUs each worker is ID-gpuN.")] = None,
     password: Annotated[str | None, typer.Option("--password", "-p", help="Worker password (default: WORKER_PASSWORD, else PREFECT_API_AUTH_STRING). Prefer the setting: a command line is visible to every user of the machine.")] = None,
     gpus: Annotated[str | None, typer.Option("--gpus", help="GPUs to run a worker on each, e.g. 0,1,3 (CUDA_VISIBLE_DEVICES numbering).")] = None,
@@ -56,7 +56,7 @@ def worker(
         fail(f"cannot start workers: {error}", code=EXIT_SETUP)
     devices = _devices(gpus, all_gpus)
     wanted = _languages(languages) if languages is not None else config.worker_languages
-    api = find_prefect_api(config, manager=manager, password=password, ca=ca, guess_local=True)
+    api = find_prefect_api(config, manager=manager or config.manager_url, password=password, ca=ca, guess_local=True)
     assert api is not None  # guess_local: there is always one
     try:
         check_manager(api)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
+from podcastpile.dataset import stats
 from podcastpile.dataset.audio import AudioOptions, AudioUnavailable, encode_turns, episode_samples
 from podcastpile.dataset.destination import STAGING, Destination, open_destination
 from podcastpile.dataset.filters import RowFilter
@@ -144,6 +145,9 @@ class _Run:
         self.destination, self.ledger, self.limits = destination, ledger, limits
         self.chunk_size, self.audio, self.row_filter, self.layout = chunk_size, audio, row_filter, layout
         self.configs = configs_for(audio is not None, layout.schema_version)
+        # What `where` left out in this run: filtered episodes are never recorded, so each run
+        # sees all of them again and its tally is the release's (for the card's hours kept).
+        self.left_out: dict[str, dict[str, float]] = {}
 
     def export(
         self, on_start: ProgressCallback | None, on_progress: ProgressCallback | None, started: float,
@@ -182,6 +186,8 @@ class _Run:
                 if on_progress:
                     on_progress(done)
 
+        if self.row_filter is not None:  # the card's hours kept, now counted over every pending episode
+            publish_manifest(destination, ledger.shards(), self.layout, left_out=self.left_out)
         destination.remove_staging_if_empty()
         live = ledger.shards(live=True)
         summary.dataset_episodes = sum(shard.episodes for shard in live)
@@ -208,6 +214,7 @@ class _Run:
         if self.row_filter is not None:
             keep = self.row_filter.mask(table)
             summary.episodes_filtered += table.num_rows - (pc.sum(keep).as_py() or 0)
+            stats.add_filtered(self.left_out, stats.filtered_out(table, keep))
             table = table.filter(keep)
             keys = [key for key, kept in zip(keys, keep.to_pylist()) if kept]
         if self.audio is None:

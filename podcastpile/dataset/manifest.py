@@ -1,5 +1,8 @@
 """`manifest.json` and the `README.md` dataset card, rendered from the ledger's shard records.
 
+The card's figures and pictures (`card_figures.py`, `pictures.py`) come from the figures each
+shard recorded as it was written, so rendering the card reads no Parquet.
+
 Both list the live shard files explicitly (not a glob): a reader that follows them sees a
 consistent dataset even while an export is running, and a file enters them only after it was
 completely written and committed. Both are replaced atomically (staged, then moved over).
@@ -14,7 +17,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from podcastpile.dataset import card_figures
 from podcastpile.dataset.destination import Destination
+from podcastpile.dataset.pictures import publish_pictures, render
 from podcastpile.dataset.schema import CONFIGS, SCHEMA_VERSION, configs_for
 from podcastpile.store.exports import ShardRecord
 
@@ -48,8 +53,13 @@ class Layout:
         return f"{audio}, " + (f"--where {json.dumps(self.where)}" if self.where else "no filter") + version
 
 
-def build_manifest(shards: Sequence[ShardRecord], layout: Layout = Layout()) -> dict[str, Any]:
-    """The manifest for a dataset whose shards (live and retired) are `shards`."""
+def build_manifest(
+    shards: Sequence[ShardRecord], layout: Layout = Layout(), left_out: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest for a dataset whose shards (live and retired) are `shards`.
+
+    `left_out`: for a filtered release, what its filter left out (`stats.filtered_out`).
+    """
     live = sorted((shard for shard in shards if shard.removed_generation is None), key=lambda s: s.name)
     configs: dict[str, Any] = {}
     for config in CONFIGS:
@@ -76,8 +86,16 @@ def build_manifest(shards: Sequence[ShardRecord], layout: Layout = Layout()) -> 
         if shard.removed_generation is not None:
             generations[shard.removed_generation]["shards_removed"].append(shard.name)
     audio_seconds = sum(shard.audio_seconds for shard in live)
+    kept = None
+    if layout.where:
+        kept = {"where": layout.where, "left_out": {
+            "episodes_by_language": dict((left_out or {}).get("episodes_by_language", {})),
+            "seconds_by_language": dict((left_out or {}).get("seconds_by_language", {})),
+        }}
     return {
         "provenance": _provenance(live),
+        "statistics": card_figures.dataset_figures(live),
+        "filter": kept,
         "format": FORMAT,
         "schema_version": layout.schema_version,
         "layout": {key: value for key, value in asdict(layout).items() if key != "schema_version"},
@@ -172,6 +190,8 @@ def build_card(manifest: dict[str, Any]) -> str:
     """The dataset card: YAML front matter with `configs`/`data_files`, then a description."""
     lines = ["---", "pretty_name: Podcast Pile", "task_categories:", "- automatic-speech-recognition"]
     lines += ["tags:", "- speech", "- podcasts", "- diarization"]
+    pictures = manifest.get("pictures") or []
+    lines += card_figures.yaml_lines(manifest["statistics"], manifest.get("filter"), pictures)
     configs = [(name, config) for name, config in manifest["configs"].items() if config["files"]]
     if configs:
         lines.append("configs:")
@@ -213,15 +233,36 @@ of Arrow data), so streaming readers fetch bounded pieces. Read the files listed
 progress stages files under `.incomplete/` and publishes them only when complete.
 With pandas or duckdb, read a configuration's folder (the root also holds this card):
 `pd.read_parquet("dataset/data/episodes")`.
-"""
+
+{card_figures.markdown(manifest["statistics"], manifest.get("filter"), pictures)}"""
     return "\n".join(lines) + "\n" + body
 
 
 def publish_manifest(
-    destination: Destination, shards: Sequence[ShardRecord], layout: Layout = Layout()
+    destination: Destination, shards: Sequence[ShardRecord], layout: Layout = Layout(),
+    left_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write `manifest.json`, then `README.md`, each atomically; return the manifest."""
-    manifest = build_manifest(shards, layout)
+    """Write the card's pictures, `manifest.json`, then `README.md`, each atomically; return
+    the manifest. The pictures come first, so the card never names a picture not yet there.
+
+    `left_out` (a filtered release): what the filter left out, as counted by a run that went
+    through every pending episode; None keeps the figures the current manifest has.
+    """
+    if layout.where and left_out is None:
+        left_out = _recorded_left_out(destination, layout.where)
+    manifest = build_manifest(shards, layout, left_out)
+    pictures = render(manifest["statistics"], manifest["filter"])
+    publish_pictures(destination, pictures)
+    manifest["pictures"] = list(pictures)
     destination.write_atomically(MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     destination.write_atomically(CARD, build_card(manifest).encode())
     return manifest
+
+
+def _recorded_left_out(destination: Destination, where: str) -> dict[str, Any] | None:
+    """What the current manifest says the filter `where` left out (None: nothing recorded)."""
+    text = destination.read_text(MANIFEST)
+    if text is None:
+        return None
+    recorded = json.loads(text).get("filter") or {}
+    return recorded.get("left_out") if recorded.get("where") == where else None

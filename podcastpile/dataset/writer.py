@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from podcastpile.dataset import stats
 from podcastpile.dataset.destination import Destination
 from podcastpile.dataset.schema import CONFIGS
 
@@ -61,10 +62,33 @@ class StagedShard:
     name: str
     generation: int
     files: dict[str, dict[str, Any]]  # config → {path (final, relative), staged (fs path), rows, bytes}
-    # (the episodes entry also carries `provenance`: see `_provenance`)
+    # (the episodes entry also carries `provenance` and the card's `stats`)
     episodes: int
     audio_seconds: float
     keys: list[Any] = field(default_factory=list)  # whatever the caller passed with its rows
+
+
+# Turn audio values are whole encoded files (~100 KB for a 7 s FLAC turn). The Parquet writer
+# checks a page's size once per write batch: at the default 1,024 values (more than a 32 MB row
+# group holds) a row group's audio became one page, buffered, dictionary-encoded and compressed
+# whole, and flushing it peaked at about 6x its size (bench/export_audio_bench.py). Batches of 8
+# values keep pages near the 1 MB target.
+AUDIO_WRITE_BATCH = 8
+
+
+def _audio_options(schema: pa.Schema) -> dict[str, Any]:
+    """Writer options for a file with an `audio` column: small write batches, and no dictionary
+    for the audio (each value is a distinct file: the writer would only give up on it late)."""
+    if "audio" not in schema.names:
+        return {}
+    buffer = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buffer)  # the Parquet leaf paths, as the writer names them
+    parquet_schema = pq.ParquetFile(pa.BufferReader(buffer.getvalue())).schema
+    leaves = [parquet_schema.column(index).path for index in range(len(parquet_schema))]
+    return {
+        "use_dictionary": [path for path in leaves if not path.startswith("audio.")],
+        "write_batch_size": AUDIO_WRITE_BATCH,
+    }
 
 
 class _StagedFile:
@@ -76,7 +100,7 @@ class _StagedFile:
         destination.filesystem.create_dir(posixpath.dirname(self.staged), recursive=True)
         self.sink = destination.filesystem.open_output_stream(self.staged)
         self.writer = pq.ParquetWriter(
-            self.sink, schema, compression=COMPRESSION, compression_level=level
+            self.sink, schema, compression=COMPRESSION, compression_level=level, **_audio_options(schema)
         )
         self.rows = 0
 
@@ -127,6 +151,7 @@ class ShardWriter:
         self._shard_keys: list[Any] = []
         self._audio_seconds = 0.0
         self._provenance = _empty_provenance()
+        self._stats = stats.empty()
         self.shards_written = 0
 
     def write(self, episodes: pa.Table, keys: Sequence[Any] = ()) -> None:
@@ -184,8 +209,12 @@ class ShardWriter:
         self._shard_keys.extend(self._pending_keys)
         self._audio_seconds += pc.sum(episodes.column("duration")).as_py() or 0.0
         _add_provenance(self._provenance, episodes)
+        stats.add_rows(self._stats, episodes)
         self._pending, self._pending_keys = [], []
         self._pending_rows = self._pending_bytes = 0
+        # Hand the row group's freed buffers back: Arrow's pool keeps them otherwise, and the next
+        # episode's decoding (numpy, FFmpeg: the system allocator) cannot reuse them.
+        pa.default_memory_pool().release_unused()
         # The largest file counts: with audio, a shard's `turns` file outgrows its `episodes` file.
         largest = max(staged.bytes_written for staged in self._files.values())
         if largest >= self.limits.max_bytes or self._shard_rows >= self.limits.max_rows:
@@ -212,6 +241,7 @@ class ShardWriter:
             }
         if "episodes" in files:
             files["episodes"]["provenance"] = self._provenance
+            files["episodes"]["stats"] = self._stats  # the dataset card's figures (`stats.py`)
         shard = StagedShard(
             name=self._name, generation=self.generation, files=files,
             episodes=self._shard_rows, audio_seconds=self._audio_seconds, keys=self._shard_keys,
@@ -219,6 +249,7 @@ class ShardWriter:
         self._files = None
         self._shard_rows, self._shard_keys, self._audio_seconds = 0, [], 0.0
         self._provenance = _empty_provenance()
+        self._stats = stats.empty()
         self.shards_written += 1
         self.on_shard(shard)
 

@@ -247,6 +247,23 @@ def test_stats_are_what_ppcli_stats_json_prints(server: Server) -> None:
     assert api["total"] > 0 and api["refused_runs"] == 0 and api["refused_runs_unknown_reason"] is None
 
 
+def test_ppcli_reaches_an_https_manager_with_its_ca(server: Server, tmp_path: Path) -> None:
+    """`ppcli stats -m https://...` verifies the manager's certificate with --ca (or TLS_CA_FILE)."""
+    env = {key: value for key, value in server.env.items() if key not in ("DATABASE_URL", "PREFECT_HOME")}
+    env.update(WORKER_PASSWORD=PASSWORD, PREFECT_HOME=str(tmp_path / "prefect"))
+    run = [*PPCLI, "stats", "--json", "-m", server.url]
+    unverified = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert unverified.returncode == 2 and unverified.stdout == ""
+    assert unverified.stderr.startswith(f"error: cannot verify the certificate of the manager at {server.url}")
+    assert "--ca FILE or TLS_CA_FILE" in unverified.stderr and unverified.stderr.count("\n") == 1
+    verified = subprocess.run([*run, "--ca", str(server.ca)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert verified.returncode == 0, verified.stderr
+    with client(server) as http:
+        assert json.loads(verified.stdout)["total"] == http.get("/api/stats", headers=WORKER).json()["total"]
+    assert not list(tmp_path.glob("*.db"))
+
+
 def test_two_workers_requesting_at_once_never_get_the_same_job(server: Server) -> None:
     with client(server) as http:
         http.post("/api/jobs", json=[{"episode_url": f"https://podcasts.example/race/{i}.mp3", "language": "sv"}
