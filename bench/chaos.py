@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,14 @@ sys.path.insert(0, str(ROOT))
 from tests.chaos import Soak  # noqa: E402
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # One SIGTERM (or Ctrl+C) stops the soak through its cleanup: the fleet is stopped, nothing
+    # is left running (Python's default SIGTERM would end this process and orphan the fleet).
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="how long faults are injected")
     parser.add_argument("--episodes", type=int, default=300)

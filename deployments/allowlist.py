@@ -6,6 +6,8 @@ create a deployment (anyone who reaches an open API, anyone holding the worker p
 then run code on every worker. The original system's password let a worker fetch jobs and post
 results, nothing more; this allowlist brings that back.
 
+The worker's own code is its checkout or, on a machine without one, the installed package
+(`pip install podcastpile[worker]`), whose wheel carries prefect.yaml as deployments/prefect.yaml.
 A run is allowed when its deployment is one of those in the worker's own `prefect.yaml`: same
 name, same entrypoint, no job variables beyond those the file gives (none today, on the
 deployment or on the run), no storage block, pull steps of the one kind `prefect deploy`
@@ -25,12 +27,27 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout, or site-packages for an installed wheel
 # The Prefect worker type that applies this allowlist (deployments/worker.py); named here so the
 # CLI can name it without importing Prefect.
 WORKER_TYPE = "podcastpile"
 # The only pull step `prefect deploy` records for a prefect.yaml with `pull: null`.
 WORKING_DIRECTORY_STEP = "prefect.deployments.steps.set_working_directory"
+
+
+def project_file(root: Path = ROOT) -> Path:
+    """`root`'s prefect.yaml: at the top of a checkout; in an installed package, the copy the
+    wheel carries as deployments/prefect.yaml (in a checkout, a link to the top one)."""
+    for path in (root / "prefect.yaml", root / "deployments" / "prefect.yaml"):
+        if path.is_file():
+            return path
+    return root / "prefect.yaml"  # neither: the error names the file a checkout would have
+
+
+def is_checkout(root: Path = ROOT) -> bool:
+    """Whether the code runs from a checkout (prefect.yaml at its top) rather than an installed
+    package (site-packages, where the top holds every other distribution too)."""
+    return (root / "prefect.yaml").is_file()
 
 
 class AllowlistError(ValueError):
@@ -61,8 +78,9 @@ class Allowlist:
 
     @classmethod
     def from_project(cls, root: Path = ROOT) -> Allowlist:
-        """Read `root/prefect.yaml` and the signature of each deployment's flow function."""
-        path = root / "prefect.yaml"
+        """Read `root`'s prefect.yaml (`project_file`) and the signature of each deployment's
+        flow function."""
+        path = project_file(root)
         try:
             project = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as error:

@@ -25,9 +25,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from deployments.allowlist import Allowlist, project_file
 from podcastpile.config import Settings, safe_database_url
 from podcastpile.prefect_api import PrefectAPI
 from podcastpile.store import EpisodeStore
+from podcastpile.version import code_version
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -130,13 +132,34 @@ def deploy(api: PrefectAPI) -> None:
     """`prefect deploy --all` from the project root, where prefect.yaml is, to the server at `api`.
 
     A subprocess because `prefect deploy` is a CLI with no stable Python API; it records the
-    root as the flows' working directory (prefect.yaml has no pull steps).
+    root as the flows' working directory (prefect.yaml has no pull steps). The file is named, so
+    an installed package (its prefect.yaml in deployments/) deploys too. Then every deployment
+    gets this code's version (`stamp_versions`), which workers compare with their own.
     """
     env = {**os.environ, **api.client_environment(), "PREFECT_CLI_PROMPT": "false"}
-    result = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+    command = [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(project_file())]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    stamp_versions(code_version())
+
+
+def stamp_versions(version: str) -> None:
+    """Give each of prefect.yaml's deployments `version` (deployments/versions.py: workers of
+    another code version refuse their runs). `prefect deploy --all` ignores `--version` (it
+    applies command-line options to a single deployment only) and versions each deployment by
+    a hash of its flow's file instead; a worker that polls in between refuses one run at most."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    allowed = Allowlist.from_project().deployments
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=list(allowed))))
+        for deployment in found:
+            ours = allowed.get(deployment.name)
+            if ours is not None and deployment.entrypoint == ours.entrypoint and deployment.version != version:
+                client.update_deployment(deployment.id, DeploymentUpdate(version=version))
 
 
 def save_store_block(settings: Settings) -> None:

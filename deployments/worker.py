@@ -1,5 +1,10 @@
 """The `podcastpile` worker type: a Prefect process worker that runs only this checkout's flows.
 
+"This checkout" is the installed package on a machine without one (`pip install
+podcastpile[worker]`): its prefect.yaml is packaged, and its runs start in the directory the
+worker was started in. A run of a deployment the manager made with another code version is
+refused too, unless the worker allows it (deployments/versions.py).
+
 `ppcli setup` gives both pools this type and `ppcli worker` starts `prefect worker start
 --type podcastpile`, so a worker never runs a flow run that is not one of prefect.yaml's
 deployments (deployments/allowlist.py): anything else on its pool ends in a `Failed` state
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -36,7 +42,9 @@ from prefect.states import Failed
 from prefect.utilities.processutils import command_to_string, get_sys_executable
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
-from deployments.allowlist import ROOT, WORKER_TYPE, AllowedDeployment, Allowlist
+from deployments.allowlist import ROOT, WORKER_TYPE, AllowedDeployment, Allowlist, is_checkout
+from deployments.versions import HINT, mismatch_allowed, version_mismatch
+from podcastpile.version import code_version
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -74,6 +82,23 @@ def job_template() -> dict[str, Any]:
     return json.loads(JOB_TEMPLATE.read_text())
 
 
+def run_directory() -> Path:
+    """Where flow runs start: the checkout, as always; for an installed package, the directory the
+    worker was started in (its .env, relative paths), not site-packages."""
+    return ROOT if is_checkout() else Path.cwd()
+
+
+def run_environment() -> dict[str, str]:
+    """The environment every flow run gets on top of the worker's: the template's, and for an
+    installed package PYTHONSAFEPATH, so `python -m prefect.engine` in the run directory imports
+    the installed code and not a copy of it lying there (`ppcli worker` refuses such a directory:
+    Prefect's loader still looks there while it imports the flow's module)."""
+    environment = template_environment()
+    if not is_checkout():
+        environment["PYTHONSAFEPATH"] = "1"
+    return environment
+
+
 def template_environment() -> dict[str, str]:
     """The environment every flow run gets on top of the worker's (the template's default)."""
     default = job_template()["variables"]["properties"]["env"].get("default") or {}
@@ -92,6 +117,8 @@ class PodcastPileWorker(ProcessWorker):
         # Read once: a checkout updated under a running worker is picked up by restarting it,
         # like the code it runs.
         self.allowlist = allowlist or Allowlist.from_project()
+        self.code_version = code_version()
+        self.run_directory = run_directory()  # read at start: the worker's own cwd may not stay
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:
@@ -110,12 +137,26 @@ class PodcastPileWorker(ProcessWorker):
             deployment = await self.client.read_deployment(flow_run.deployment_id)
         allowed = self.allowlist.match(deployment and deployment.model_dump(mode="json"),
                                        flow_run.job_variables, flow_run.parameters)
+        if not isinstance(allowed, str):
+            allowed = self._check_version(flow_run, deployment, allowed)
         if isinstance(allowed, str):
             await self._refuse(flow_run, allowed)
             task_status.started(RunRefused(allowed))  # type: ignore[arg-type]
             return ProcessWorkerResult(status_code=0, identifier="refused")
         trusted = await self._trusted_configuration(flow_run, deployment, allowed, configuration)
         return await self._start(flow_run, allowed, trusted, task_status)
+
+    def _check_version(self, flow_run: FlowRun, deployment: DeploymentResponse | None,
+                       allowed: AllowedDeployment) -> AllowedDeployment | str:
+        """`allowed`, or why its run is refused: the manager deployed another code version
+        (deployments/versions.py); with --allow-version-mismatch only a warning in the run's log."""
+        mismatch = version_mismatch(deployment.version if deployment else None, self.code_version)
+        if mismatch is None:
+            return allowed
+        if mismatch_allowed(os.environ):
+            self.get_flow_run_logger(flow_run).warning("%s (running it: --allow-version-mismatch)", mismatch)
+            return allowed
+        return f"{mismatch}: {HINT}"
 
     async def _refuse(self, flow_run: FlowRun, reason: str) -> None:
         message = f"refused by worker {self.name}: {reason}"
@@ -130,8 +171,8 @@ class PodcastPileWorker(ProcessWorker):
         labels and the name are kept (they name things, they run nothing)."""
         configuration = ProcessJobConfiguration(
             command=command_to_string([get_sys_executable(), "-m", "prefect.engine"]),
-            env={**template_environment(), "PREFECT__FLOW_ENTRYPOINT": allowed.local_entrypoint()},
-            working_dir=ROOT, labels=resolved.labels, name=resolved.name, stream_output=resolved.stream_output,
+            env={**run_environment(), "PREFECT__FLOW_ENTRYPOINT": allowed.local_entrypoint()},
+            working_dir=self.run_directory, labels=resolved.labels, name=resolved.name, stream_output=resolved.stream_output,
         )
         flow = await self.client.read_flow(flow_run.flow_id)
         configuration.prepare_for_flow_run(
@@ -157,7 +198,8 @@ class PodcastPileWorker(ProcessWorker):
         execution: FlowRunExecutionResult | None = None
         async with FlowRunExecutorContext() as context:
             starter = EngineCommandStarter(
-                command=configuration.command, cwd=Path(configuration.working_dir or ROOT), env=configuration.env,
+                command=configuration.command, cwd=Path(configuration.working_dir or self.run_directory),
+                env=configuration.env,
                 entrypoint=entrypoint, stream_output=configuration.stream_output,
                 control_channel=context.control_channel,
             )

@@ -8,30 +8,35 @@ their job ids for the next run.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from tasks.settings import flow_settings
 from tasks.archive import archive_episodes, claim_archive_work
+from tasks.settings import flow_settings
+from tasks.states import nothing_done
 
 
 @flow(name="archive")
 def archive_flow(
     limit: int | None = None, episode_ids: list[int] | None = None, max_minutes: float = 10.0
-) -> dict[str, int]:
-    """Archive up to `limit` waiting episodes (default ARCHIVE_BATCH_SIZE); returns counts by outcome."""
+) -> Any:
+    """Archive up to `limit` waiting episodes (default ARCHIVE_BATCH_SIZE); returns counts by outcome
+    (a dict; empty, in a state marked "nothing to do", when no episode waited)."""
     settings = flow_settings()
     logger = get_run_logger()
     if not settings.archives:
         logger.info("ARCHIVE_MODE=off: nothing to archive")
-        return {}
+        return nothing_done({})
     run = flow_run.get_id()
     worker = f"{settings.worker_id}/archive-{str(run)[:8]}" if run else f"{settings.worker_id}/archive"
     claims = claim_archive_work(settings, limit or settings.archive_batch_size, worker, episode_ids)
     if not claims:
         logger.info("no episodes waiting for a capture")
-        return {}
+        # Completed with the "nothing to do" mark: the manager does not keep such a run
+        return nothing_done({})
     counts = archive_episodes(settings, claims, max_minutes * 60.0)
     line = ", ".join(f"{key} {value}" for key, value in sorted(counts.items()))
     logger.info("archive run over %d episodes: %s", len(claims), line)

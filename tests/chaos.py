@@ -718,8 +718,11 @@ class Soak:
             + (f" (until {row.archive_not_before:%H:%M:%S})" if row.status == "archive_pending" and row.archive_not_before else "")
             for row in rows if row.status != "completed"]
         kinds = {e.url: e for e in self.host.episodes}
-        outcome.completed_audio = sum(kinds[row.url].seconds for row in rows if row.status == "completed" and row.url in kinds)
-        outcome.last_completed = completions[-1] if completions else None
+        # Throughput leaves out the IA-paused host: its episodes wait out IA's ~10-minute pause in
+        # either run, and would make the ratio measure that wait instead of the fleet's work.
+        counted = [row for row in rows if row.status == "completed" and row.url in kinds and kinds[row.url].kind != "paused"]
+        outcome.completed_audio = sum(kinds[row.url].seconds for row in counted)
+        outcome.last_completed = max((_utc(row.completed_at) for row in counted), default=None)
         for injected in outcome.injected:
             after = [when for when in completions if when > injected.ended]
             if after:

@@ -20,6 +20,12 @@ manager` pauses those schedules and asks the episode store instead, every CONTRO
 - stats: the store's counts changed, at most every 5 minutes, and otherwise hourly, so the
   dashboard still says the loops are alive and when each last looked (its parameter `loops`).
 
+While a run they started is under way, the loops check every FOLLOW_SECONDS instead: an
+episode an archive run has just captured is dispatched seconds later, not a check later. And a
+run that found no work after all (another run took it first: it ends Completed with the message
+"nothing to do", podcastpile/nothing_done.py) is deleted once it is over: the run list holds
+runs that did something.
+
 Why loops in the manager rather than Prefect automations on events: the work is defined by the
 store (an episode added by `ppcli create` or SQL, a deferral that expires at 03:00, a lease
 that runs out), and most of those changes emit no event at all; a count is the one check that
@@ -37,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from podcastpile.config import Settings
+from podcastpile.nothing_done import NOTHING_DONE
 from podcastpile.prefect_api import PrefectAPI
 from podcastpile.runs import held_by_runs
 from podcastpile.store import EpisodeStore
@@ -47,6 +54,11 @@ DEPLOYMENTS = {"archive": ("archive", "archive"), "dispatch": ("dispatch", "disp
                "export": ("export-dataset", "export"), "stats": ("stats", "stats")}
 ARCHIVE_EVERY, DISPATCH_SAFETY, EXPORT_EVERY = 60.0, 300.0, 3600.0
 STATS_EVERY, STATS_IDLE_EVERY, SCHEDULES_RECHECK = 300.0, 3600.0, 300.0
+# Checks while a started run is under way (archive runs last up to 10 minutes): for at most
+# FOLLOW_FOR s after its start, so a run that never starts (no CPU worker) does not keep the
+# loops fast; FOLLOWED_MOST runs are followed at once (the oldest is let go beyond).
+FOLLOW_SECONDS, FOLLOW_FOR, FOLLOWED_MOST = 2.0, 900.0, 50
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Loop:
     started_at: float | None = None  # monotonic time of its last run
     started: datetime | None = None
     runs: int = 0
+    discarded: int = 0  # runs that found nothing to do, deleted
     seen: Any = None  # what the last run was started for (a fingerprint)
 
     def since_start(self) -> float:
@@ -66,7 +79,7 @@ class Loop:
 
     def summary(self) -> dict[str, Any]:
         return {"checked_at": self.checked_at.isoformat(timespec="seconds") if self.checked_at else None,
-                "found": self.found, "runs_started": self.runs,
+                "found": self.found, "runs_started": self.runs, "runs_discarded": self.discarded,
                 "last_run_at": self.started.isoformat(timespec="seconds") if self.started else None}
 
 
@@ -79,6 +92,7 @@ class ControlLoops:
     say: Callable[[str], None] = print
     loops: dict[str, Loop] = field(default_factory=lambda: {name: Loop(name) for name in DEPLOYMENTS})
     _ids: dict[str, str] = field(default_factory=dict)
+    _followed: dict[str, tuple[str, float]] = field(default_factory=dict)  # run id -> (loop, started)
     _store: EpisodeStore | None = None
     _schedules_checked: float = -math.inf
     _last_problem: str | None = None
@@ -103,7 +117,15 @@ class ControlLoops:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.check()
-            self._stop.wait(self.config.control_check_seconds)
+            self._stop.wait(self.wait_seconds())
+
+    def wait_seconds(self) -> float:
+        """Seconds until the next check: FOLLOW_SECONDS while a run started within FOLLOW_FOR s
+        is followed (what it does may be work for another loop), else CONTROL_CHECK_SECONDS."""
+        now = time.monotonic()
+        if any(now - started < FOLLOW_FOR for _, started in self._followed.values()):
+            return min(FOLLOW_SECONDS, self.config.control_check_seconds)
+        return self.config.control_check_seconds
 
     def check(self) -> None:
         """Look at the store once and start the runs there is work for; never raises (a store
@@ -111,6 +133,7 @@ class ControlLoops:
         try:
             if time.monotonic() - self._schedules_checked >= SCHEDULES_RECHECK:
                 self.pause_schedules()
+            self._follow()
             store = self._open_store()
             now = datetime.now(UTC)
             self._archive(store, now)
@@ -147,6 +170,23 @@ class ControlLoops:
             for run in due:
                 self._http("DELETE", f"/flow_runs/{run['id']}")
         self._schedules_checked = time.monotonic()
+
+    def _follow(self) -> None:
+        """Let go of the followed runs that are over; delete those that found nothing to do."""
+        if not self._followed:
+            return
+        # One request for all of them; a run missing from the answer was deleted (let go).
+        found = self._http("POST", "/flow_runs/filter", {
+            "flow_runs": {"id": {"any_": list(self._followed)}}, "limit": FOLLOWED_MOST})
+        states = {str(run["id"]): run.get("state") or {} for run in found or []}
+        for run_id, (name, _) in list(self._followed.items()):
+            state = states.get(run_id)
+            if state is not None and state.get("type") not in FINAL_STATES:
+                continue
+            del self._followed[run_id]
+            if state and state.get("type") == "COMPLETED" and state.get("message") == NOTHING_DONE:
+                self._http("DELETE", f"/flow_runs/{run_id}", missing_ok=True)
+                self.loops[name].discarded += 1
 
     # --- the loops ---------------------------------------------------------------------------------
 
@@ -194,7 +234,11 @@ class ControlLoops:
         return loop
 
     def _start(self, loop: Loop, parameters: dict[str, Any], seen: Any = None) -> None:
-        self._http("POST", f"/deployments/{self._id(loop.name)}/create_flow_run", {"parameters": parameters})
+        run = self._http("POST", f"/deployments/{self._id(loop.name)}/create_flow_run", {"parameters": parameters})
+        if isinstance(run, dict) and run.get("id"):
+            self._followed[str(run["id"])] = (loop.name, time.monotonic())
+            while len(self._followed) > FOLLOWED_MOST:
+                del self._followed[next(iter(self._followed))]
         loop.started_at, loop.started, loop.runs, loop.seen = time.monotonic(), datetime.now(UTC), loop.runs + 1, seen
 
     def _online_workers(self) -> int:
@@ -212,7 +256,8 @@ class ControlLoops:
             self._store = EpisodeStore.open(self.config)
         return self._store
 
-    def _http(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _http(self, method: str, path: str, body: dict | None = None, missing_ok: bool = False) -> Any:
+        """One call to the server's API; its JSON answer (None for none, or a 404 when `missing_ok`)."""
         import httpx
 
         verify = self.api.ssl_context() if self.api.url.startswith("https://") else True
@@ -220,5 +265,7 @@ class ControlLoops:
                                timeout=5, verify=verify)
         if answer.status_code == 404 and path.startswith("/deployments/"):
             self._ids.clear()  # deployed anew (ids change): look them up again next time
+        if answer.status_code == 404 and missing_ok:
+            return None
         answer.raise_for_status()
         return answer.json() if answer.content else None

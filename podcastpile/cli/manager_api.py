@@ -116,6 +116,21 @@ def online_workers(api: PrefectAPI, pool: str) -> int:
         return 0
 
 
+def deployed_versions(api: PrefectAPI, pool: str) -> dict[str, str | None]:
+    """The version of each deployment on `pool` (name → version; `ppcli setup` gives the
+    manager's code version), or `ManagerProblem` when the manager cannot say."""
+    import httpx
+
+    body = {"work_pools": {"name": {"any_": [pool]}}}
+    try:
+        answer = httpx.post(f"{api.url}/deployments/filter", json=body, headers=api.headers(),
+                            timeout=TIMEOUT_SECONDS, verify=_verify(api))
+        answer.raise_for_status()
+        return {str(deployment["name"]): deployment.get("version") for deployment in answer.json()}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+        raise ManagerProblem(f"the manager at {api.address} did not list its deployments: {error}") from None
+
+
 def _verify(api: PrefectAPI) -> ssl.SSLContext | bool:
     """What httpx verifies `api` with; `ManagerProblem` when the CA file cannot be read."""
     import ssl

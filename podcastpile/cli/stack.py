@@ -34,6 +34,37 @@ def run_setup(config: Settings, api: PrefectAPI, gpu_pool_limit: int | None) -> 
 
 SERVER, CPU_WORKER = "the Prefect server", "the CPU worker"
 
+# What an idle server spends (issue 23): Prefect runs its services as periodic tasks on an
+# in-process queue (docket over an in-memory Redis), about 80 passes a minute by default, and
+# each pass costs its query plus the queue's own bookkeeping (claim, complete, reschedule): most
+# of an idle server's CPU besides the workers' polls. Slowed where nothing of ours needs the
+# speed, kept where something does (the repossessor's 15 s, which frees the deployments'
+# concurrency slots of dead runs, is left as it is). Defaults only: an operator's setting wins.
+IDLE_SERVICES = {
+    # `ppcli manager` pauses every schedule in prefect.yaml and its control loops start those
+    # runs (podcastpile/cli/control.py): the scheduler (every 60 s, and every 5 s for recently
+    # changed deployments) would only look at paused schedules. A deployment an operator adds
+    # with a schedule of its own needs PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=true.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+    # Late runs only renames a waiting run "Late" in the UI; dispatch finds overdue runs by
+    # their expected start time, not that name: a minute instead of 5 s.
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "60",
+    # No flow of ours pauses or suspends: expirations of pauses every 5 minutes, not 5 s.
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "300",
+    # A run stuck in Cancelling is cancelled after 300 s of it anyway; the three cleanup passes
+    # (that timeout, child task runs, subflows) every 60 s instead of 20 s.
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+    # Redelivers worker-channel cleanup messages whose lease expired (a failure path only).
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "30",
+    # The foreman marks a worker offline after 3 missed 30 s heartbeats; looking every 30 s
+    # instead of 15 s changes that by seconds (a worker is online again at its next heartbeat).
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "30",
+    # The crash-detection automation (deployments/automations.yaml) fires 90 s after a run's
+    # last heartbeat; evaluating it every 15 s instead of 5 s marks a dead run crashed 90-105 s
+    # after it died (dispatch's own fallback is 5 minutes). The triggers service stays on.
+    "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT15S",
+}
+
 
 class Restarts:
     """When to start a dead server or CPU worker again: at once the first time, then after 2, 4,
@@ -119,6 +150,8 @@ class Stack:
                        str(int(self.config.run_retention_days * 86400)))
         # Events are most of an active server's database (issue 23): kept days, not Prefect's week.
         env.setdefault("PREFECT_SERVER_EVENTS_RETENTION_PERIOD", f"PT{int(self.config.event_retention_days * 86400)}S")
+        for name, value in IDLE_SERVICES.items():
+            env.setdefault(name, value)
         if self.auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.auth
         # The server runs in the checkout, not here: its job API (deployments/jobs_api.py) reads

@@ -23,10 +23,13 @@ from typing import Annotated
 import typer
 
 from deployments.allowlist import WORKER_TYPE, Allowlist, AllowlistError
+from deployments.versions import ALLOW_MISMATCH, HINT
 from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_SETUP, fail, settings
+from podcastpile.cli.display import tell
 from podcastpile.cli.manager_api import ManagerProblem, check_manager
 from podcastpile.cli.supervise import Supervisor, WorkerChild, note
+from podcastpile.cli.worker_code import shadowing_copy, version_problem
 from podcastpile.machine import list_gpus
 from podcastpile.prefect_api import find_prefect_api
 from podcastpile.store import normalize_language
@@ -47,13 +50,18 @@ def worker(
     grace: Annotated[float, typer.Option(min=0, help="Seconds a stopping worker gives its runs to release their episodes.")] = 60.0,
     limit: Annotated[int, typer.Option(min=1, help="Flow runs each worker runs at once (a batch wants a whole GPU: keep 1 on the gpu pool).")] = 1,
     ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with, here and in every flow run (default: TLS_CA_FILE, else the public CAs).")] = None,
+    allow_version_mismatch: Annotated[bool, typer.Option("--allow-version-mismatch", help="Run the manager's deployments even when they were made by another code version than this worker's (a warning instead of refused runs).")] = False,
 ) -> None:
     """Run Prefect workers that take one batch at a time; SIGTERM/Ctrl+C once stops them cleanly."""
     config = settings()
     try:  # the workers' allowlist: a broken prefect.yaml is one line here, not a traceback per worker
-        Allowlist.from_project()
+        allowlist = Allowlist.from_project()
     except AllowlistError as error:
         fail(f"cannot start workers: {error}", code=EXIT_SETUP)
+    copy = shadowing_copy(Path.cwd())
+    if copy is not None:
+        fail(f"cannot start workers in {Path.cwd()}: it holds {copy}/, a copy of Podcast Pile's code that flow runs "
+             "would import instead of the installed one; start the worker in another directory", code=EXIT_SETUP)
     devices = _devices(gpus, all_gpus)
     wanted = _languages(languages) if languages is not None else config.worker_languages
     api = find_prefect_api(config, manager=manager or config.manager_url, password=password, ca=ca, guess_local=True)
@@ -65,12 +73,22 @@ def worker(
         if api.guessed and problem.no_manager:  # e.g. `ppcli manager -p 8870`, or another service on PORT
             message += f" (no -m given, so this machine at PORT={config.port}; name the manager with -m http://HOST:PORT)"
         fail(message, code=EXIT_SETUP)
+    try:
+        mismatch = version_problem(api, pool or config.work_pool, allowlist)
+    except ManagerProblem as problem:
+        fail(str(problem), code=EXIT_SETUP)
+    if mismatch is not None and not allow_version_mismatch:
+        fail(f"{mismatch}: its runs would be refused; {HINT}", code=EXIT_SETUP)
+    if mismatch is not None:
+        tell("warning", f"{mismatch}: running its deployments anyway (--allow-version-mismatch)", style="yellow")
 
     explicit = worker_id is not None or "worker_id" in config.model_fields_set
     names = worker_names(worker_id or config.worker_id, explicit=explicit, gpus=devices)
     # The workers' Prefect clients (and their flow runs) talk to the API checked above, with
     # the same credentials, whatever this machine's own Prefect profile says.
     base = {**os.environ, **api.client_environment(), "WORKER_LANGUAGES": wanted}
+    if allow_version_mismatch:  # for the Prefect workers' per-run check (deployments/worker.py)
+        base[ALLOW_MISMATCH] = "1"
     supervisor = Supervisor([], grace=grace, once=once, api=api)
     # Handlers first: a signal while workers start must stop the ones already started. A caught
     # SIGINT also starts each child with SIGINT at its default, where an ignored one (`ppcli

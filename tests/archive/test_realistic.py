@@ -233,7 +233,11 @@ def test_lookups_stop_at_the_shared_limit_and_defer_never_submit(real: Realistic
     never_looked_up = [row for row in waiting if row.status == "archive_pending"]
     captured_unlisted = [row for row in waiting if row.status == "archiving"]  # its CDX check waits too
     assert never_looked_up and all(row.archive_timestamp for row in captured_unlisted)
-    assert len(real.ia.submissions) == 4 - len(never_looked_up)  # a deferred lookup never became a submission
+    # a deferred lookup never became a submission (those looked up are submitted as the run's
+    # 3 s allow: all of them on a quiet machine, fewer at CI's load)
+    submitted = {job.url for job in real.ia.jobs.values()}
+    assert not submitted & {row.url for row in never_looked_up}, submitted
+    assert len(real.ia.submissions) <= 4 - len(never_looked_up)
 
 
 def test_a_429_on_lookups_pauses_every_lookup_for_a_minute(real: Realistic) -> None:

@@ -74,3 +74,35 @@ def test_an_idle_manager_starts_nothing_and_a_new_episode_is_dispatched_at_once(
     # The dashboard of the stats run says what each loop last saw.
     artifact = httpx.get(f"{manager.api}/artifacts/podcastpile-dashboard/latest").json()
     assert "Control loops" in artifact["data"] and "not checked yet" not in artifact["data"]
+
+
+def test_a_started_run_that_found_nothing_to_do_is_not_kept(manager: Manager) -> None:
+    """A run the loops start may find its work gone (another run took it first): it ends
+    Completed "nothing to do" and the loop that started it deletes it once it is over; a run
+    that did something stays. Meanwhile the loops check every FOLLOW_SECONDS."""
+    from podcastpile.cli.control import FOLLOW_SECONDS, ControlLoops
+    from podcastpile.config import Settings
+    from podcastpile.prefect_api import PrefectAPI
+
+    config = Settings(_env_file=None, database_url=manager.env["DATABASE_URL"], archive_mode="off",
+                      control_check_seconds=10)
+    loops = ControlLoops(PrefectAPI(manager.api), config, say=lambda line: None)
+    try:
+        assert loops.wait_seconds() == 10
+        # ARCHIVE_MODE=off (the manager's too): the archive run finds nothing, as after a race.
+        loops._start(loops.loops["archive"], {})
+        loops._start(loops.loops["stats"], {"loops": {}})  # always does something: kept
+        ids = {name: run_id for run_id, (name, _) in loops._followed.items()}
+        assert loops.wait_seconds() == FOLLOW_SECONDS
+        began = time.monotonic()
+        while loops._followed:
+            assert time.monotonic() - began < 120, manager.output()[-3000:]
+            loops.check()
+            time.sleep(FOLLOW_SECONDS)
+        assert httpx.get(f"{manager.api}/flow_runs/{ids['archive']}").status_code == 404
+        # kept, whatever its end (its deployment's limit may cancel it beside the manager's own)
+        assert httpx.get(f"{manager.api}/flow_runs/{ids['stats']}").status_code == 200
+        assert loops.loops["archive"].discarded == 1 and loops.loops["stats"].discarded == 0
+        assert loops.wait_seconds() == 10
+    finally:
+        loops.close()
