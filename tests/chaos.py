@@ -351,23 +351,32 @@ class Fleet:
 
     # exports
 
-    def export(self, kill_after: float | None = None) -> subprocess.CompletedProcess | None:
-        """`ppcli export` on the manager's machine; `kill_after`: SIGKILL it that long after the
-        first staged shard appears (mid-shard), or after 20 s."""
-        args = [*PPCLI, "export", "--json"]
-        if kill_after is None:
-            return subprocess.run(args, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=600)
-        process = subprocess.Popen(args, cwd=self.folder, env=self.env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and process.poll() is None:
-            if any(path.is_file() for path in self.dataset.rglob("*") if ".staging" in str(path) or path.name.startswith(".")):
-                time.sleep(kill_after)
-                break
+    def export(self) -> subprocess.CompletedProcess:
+        """`ppcli export` on the manager's machine, to its end."""
+        return subprocess.run([*PPCLI, "export", "--json"], cwd=self.folder, env=self.env, capture_output=True,
+                              text=True, timeout=600)
+
+    def kill_export(self, after: float) -> str:
+        """`ppcli export`, SIGKILLed `after` s once its first staged file appears (mid-shard);
+        says what happened (an export with nothing new stages nothing and ends by itself)."""
+        from podcastpile.dataset.destination import STAGING
+
+        process = subprocess.Popen([*PPCLI, "export", "--json"], cwd=self.folder, env=self.env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        staged = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None and not staged:
+            staging = self.dataset / STAGING
+            staged = staging.exists() and any(path.is_file() for path in staging.rglob("*"))
             time.sleep(0.02)
+        if staged:
+            time.sleep(after)
+        ended = process.poll() is not None
         signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
         process.wait(timeout=30)
-        return None
+        if staged and not ended:
+            return f"killed {after:.2f} s after its first staged file"
+        return "ended before it could be killed mid-shard" if ended else "killed before it staged anything"
 
     def stop_all(self) -> list[str]:
         """Stop workers and the manager as an operator does (one SIGTERM each); returns what had
@@ -512,7 +521,6 @@ class Soak:
             self._inject_all(outcome)
             outcome.settled = self._settle()
             final_export = fleet.export()
-            assert final_export is not None
             outcome.checks.append(Check("the final export succeeds", final_export.returncode == 0,
                                         final_export.stderr.strip()[-300:]))
             outcome.checks += self.checks()
@@ -571,12 +579,9 @@ class Soak:
             signal_all([pid, *descendants(pid)], signal.SIGKILL)
             return f"pid {pid}"
         if fault.kind == "export-during-batches":
-            done = fleet.export()
-            assert done is not None
-            return f"exit {done.returncode}"
+            return f"exit {fleet.export().returncode}"
         if fault.kind == "kill-export":
-            fleet.export(kill_after=random.Random(fault.at).uniform(0.0, 0.5))
-            return "killed mid-shard"
+            return fleet.kill_export(after=random.Random(fault.at).uniform(0.0, 0.5))
         raise ValueError(fault.kind)
 
     def _noise(self) -> None:
