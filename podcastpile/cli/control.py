@@ -53,6 +53,13 @@ from podcastpile.store.archive import archive_queue_for
 DEPLOYMENTS = {"archive": ("archive", "archive"), "dispatch": ("dispatch", "dispatch"),
                "export": ("export-dataset", "export"), "stats": ("stats", "stats")}
 ARCHIVE_EVERY, DISPATCH_SAFETY, EXPORT_EVERY = 60.0, 300.0, 3600.0
+# A run is PENDING from its worker's submission until its process starts the flow (seconds; a
+# minute at worst on a loaded machine). One PENDING for STRANDED_SECONDS lost its process: its
+# worker died in between (a manager restart kills the CPU worker and its children). Prefect
+# never moves such a run on, and it holds its deployment's concurrency slot for good (the
+# server keeps slot leases in memory, so a server restart forgets the lease but not the slot):
+# one stranded dispatch run stopped all dispatching. Looked for every STRANDED_EVERY s.
+STRANDED_SECONDS, STRANDED_EVERY = 180.0, 60.0
 STATS_EVERY, STATS_IDLE_EVERY, SCHEDULES_RECHECK = 300.0, 3600.0, 300.0
 # Checks while a started run is under way (archive runs last up to 10 minutes): for at most
 # FOLLOW_FOR s after its start, so a run that never starts (no CPU worker) does not keep the
@@ -95,6 +102,7 @@ class ControlLoops:
     _followed: dict[str, tuple[str, float]] = field(default_factory=dict)  # run id -> (loop, started)
     _store: EpisodeStore | None = None
     _schedules_checked: float = -math.inf
+    _stranded_checked: float = -math.inf
     _last_problem: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -133,6 +141,8 @@ class ControlLoops:
         try:
             if time.monotonic() - self._schedules_checked >= SCHEDULES_RECHECK:
                 self.pause_schedules()
+            if time.monotonic() - self._stranded_checked >= STRANDED_EVERY:
+                self.crash_stranded_runs()
             self._follow()
             store = self._open_store()
             now = datetime.now(UTC)
@@ -170,6 +180,27 @@ class ControlLoops:
             for run in due:
                 self._http("DELETE", f"/flow_runs/{run['id']}")
         self._schedules_checked = time.monotonic()
+
+    def crash_stranded_runs(self) -> list[str]:
+        """Mark CRASHED the runs (of any deployment) PENDING for over STRANDED_SECONDS: their
+        process is gone, and they hold a concurrency slot (a loop's deployment allows one run)
+        or count as a batch waiting for a worker. Returns their ids."""
+        pending = self._http("POST", "/flow_runs/filter", {
+            "flow_runs": {"state": {"type": {"any_": ["PENDING"]}}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 200})
+        cutoff = datetime.now(UTC).timestamp() - STRANDED_SECONDS
+        crashed = []
+        for run in pending or []:
+            since = (run.get("state") or {}).get("timestamp")
+            if not since or datetime.fromisoformat(since).timestamp() > cutoff:
+                continue
+            self._http("POST", f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
+                "type": "CRASHED", "message": f"PENDING for over {STRANDED_SECONDS:g} s: the worker that submitted "
+                                              "it went away before its process started (found by ppcli manager)"}})
+            crashed.append(str(run["id"]))
+        if crashed:
+            self.say(f"control loops: {len(crashed)} runs stranded in PENDING marked crashed: {', '.join(crashed)}")
+        self._stranded_checked = time.monotonic()
+        return crashed
 
     def _follow(self) -> None:
         """Let go of the followed runs that are over; delete those that found nothing to do."""

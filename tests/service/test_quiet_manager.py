@@ -106,3 +106,39 @@ def test_a_started_run_that_found_nothing_to_do_is_not_kept(manager: Manager) ->
         assert loops.wait_seconds() == 10
     finally:
         loops.close()
+
+
+def test_a_run_stranded_in_pending_is_crashed_and_frees_its_deployments_slot(
+        manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU worker killed between submitting a run (PENDING) and its process starting the flow
+    left the run PENDING for good, holding the dispatch deployment's only concurrency slot: every
+    later dispatch run was cancelled and the queue never moved again (the chaos soak found it).
+    The control loops mark such a run crashed, which gives the slot back."""
+    from datetime import UTC, datetime, timedelta
+
+    from podcastpile.cli import control
+    from podcastpile.config import Settings
+    from podcastpile.prefect_api import PrefectAPI
+
+    dispatch = httpx.get(f"{manager.api}/deployments/name/dispatch/dispatch").json()["id"]
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()  # no worker takes it meanwhile
+
+    def submitted() -> tuple[str, str]:
+        """A dispatch run proposed PENDING as a worker submitting it would: its state after."""
+        run = httpx.post(f"{manager.api}/deployments/{dispatch}/create_flow_run",
+                         json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}}).json()
+        answer = httpx.post(f"{manager.api}/flow_runs/{run['id']}/set_state",
+                            json={"state": {"type": "PENDING"}}).json()
+        return run["id"], answer["state"]["type"]
+
+    stranded, state = submitted()
+    assert state == "PENDING"
+    assert submitted()[1] == "CANCELLED", "the stranded run holds the only slot (CANCEL_NEW)"
+
+    config = Settings(_env_file=None, database_url=manager.env["DATABASE_URL"], archive_mode="off")
+    loops = control.ControlLoops(PrefectAPI(manager.api), config, say=lambda line: None)
+    assert loops.crash_stranded_runs() == [], "a run PENDING for seconds is starting, not stranded"
+    monkeypatch.setattr(control, "STRANDED_SECONDS", 0.0)
+    assert loops.crash_stranded_runs() == [stranded]
+    assert httpx.get(f"{manager.api}/flow_runs/{stranded}").json()["state"]["type"] == "CRASHED"
+    assert submitted()[1] == "PENDING", "the slot is free again"
