@@ -15,15 +15,30 @@ Everything under `/api/jobs` and `/api/stats` comes here (`with_jobs_api`), the 
 With a password every route wants it, as `X-Worker-Password` (the original manager's header)
 or as Prefect's HTTP Basic credentials; a wrong one is a guess to the login limit. The check
 and the 10 MB body limit run before a body is read (`Gate`). Errors are JSON: `{"detail": ...}`.
+
+The routes' database work runs in the API's own threads, at most `API_THREADS` at once, and the
+store's connection pools keep one connection for each (`sized_pools`): with SQLAlchemy's default
+pools under Starlette's 40 threads, 32 claiming workers made the manager open a new PostgreSQL
+connection every three or four claims. Answers are encoded to JSON in those threads too.
+
+`GET /api/stats`: the counts by status, expired leases, hours done and failures by reason are
+read from the counters on every request; the archive stage's part and the held-by-runs and
+refused-runs counts (a GROUP BY over the held leases and two calls to Prefect's API) come from
+a snapshot at most `STATS_MAX_AGE_SECONDS` old, refreshed in the background every
+`STATS_REFRESH_SECONDS` while requests come (deployments/stats_cache.py). The answer's
+`X-Stats-As-Of` header says when that snapshot was taken.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, NamedTuple
 
+import anyio
+import anyio.to_thread
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -31,19 +46,21 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from deployments.login_limit import ASGIApp, Scope, credentials_verdict
+from deployments.stats_cache import Refreshed
 from podcastpile.config import Settings
 from podcastpile.errors import PermanentError, TransientError
 from podcastpile.jsonviews import LIST_STATUSES, archive_stats, episode_dict, operation_dict, stats_dict
 from podcastpile.net.guard import private_address
 from podcastpile.net.urls import display_url, mask_secrets
 from podcastpile.prefect_api import PrefectAPI
-from podcastpile.runs import held_by_runs, refused_runs
+from podcastpile.runs import HeldByRuns, RefusedRuns, held_by_runs, refused_runs
 from podcastpile.sources import entry_from_record
 from podcastpile.speech.result import EpisodeResult
 from podcastpile.store import (
     Claim, EpisodeStore, LeaseLost, NewEpisode, Rejected, Selection, StoreUnavailable, UnknownEpisode,
     invalidate_selection, normalize_language, retry_selection,
 )
+from podcastpile.store.engine import make_engine, make_queue_engine
 from podcastpile.store.operations import RETRYABLE
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -51,6 +68,17 @@ MAX_JOBS_PER_REQUEST = 10_000
 MAX_PAGE = 1000
 # The claim loop gives up after this many claims in a row that have nothing to download.
 _CLAIM_TRIES = 10
+# Threads running the routes' database work at once; each store pool keeps as many connections.
+# More threads than cores plus PostgreSQL's waits only contend for the GIL: 4 claimed faster
+# than 16 from 32 clients (bench/README.md, api_bench.py); 8 leaves room for a slow request
+# (a 10,000-job POST, a result) beside the claims.
+API_THREADS = 8
+# Connections a pool may open beyond that (closed when given back): the stats refresher's.
+_SPARE_CONNECTIONS = 4
+# How old the slow parts of `GET /api/stats` may be: refreshed in the background past the first,
+# computed by the request itself past the second (the first request after a quiet spell).
+STATS_REFRESH_SECONDS = 5.0
+STATS_MAX_AGE_SECONDS = 15.0
 
 
 def is_jobs_path(path: str) -> bool:
@@ -126,23 +154,92 @@ def naive_utc(when: datetime | None) -> datetime | None:
     return when.astimezone(UTC).replace(tzinfo=None)
 
 
+def sized_pools(store: EpisodeStore, threads: int) -> EpisodeStore:
+    """`store` with connection pools that keep a connection for each of `threads` threads.
+
+    EpisodeStore opens SQLAlchemy's default pools (5 kept; more opened when needed and closed
+    when given back), right for a worker's few threads; under the API's threads every claim
+    past the fifth concurrent one was a new PostgreSQL connection. SQLite keeps its pools.
+    """
+    if store.engine.dialect.name != "postgresql":
+        return store
+    pool = {"pool_size": threads, "max_overflow": _SPARE_CONNECTIONS}
+    url = store.engine.url.render_as_string(hide_password=False)
+    store.close()  # the opener's connection (its schema check) goes with the default pools
+    store.engine = make_engine(url, **pool)
+    store.queue_engine = make_queue_engine(store.engine, **pool)
+    return store
+
+
+class SlowStats(NamedTuple):
+    """The parts of `GET /api/stats` that cost more than the counters."""
+
+    archive: dict[str, Any]
+    held: HeldByRuns
+    refused: RefusedRuns
+
+
 class JobsAPI:
     """The store and settings behind the routes; the store is opened on first use."""
 
     def __init__(self, settings: Settings, *, store: EpisodeStore | None = None,
-                 prefect_api: PrefectAPI | None = None) -> None:
+                 prefect_api: PrefectAPI | None = None, threads: int = API_THREADS) -> None:
         self.settings = settings
         self.prefect_api = prefect_api  # where the stats ask which runs are dead; None: unknown
-        self._store = store
+        self.threads = threads
+        self._store = store  # one given is used as it is (its pools are its owner's choice)
         self._lock = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.slow_stats: Refreshed[SlowStats] = Refreshed(
+            self._slow_stats, refresh_after=STATS_REFRESH_SECONDS, max_age=STATS_MAX_AGE_SECONDS)
 
     @property
     def store(self) -> EpisodeStore:
         """The episode store, opened (and migrated) by the first request that needs it."""
+        store = self._store
+        if store is not None:
+            return store
         with self._lock:
             if self._store is None:
-                self._store = EpisodeStore.open(self.settings)
+                self._store = sized_pools(EpisodeStore.open(self.settings), self.threads)
             return self._store
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` in one of the API's `threads` threads (so each holds one pooled
+        connection at most), its answer encoded there: a dict becomes a JSON response."""
+        if self._limiter is None:  # made in the event loop, which anyio requires
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(_answering, function, *args, limiter=self._limiter)
+
+    def stats_response(self) -> Response:
+        """`ppcli stats --json`'s answer: the counters now, the slower parts from the snapshot."""
+        slow = self.slow_stats.get()
+        archive, held, refused = slow.value
+        body = stats_dict(self.store.stats(), archive, held, refused)
+        return json_response(body, headers={"X-Stats-As-Of": slow.as_of.isoformat(), "Cache-Control": "no-store"})
+
+    def _slow_stats(self) -> SlowStats:
+        store, api = self.store, self.prefect_api
+        return SlowStats(archive_stats(store, self.settings), held_by_runs(store.leased_by_run(), api),
+                         refused_runs(api))
+
+
+def _json_default(value: Any) -> Any:
+    # What FastAPI's encoder made of the values the store returns.
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """`body` as a JSON response, encoded with the stdlib alone (no model, no jsonable_encoder)."""
+    return Response(json.dumps(body, default=_json_default, separators=(",", ":")).encode(), status,
+                    headers=headers, media_type="application/json")
+
+
+def _answering(function: Callable[..., Any], *args: Any) -> Any:
+    answer = function(*args)
+    return answer if isinstance(answer, Response) else json_response(answer)
 
 
 def claim_answer(claim: Claim) -> dict[str, Any]:
@@ -179,6 +276,80 @@ def _validation_text(error: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+# --- the routes' work, each run in one of the API's threads (`JobsAPI.run`) -------------------
+
+
+def _add_jobs(jobs: JobsAPI, body: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any]:
+    records = body if isinstance(body, list) else [body]
+    if len(records) > MAX_JOBS_PER_REQUEST:
+        raise HTTPException(413, f"at most {MAX_JOBS_PER_REQUEST:,} jobs per request, got {len(records):,}")
+    rejected: list[Rejected] = []
+    private: list[Rejected] = []  # stored, but downloads will refuse them
+    episodes: list[NewEpisode] = []
+    check_addresses = not jobs.settings.allow_private_addresses
+    for line, record in enumerate(records, start=1):
+        entry = entry_from_record(record, line)
+        if isinstance(entry, Rejected):
+            rejected.append(entry)
+            continue
+        blocked = private_address(entry.url) if check_addresses else None
+        if blocked:
+            private.append(Rejected(line, entry.url, blocked))
+        episodes.append(entry)
+    summary = jobs.store.add(episodes)
+    rejected = sorted(rejected + summary.rejected, key=lambda item: item.line or 0)
+    answer: dict[str, Any] = {"added": summary.added, "present": summary.present,
+                              "rejected": _masked(rejected), "private_addresses": _masked(private)}
+    if not isinstance(body, list):  # one job: the job itself too (`ppcli create` shows its id)
+        found = jobs.store.find(episodes[0]) if episodes and not rejected else None
+        answer["job"] = episode_dict(found) if found is not None else None
+    return answer
+
+
+def _get_job(jobs: JobsAPI, job_id: int, full: bool) -> dict[str, Any]:
+    store = jobs.store
+    job = episode_dict(store.get(job_id))
+    result = store.result(job_id)
+    job["result"] = result if full or result is None else result_summary(result)
+    return job
+
+
+def _operate(jobs: JobsAPI, selection: Selection, body: OperationBody) -> dict[str, Any]:
+    # URLs in the sample as stored, as `GET /api/jobs` lists them: the caller may fetch them.
+    return operation_dict(jobs.store, selection, apply=body.apply, sample=body.sample)
+
+
+def _claim_one(jobs: JobsAPI, body: WorkerRequest, peer: str | None, languages: list[str] | None) -> Any:
+    store = jobs.store
+    for _ in range(_CLAIM_TRIES):
+        claims = store.claim_batch(body.worker_id, 1, worker_ip=peer, gpu=body.gpu,
+                                   code_version=body.code_version, languages=languages)
+        if not claims:
+            break
+        if claims[0].download_url is not None:
+            return claim_answer(claims[0])
+        # As the batch does (flows/process.py): only archived copies may be fetched.
+        store.fail(claims[0].episode_id, claims[0].lease_token,
+                   PermanentError("not-archived", "no Internet Archive copy; refusing the live URL"))
+    return Response(status_code=204)
+
+
+def _start(jobs: JobsAPI, job_id: int, body: StartBody) -> dict[str, Any]:
+    first = jobs.store.start(job_id, body.lease_token, body.sha256)
+    if first is not None:
+        return {"status": "duplicate", "duplicate_of": first}
+    return {"status": "processing"}
+
+
+def _complete(jobs: JobsAPI, job_id: int, body: CompleteBody) -> dict[str, Any]:
+    try:
+        result = EpisodeResult.from_dict(body.result)
+    except ValidationError as error:
+        raise HTTPException(422, f"malformed result: {_validation_text(error)}") from None
+    jobs.store.complete(job_id, body.lease_token, result.to_dict())
+    return {"status": "completed"}
+
+
 def create_jobs_app(jobs: JobsAPI) -> FastAPI:
     """The API's routes over `jobs` (its store and settings); serve it through `with_jobs_api`."""
     app = FastAPI(title="Podcast Pile", docs_url=None, redoc_url=None, openapi_url=None)
@@ -204,52 +375,30 @@ def create_jobs_app(jobs: JobsAPI) -> FastAPI:
     async def unknown(_: Request, error: UnknownEpisode) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, 404)
 
-    @app.get("/api/stats", tags=["Podcast Pile"])
-    def stats() -> dict[str, Any]:
-        """Counts by status, the archive stage, hours done, failures by reason: `ppcli stats --json`."""
-        store = jobs.store
-        result, archive, leased = store.stats(), archive_stats(store, jobs.settings), store.leased_by_run()
-        api = jobs.prefect_api
-        return stats_dict(result, archive, held_by_runs(leased, api), refused_runs(api))
+    @app.get("/api/stats", tags=["Podcast Pile"], response_class=Response)
+    async def stats() -> Response:
+        """Counts by status, the archive stage, hours done, failures by reason: `ppcli stats --json`.
 
-    @app.post("/api/jobs", tags=["Podcast Pile"])
-    def add_jobs(
+        The counts by status, expired leases, hours and failures are read now; the archive
+        stage's part and the held-by-runs and refused-runs counts may be up to 15 s old: the
+        `X-Stats-As-Of` header says when they were taken."""
+        return await jobs.run(jobs.stats_response)
+
+    @app.post("/api/jobs", tags=["Podcast Pile"], response_class=Response)
+    async def add_jobs(
         body: Annotated[dict[str, Any] | list[dict[str, Any]], Body(
             description="One job or a list: `episode_url`, optional `language` and `podcast_id`.")],
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Add jobs as `ppcli import` does; `line` in the answer is the job's place in the list (from 1)."""
-        records = body if isinstance(body, list) else [body]
-        if len(records) > MAX_JOBS_PER_REQUEST:
-            raise HTTPException(413, f"at most {MAX_JOBS_PER_REQUEST:,} jobs per request, got {len(records):,}")
-        rejected: list[Rejected] = []
-        private: list[Rejected] = []  # stored, but downloads will refuse them
-        episodes: list[NewEpisode] = []
-        check_addresses = not jobs.settings.allow_private_addresses
-        for line, record in enumerate(records, start=1):
-            entry = entry_from_record(record, line)
-            if isinstance(entry, Rejected):
-                rejected.append(entry)
-                continue
-            blocked = private_address(entry.url) if check_addresses else None
-            if blocked:
-                private.append(Rejected(line, entry.url, blocked))
-            episodes.append(entry)
-        summary = jobs.store.add(episodes)
-        rejected = sorted(rejected + summary.rejected, key=lambda item: item.line or 0)
-        answer: dict[str, Any] = {"added": summary.added, "present": summary.present,
-                                  "rejected": _masked(rejected), "private_addresses": _masked(private)}
-        if not isinstance(body, list):  # one job: the job itself too (`ppcli create` shows its id)
-            found = jobs.store.find(episodes[0]) if episodes and not rejected else None
-            answer["job"] = episode_dict(found) if found is not None else None
-        return answer
+        return await jobs.run(_add_jobs, jobs, body)
 
-    @app.get("/api/jobs", tags=["Podcast Pile"])
-    def list_jobs(
+    @app.get("/api/jobs", tags=["Podcast Pile"], response_class=Response)
+    async def list_jobs(
         status: Annotated[str | None, Query(description=f"One of {', '.join(LIST_STATUSES)}.")] = None,
         language: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the page before.")] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Jobs, oldest first, a page at a time; `next_cursor` is null on the last page."""
         if status is not None and status not in LIST_STATUSES:
             raise HTTPException(422, f"unknown status {status!r}; choose from {', '.join(LIST_STATUSES)}")
@@ -258,92 +407,71 @@ def create_jobs_app(jobs: JobsAPI) -> FastAPI:
             after = int(cursor) if cursor else None
         except ValueError as error:
             raise HTTPException(422, f"bad language or cursor: {error}") from None
-        rows = jobs.store.list(status=status, language=language, limit=limit, after=after)
-        return {"jobs": [episode_dict(row) for row in rows],
-                "next_cursor": str(rows[-1].id) if len(rows) == limit else None}
 
-    @app.get("/api/jobs/{job_id}", tags=["Podcast Pile"])
-    def get_job(job_id: int, full: bool = False) -> dict[str, Any]:
+        def page() -> dict[str, Any]:
+            rows = jobs.store.list(status=status, language=language, limit=limit, after=after)
+            return {"jobs": [episode_dict(row) for row in rows],
+                    "next_cursor": str(rows[-1].id) if len(rows) == limit else None}
+
+        return await jobs.run(page)
+
+    @app.get("/api/jobs/{job_id}", tags=["Podcast Pile"], response_class=Response)
+    async def get_job(job_id: int, full: bool = False) -> Response:
         """One job; with its result's summary once completed (`full=true`: the whole result, words included)."""
-        store = jobs.store
-        job = episode_dict(store.get(job_id))
-        result = store.result(job_id)
-        job["result"] = result if full or result is None else result_summary(result)
-        return job
+        return await jobs.run(_get_job, jobs, job_id, full)
 
-    @app.post("/api/jobs/retry", tags=["Podcast Pile"])
-    def retry(body: RetryBody) -> dict[str, Any]:
+    @app.post("/api/jobs/retry", tags=["Podcast Pile"], response_class=Response)
+    async def retry(body: RetryBody) -> Response:
         """Failed (or duplicate) jobs back to the queue, as `ppcli retry --json` answers; a dry run unless `apply`."""
         try:
             selection = retry_selection(status=body.status, reason=body.reason, since=naive_utc(body.since))
         except ValueError as error:  # an unknown or non-retryable status
             raise HTTPException(422, str(error).splitlines()[0]) from None
-        return _operate(selection, body)
+        return await jobs.run(_operate, jobs, selection, body)
 
-    @app.post("/api/jobs/invalidate", tags=["Podcast Pile"])
-    def invalidate(body: InvalidateBody) -> dict[str, Any]:
+    @app.post("/api/jobs/invalidate", tags=["Podcast Pile"], response_class=Response)
+    async def invalidate(body: InvalidateBody) -> Response:
         """Completed jobs back for reprocessing, as `ppcli invalidate --json` answers; a dry run unless `apply`."""
         try:
             selection = invalidate_selection(code_version=body.code_version, model=body.model,
                                              completed_after=naive_utc(body.completed_after))
         except ValueError:
             raise HTTPException(422, "say which results to invalidate: code_version, model or completed_after") from None
-        return _operate(selection, body)
+        return await jobs.run(_operate, jobs, selection, body)
 
-    def _operate(selection: Selection, body: OperationBody) -> dict[str, Any]:
-        # URLs in the sample as stored, as `GET /api/jobs` lists them: the caller may fetch them.
-        return operation_dict(jobs.store, selection, apply=body.apply, sample=body.sample)
-
-    @app.post("/api/jobs/request", tags=["Podcast Pile workers"],
-              responses={204: {"description": "No job is ready."}})
-    def request_job(body: WorkerRequest, request: Request) -> Any:
+    @app.post("/api/jobs/request", tags=["Podcast Pile workers"], response_class=Response,
+              responses={200: {"description": "The job: id, download URL, lease token."},
+                         204: {"description": "No job is ready."}})
+    async def request_job(body: WorkerRequest, request: Request) -> Response:
         """Claim the oldest ready job; its lease token goes with every later call about it."""
-        store = jobs.store
         peer = request.client.host if request.client else None
         try:
             languages = [normalize_language(code) for code in body.languages or []] or None
         except ValueError as error:
             raise HTTPException(422, str(error)) from None
-        for _ in range(_CLAIM_TRIES):
-            claims = store.claim_batch(body.worker_id, 1, worker_ip=peer, gpu=body.gpu,
-                                       code_version=body.code_version, languages=languages)
-            if not claims:
-                break
-            if claims[0].download_url is not None:
-                return claim_answer(claims[0])
-            # As the batch does (flows/process.py): only archived copies may be fetched.
-            store.fail(claims[0].episode_id, claims[0].lease_token,
-                       PermanentError("not-archived", "no Internet Archive copy; refusing the live URL"))
-        return Response(status_code=204)
+        return await jobs.run(_claim_one, jobs, body, peer, languages)
 
-    @app.post("/api/jobs/{job_id}/start", tags=["Podcast Pile workers"])
-    def start(job_id: int, body: StartBody) -> dict[str, Any]:
+    @app.post("/api/jobs/{job_id}/start", tags=["Podcast Pile workers"], response_class=Response)
+    async def start(job_id: int, body: StartBody) -> Response:
         """Processing began. With `sha256`, a job whose audio another job holds ends as duplicate."""
-        first = jobs.store.start(job_id, body.lease_token, body.sha256)
-        if first is not None:
-            return {"status": "duplicate", "duplicate_of": first}
-        return {"status": "processing"}
+        return await jobs.run(_start, jobs, job_id, body)
 
-    @app.post("/api/jobs/{job_id}/renew", tags=["Podcast Pile workers"])
-    def renew(job_id: int, body: LeaseBody) -> dict[str, Any]:
+    @app.post("/api/jobs/{job_id}/renew", tags=["Podcast Pile workers"], response_class=Response)
+    async def renew(job_id: int, body: LeaseBody) -> Response:
         """Extend the lease by the lease length from now."""
-        return {"leased_until": jobs.store.renew(job_id, body.lease_token)}
+        return await jobs.run(lambda: {"leased_until": jobs.store.renew(job_id, body.lease_token)})
 
-    @app.post("/api/jobs/{job_id}/complete", tags=["Podcast Pile workers"])
-    def complete(job_id: int, body: CompleteBody) -> dict[str, Any]:
+    @app.post("/api/jobs/{job_id}/complete", tags=["Podcast Pile workers"], response_class=Response)
+    async def complete(job_id: int, body: CompleteBody) -> Response:
         """Store the result (422 with the reason when it is not a valid EpisodeResult; nothing stored)."""
-        try:
-            result = EpisodeResult.from_dict(body.result)
-        except ValidationError as error:
-            raise HTTPException(422, f"malformed result: {_validation_text(error)}") from None
-        jobs.store.complete(job_id, body.lease_token, result.to_dict())
-        return {"status": "completed"}
+        return await jobs.run(_complete, jobs, job_id, body)
 
-    @app.post("/api/jobs/{job_id}/fail", tags=["Podcast Pile workers"])
-    def fail(job_id: int, body: FailBody) -> dict[str, Any]:
+    @app.post("/api/jobs/{job_id}/fail", tags=["Podcast Pile workers"], response_class=Response)
+    async def fail(job_id: int, body: FailBody) -> Response:
         """Record a failure; answers the job's new status (pending: it will be retried)."""
         kind = PermanentError if body.permanent else TransientError
-        return {"status": jobs.store.fail(job_id, body.lease_token, kind(body.error_code, body.reason)).value}
+        return await jobs.run(
+            lambda: {"status": jobs.store.fail(job_id, body.lease_token, kind(body.error_code, body.reason)).value})
 
     return app
 

@@ -55,7 +55,7 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
-def make_queue_engine(engine: Engine) -> Engine:
+def make_queue_engine(engine: Engine, **pool: Any) -> Engine:
     """The engine for lease changes (claim, start, renew, fail, release, requeue) beside `engine`.
 
     Each is a single UPDATE, atomic by itself. On PostgreSQL they run in autocommit mode (no
@@ -64,6 +64,10 @@ def make_queue_engine(engine: Engine) -> Engine:
     an episode is leased again; the forgotten lease token fences the old worker out, so nothing
     is stored twice. Results and imports keep fully durable commits on the main engine.
     SQLite keeps its `BEGIN IMMEDIATE` transactions, on `engine` itself.
+
+    `pool`: SQLAlchemy pool options (`pool_size`, `max_overflow`, ...) for a process with more
+    threads claiming at once than the default pool keeps (5): the overflow connections it
+    opens are closed when given back, a PostgreSQL backend start per claim under load.
     """
     if engine.dialect.name != "postgresql":
         return engine
@@ -72,6 +76,7 @@ def make_queue_engine(engine: Engine) -> Engine:
         isolation_level="AUTOCOMMIT",
         connect_args={"options": "-c synchronous_commit=off"},
         pool_recycle=3600,
+        **pool,
     )
 
 
