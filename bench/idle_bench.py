@@ -31,8 +31,15 @@ busy machine noisy.
 Output: the summary on stdout; with `--json`, the figures as JSON on stdout and the summary
 on stderr with the progress lines.
 
+With `--processed N` it measures no idle period: N episodes are added at once (as `ppcli
+import` adds them; `--audio-seconds` of the fixture's speech each, distinct bytes) and
+processed, and it reports Prefect's database and the episode store before and after (file and
+pages in use), the bytes per processed episode, the largest tables and the Prefect rows.
+
 Usage (from the repository root, the project's venv):
     .venv/bin/python bench/idle_bench.py [--episodes 10] [--minutes 30] [--postgres] [--json] [--keep]
+    .venv/bin/python bench/idle_bench.py --processed 1000 [--audio-seconds 2] [--batch-size 16]
+        [--archive-mode off] [--postgres] [--json]
 
 `--postgres` puts both databases on PostgreSQL (`PODCASTPILE_TEST_POSTGRES_URL`, or an
 embedded server, as the tests do). `--keep` keeps the working directory (logs, databases).
@@ -170,6 +177,20 @@ class PrefectDatabase:
         sizes = dict(rows)
         return {table: int(sizes.get(table, 0)) for table in TABLES}
 
+    def largest_tables(self, most: int = 8) -> dict[str, int]:
+        """The `most` largest tables, bytes with their indexes (empty where SQLite lacks dbstat)."""
+        if self.sqlite_path is None:
+            rows = self._rows("SELECT tablename, pg_total_relation_size(quote_ident(tablename)) FROM pg_tables "
+                              "WHERE schemaname = current_schema()")
+        else:
+            try:
+                rows = self._rows("SELECT m.tbl_name, SUM(d.pgsize) FROM dbstat d JOIN sqlite_master m "
+                                  "ON m.name = d.name GROUP BY m.tbl_name")
+            except sqlite3.OperationalError:
+                return {}
+        ordered = sorted(((str(name), int(size)) for name, size in rows), key=lambda item: -item[1])
+        return dict(ordered[:most])
+
     def row_counts(self) -> dict[str, int]:
         return {table: int(self._rows(f"SELECT count(*) FROM {table}")[0][0]) for table in TABLES}
 
@@ -252,14 +273,19 @@ def create_episode(url: str, env: dict[str, str], cwd: Path) -> None:
         raise SystemExit(f"ppcli create failed: {created.stderr[-2000:]}")
 
 
-def wait_completed(store: EpisodeStore, count: int, timeout: float, processes: dict[str, subprocess.Popen]) -> None:
+def wait_completed(store: EpisodeStore, count: int, timeout: float, processes: dict[str, subprocess.Popen],
+                   progress: bool = False) -> None:
     """Until `count` episodes are completed; a failure, a dead process or `timeout` ends the bench."""
     deadline = time.monotonic() + timeout
+    said = time.monotonic()
     while True:
         rows = store.list(limit=None)
         statuses = [row.status for row in rows]
         if statuses.count("completed") >= count:
             return
+        if progress and time.monotonic() - said > 60:
+            said = time.monotonic()
+            say(f"{statuses.count('completed')} of {count} completed")
         failed = [(row.url, row.status, row.error) for row in rows
                   if row.status in ("failed", "duplicate")]
         if failed:
@@ -295,13 +321,14 @@ def time_one_episode(url: str, env: dict[str, str], cwd: Path, store: EpisodeSto
     return {name: round(value, 1) for name, value in marks.items()}
 
 
-def environments(workdir: Path, episodes_url: str, prefect_url: str | None, ia: WaybackDouble) -> tuple[dict, dict]:
+def environments(workdir: Path, episodes_url: str, prefect_url: str | None, ia: WaybackDouble,
+                 archive_mode: str = "required") -> tuple[dict, dict]:
     """The manager's environment (as tests/service/test_manager.py builds it, without its faster
     Prefect polling) and the GPU machine's (no database URL, no password, its own Prefect home)."""
     manager = {
         **os.environ,
         **pipeline_environment(episodes_url),
-        "ARCHIVE_MODE": "required", "WAYBACK_URL": ia.base_url, "ARCHIVE_API_URL": ia.base_url,
+        "ARCHIVE_MODE": archive_mode, "WAYBACK_URL": ia.base_url, "ARCHIVE_API_URL": ia.base_url,
         "SPN_POLL_SECONDS": "1", "IA_ACCESS_KEY": "AK", "IA_SECRET_KEY": "SK",
         "DATASET_DIR": str(workdir / "dataset"),
         "PREFECT_HOME": str(workdir / "prefect-home"),
@@ -318,11 +345,31 @@ def environments(workdir: Path, episodes_url: str, prefect_url: str | None, ia: 
     return manager, gpu
 
 
+def short_wav(seconds: float) -> bytes:
+    """The first `seconds` of the fixture conversation as a WAV file (--processed: many episodes
+    through the tiny models in minutes)."""
+    import io
+
+    import soundfile
+
+    samples, rate = soundfile.read(FIXTURES / "conversation.wav", dtype="int16")
+    out = io.BytesIO()
+    soundfile.write(out, samples[: int(seconds * rate)], rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (0 if it is not there)."""
+    return sum(each.stat().st_size for each in path.rglob("*") if each.is_file()) if path.exists() else 0
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict:
-    """Start everything, process the episodes, measure the idle period and the late episode."""
-    wav = (FIXTURES / "conversation.wav").read_bytes()
+    """Start everything, process the episodes, then measure the idle period and the late
+    episode, or (--processed N) the databases after N processed episodes."""
+    count = args.processed or args.episodes + 1
+    wav = short_wav(args.audio_seconds) if args.processed else (FIXTURES / "conversation.wav").read_bytes()
     # Each file its own bytes: the same audio twice would be processed once, the rest duplicates.
-    files = {f"ep{i}.wav": with_ad(wav, f"episode {i}".encode()) for i in range(args.episodes + 1)}
+    files = {f"ep{i}.wav": with_ad(wav, f"episode {i}".encode()) for i in range(count)}
     with contextlib.ExitStack() as stack:
         ia = stack.enter_context(WaybackDouble(pending_polls=1))
         origin = stack.enter_context(AdHost(files))
@@ -331,7 +378,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         if args.postgres:
             episodes_url = stack.enter_context(postgres.fresh_database("idle_episodes"))
             prefect_url = stack.enter_context(postgres.fresh_database("idle_prefect"))
-        manager_env, gpu_env = environments(workdir, episodes_url, prefect_url, ia)
+        manager_env, gpu_env = environments(workdir, episodes_url, prefect_url, ia, args.archive_mode)
+        if args.batch_size:  # the tests' 8 (pipeline_environment) unless asked
+            manager_env["BATCH_SIZE"] = gpu_env["BATCH_SIZE"] = str(args.batch_size)
         database = (PrefectDatabase(postgres_url=prefect_url) if prefect_url
                     else PrefectDatabase(sqlite_path=workdir / "prefect-home" / "prefect.db"))
 
@@ -353,7 +402,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         engine = make_engine(episodes_url)
         stack.callback(engine.dispose)
         migrate(engine)
-        store = EpisodeStore(engine)
+        # New episodes wait for a capture unless ARCHIVE_MODE=off, as the manager's settings say.
+        store = EpisodeStore(engine, archive_required=args.archive_mode != "off")
+        if args.processed:
+            episodes_db = (PrefectDatabase(postgres_url=episodes_url) if args.postgres
+                           else PrefectDatabase(sqlite_path=workdir / "episodes.db"))
+            return processed_report(args, workdir, store, database, episodes_db, origin, processes)
         say(f"creating {args.episodes} episodes")
         began = time.monotonic()
         for i in range(args.episodes):
@@ -392,6 +446,71 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             "after_idle": late,
             "targets": TARGETS,
         }
+
+
+def processed_report(args: argparse.Namespace, workdir: Path, store: EpisodeStore, database: PrefectDatabase,
+                     episodes_db: PrefectDatabase, origin: AdHost, processes: dict[str, subprocess.Popen]) -> dict:
+    """--processed N: both databases' size once the manager is set up and again after N episodes
+    were added (at once, as `ppcli import` adds them) and processed, with the cost per episode."""
+    from podcastpile.store.records import NewEpisode
+
+    before = {"prefect": database.size_bytes(), "prefect_used": database.used_bytes(),
+              "store": episodes_db.size_bytes(), "store_used": episodes_db.used_bytes()}
+    say(f"adding {args.processed} episodes ({args.audio_seconds:g} s of audio each, ARCHIVE_MODE={args.archive_mode})")
+    began = time.monotonic()
+    store.add(NewEpisode.checked(origin.url(f"ep{i}.wav"), language="en") for i in range(args.processed))
+    wait_completed(store, args.processed, args.timeout, processes, progress=True)
+    processed = time.monotonic() - began
+    say(f"{args.processed} completed in {processed:.0f} s; settling for {args.settle:g} s")
+    time.sleep(args.settle)  # the event persister and the task-run recorder flush every few seconds
+    after = {"prefect": database.size_bytes(), "prefect_used": database.used_bytes(),
+             "store": episodes_db.size_bytes(), "store_used": episodes_db.used_bytes()}
+
+    def per_episode(name: str) -> int | None:
+        if before[name] is None or after[name] is None:
+            return None
+        return round((after[name] - before[name]) / args.processed)
+
+    return {
+        "mode": "processed",
+        "code": str(Path(podcastpile.__file__).parent),
+        "prefect_database": "postgresql" if args.postgres else "sqlite",
+        "episodes": args.processed, "audio_seconds": args.audio_seconds, "archive_mode": args.archive_mode,
+        "batch_size": args.batch_size or 8,
+        "processing_seconds": round(processed, 1),
+        "cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+        "bytes": {"before": before, "after": after},
+        "bytes_per_episode": {name: per_episode(name) for name in before},
+        "prefect_largest_tables": database.largest_tables(),
+        "prefect_rows": database.row_counts(),
+        "prefect_flow_runs": len(database.flow_runs()),
+        "store_largest_tables": episodes_db.largest_tables(4),
+        "dataset_bytes": directory_bytes(workdir / "dataset"),
+    }
+
+
+def processed_summary(report: dict) -> str:
+    """--processed N: the report for a person."""
+    size, each = report["bytes"], report["bytes_per_episode"]
+    lines = [
+        (f"{report['episodes']} episodes ({report['audio_seconds']:g} s of audio each, ARCHIVE_MODE="
+         f"{report['archive_mode']}, BATCH_SIZE={report['batch_size']}) processed in {report['processing_seconds']:.0f} s; Prefect database on "
+         f"{report['prefect_database']}; {report['cpus']} CPUs, load average {report['load_average_1min']:.1f} at the end"),
+        f"code: {report['code']}",
+    ]
+    for name, label in (("prefect", "Prefect database"), ("prefect_used", "  pages in use"),
+                        ("store", "episode store"), ("store_used", "  pages in use")):
+        if size["after"][name] is not None:
+            lines.append(f"{label:<18} {size['before'][name] / MB:9.2f} -> {size['after'][name] / MB:9.2f} MB, "
+                         f"{each[name]:>7} bytes per episode")
+    lines.append(f"Prefect: {report['prefect_flow_runs']} flow runs; rows: "
+                 + ", ".join(f"{table} {rows}" for table, rows in report["prefect_rows"].items()))
+    lines.append("Prefect's largest tables (with indexes):")
+    lines += [f"  {table:<28} {size_ / MB:9.2f} MB" for table, size_ in report["prefect_largest_tables"].items()]
+    lines.append("the episode store's largest tables (with indexes):")
+    lines += [f"  {table:<28} {size_ / MB:9.2f} MB" for table, size_ in report["store_largest_tables"].items()]
+    lines.append(f"dataset (Parquet shards): {report['dataset_bytes'] / MB:.2f} MB")
+    return "\n".join(lines)
 
 
 def verdicts(report: dict) -> dict[str, bool]:
@@ -465,6 +584,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="idle minutes measured")
     parser.add_argument("--settle", type=float, default=60.0, help="seconds between the last completion and measuring")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds the episodes may take")
+    parser.add_argument("--processed", type=int, default=0, metavar="N",
+                        help="instead of the idle period: both databases' size after N processed episodes")
+    parser.add_argument("--audio-seconds", type=float, default=2.0, help="with --processed: each episode's audio")
+    parser.add_argument("--batch-size", type=int, default=0, help="BATCH_SIZE (default: the tests' 8)")
+    parser.add_argument("--archive-mode", choices=("required", "off"), default="required", help="ARCHIVE_MODE")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL for both databases")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, databases)")
@@ -489,6 +613,9 @@ def main() -> None:
             say(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.processed:
+        print(json.dumps(report, indent=2) if args.json else processed_summary(report))
+        return
     report["met"] = verdicts(report)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -122,6 +122,36 @@ def _log_to_stderr() -> None:
     logger.propagate = False
 
 
+# How often the server's in-process task queue (docket, which runs Prefect's periodic services
+# and background tasks) looks for due work: docket's default is every 250 ms, and those checks
+# were about a quarter of an idle server's CPU (41 -> 30 CPU s/h for a bare server at 1 s;
+# bench/README.md, idle_bench.py). The services themselves run every 15 s or more (see
+# podcastpile/cli/stack.py IDLE_SERVICES), so a second's resolution delays nothing that matters.
+QUEUE_CHECK_SECONDS = 1.0
+
+
+def slower_task_queue(seconds: float = QUEUE_CHECK_SECONDS) -> bool:
+    """Make the server's docket worker check for due work every `seconds`; Prefect has no
+    setting for it, so its module's `Worker` is wrapped. False (nothing changed) when the
+    installed Prefect no longer has that seam or docket's worker takes no such options."""
+    import functools
+    import inspect
+    from datetime import timedelta
+
+    from prefect.server.api import background_workers
+
+    worker = getattr(background_workers, "Worker", None)
+    if worker is None or isinstance(worker, functools.partial):
+        return isinstance(worker, functools.partial)
+    options = inspect.signature(worker).parameters
+    if not {"minimum_check_interval", "scheduling_resolution"} <= options.keys():
+        return False
+    every = timedelta(seconds=seconds)
+    background_workers.Worker = functools.partial(  # type: ignore[attr-defined]
+        worker, minimum_check_interval=every, scheduling_resolution=every)
+    return True
+
+
 def main() -> None:
     """Serve Prefect's app (API, UI and, unless disabled, its services) on one port."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +179,7 @@ def main() -> None:
     config = job_settings()
     jobs = create_jobs_app(JobsAPI(config, prefect_api=own_api(
         args.host, args.port, password, args.ssl_certfile, config.tls_ca_file)))
+    slower_task_queue()
     app = protect(with_jobs_api(create_app(final=True), jobs, password), password,
                   trusted_proxies_from(args.trusted_proxy))
     uvicorn.run(

@@ -44,6 +44,7 @@ from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, Proc
 
 from deployments.allowlist import ROOT, WORKER_TYPE, AllowedDeployment, Allowlist, is_checkout
 from deployments.versions import HINT, mismatch_allowed, version_mismatch
+from deployments.wake import PollGate
 from podcastpile.version import code_version
 
 if TYPE_CHECKING:
@@ -119,6 +120,13 @@ class PodcastPileWorker(ProcessWorker):
         self.allowlist = allowlist or Allowlist.from_project()
         self.code_version = code_version()
         self.run_directory = run_directory()  # read at start: the worker's own cwd may not stay
+        self.poll_gate = PollGate.from_environment()  # the manager's CPU worker: asks when woken
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        """Prefect's poll; with a wake file (deployments/wake.py) only when woken or idle long enough."""
+        if self.poll_gate is not None and not self.poll_gate.due():
+            return []
+        return await super().get_and_submit_flow_runs()
 
     @classmethod
     def get_default_base_job_template(cls) -> dict[str, Any]:

@@ -140,7 +140,7 @@ def manager(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    loops = ControlLoops(api, config, say=say)
+    loops = ControlLoops(api, config, say=say, started=stack.wake_worker)
     restarts = Restarts()
     try:
         stack.start()

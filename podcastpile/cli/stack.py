@@ -3,11 +3,13 @@ dead one is started again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from podcastpile.cli.stopping import descendants, signal_all
 from podcastpile.cli.tls import ServedTLS
 from podcastpile.config import Settings
 from podcastpile.prefect_api import PrefectAPI
+from deployments.wake import IDLE_POLL, IDLE_POLL_SECONDS, WAKE_FILE, wake
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -66,6 +69,32 @@ IDLE_SERVICES = {
 }
 
 
+def absolute_location(location: str, base: Path | None = None) -> str:
+    """`location` (DATASET_DIR: a folder or an fsspec URL) with a local path made absolute
+    against `base` (default: the current directory); a URL such as s3://bucket/ds as it is.
+
+    The CPU worker and its export runs work in the checkout, not where the operator started
+    `ppcli manager` (where its .env is): "./dataset" must mean the operator's ./dataset."""
+    if "://" in location and not location.startswith("file://"):
+        return location
+    path = os.path.expanduser(location.removeprefix("file://"))
+    resolved = os.path.abspath(os.path.join(base or Path.cwd(), path))  # an absolute `path` wins
+    return f"file://{resolved}" if location.startswith("file://") else resolved
+
+
+# The CPU worker's polling (issue 23; deployments/wake.py): it looks at its wake file every
+# second, a stat and no request, and asks the server for runs when the control loops woke it or
+# every 30 s: Prefect's default asks every 10 s, six requests a minute the server answers (with
+# its bookkeeping of the pool's, queue's and deployments' last poll) whether or not anything
+# waits. Safe: the loops' runs are picked up within about a second (sooner than at 10 s), other
+# runs on the CPU pool (a batch's export, the job API) within 30 s, under the foreman's 60 s
+# after which the queue would show "not ready". Its heartbeat (the worker's status, the pool's
+# readiness; nothing of ours reads the CPU worker's) every 60 s instead of 30 s: marked offline
+# after 3 missed, 180 s. The operator's own settings win.
+WORKER_POLLING = {"PREFECT_WORKER_QUERY_SECONDS": "1", IDLE_POLL: f"{IDLE_POLL_SECONDS:g}",
+                  "PREFECT_WORKER_HEARTBEAT_SECONDS": "60"}
+
+
 class Restarts:
     """When to start a dead server or CPU worker again: at once the first time, then after 2, 4,
     8, ... s (a crash loop must not spin); more than LIMIT deaths within WINDOW s is not a
@@ -97,6 +126,7 @@ class Stack:
         self.gpu_pool_limit, self.cpu_runs, self.tls = gpu_pool_limit, cpu_runs, tls
         self.server: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
+        self.wake_file: Path | None = None
 
     def start(self) -> None:
         """Start the server, wait until it is healthy, set it up, then start the CPU worker."""
@@ -114,11 +144,21 @@ class Stack:
         """Start the CPU worker (archive, dispatch, export and stats runs)."""
         # The worker runs in the project root, where this directory's .env is not read: its
         # client settings come along in its environment.
+        if self.wake_file is None:
+            handle, name = tempfile.mkstemp(prefix="podcastpile-wake-")
+            os.close(handle)
+            self.wake_file = Path(name)
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", self.api.url,
              "--limit", str(self.cpu_runs), "--id", f"{socket.gethostname()}-cpu", "--grace", "30"],
             cwd=ROOT, env=self._worker_environment(), start_new_session=True,
         )
+
+    def wake_worker(self) -> None:
+        """Have the CPU worker ask for runs now: the control loops just created one (deployments/wake.py)."""
+        if self.wake_file is not None:
+            with contextlib.suppress(OSError):  # it then finds the run at its idle poll
+                wake(self.wake_file)
 
     def _record_insecure(self) -> None:
         """Put the --insecure warning on the dashboard too (or take an old one off)."""
@@ -132,7 +172,11 @@ class Stack:
     def _worker_environment(self) -> dict[str, str]:
         """The CPU worker's environment: this manager's API, password and CA for the worker and
         its flow runs; TLS_CA_FILE too, which would otherwise come from the root's .env."""
-        return {**os.environ, **self.api.client_environment(), "TLS_CA_FILE": self.api.ca_file or ""}
+        env = {**WORKER_POLLING, **os.environ, **self.api.client_environment(), "TLS_CA_FILE": self.api.ca_file or "",
+               "DATASET_DIR": absolute_location(self.config.dataset_dir)}
+        if self.wake_file is not None:
+            env[WAKE_FILE] = str(self.wake_file)
+        return env
 
     def _server_environment(self) -> dict[str, str]:
         """The server's environment: the project's settings as Prefect server settings."""
@@ -204,6 +248,9 @@ class Stack:
                 signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
                 process.wait()
         self.worker = self.server = None
+        if self.wake_file is not None:
+            self.wake_file.unlink(missing_ok=True)
+            self.wake_file = None
 
     def kill(self) -> None:
         """Kill every process of the stack at once (a second signal)."""
