@@ -32,10 +32,14 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
     retry_condition_fn=_transient, cache_policy=NONE,
 )
-def export_dataset_task(settings: Settings, out: str | None = None) -> dict[str, Any]:
-    """Export completed episodes not yet in the dataset (`out`, default DATASET_DIR); return the summary."""
+def export_dataset_task(settings: Settings, out: str | None = None, where: str | None = None) -> dict[str, Any]:
+    """Export completed episodes not yet in the dataset (`out`, default DATASET_DIR); return the summary.
+
+    `where`: only episodes passing this filter, into the filtered release `out` (see `filtered_release`).
+    """
     from dataclasses import asdict
 
+    filtered_release(out, where)
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
@@ -50,10 +54,19 @@ def export_dataset_task(settings: Settings, out: str | None = None) -> dict[str,
             out or settings.dataset_dir,
             limits=WriterLimits(max_bytes=settings.shard_max_bytes, max_rows=settings.shard_max_rows),
             audio=audio,
+            where=where,
         )
     finally:
         engine.dispose()
     return asdict(summary)
+
+
+def filtered_release(out: str | None, where: str | None) -> None:
+    """Refuse a filter without its own destination, as `ppcli export --where` does: a filtered
+    release goes beside the full dataset (DATASET_DIR), never in its place. A bad filter itself
+    is refused by the export (`FilterError`, not retried)."""
+    if where and not out:
+        raise ValueError("where= writes a filtered release: name its location with out=")
 
 
 EXPORT_DEPLOYMENT = "export-dataset/export"

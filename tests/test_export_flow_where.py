@@ -1,0 +1,104 @@
+"""The export flow's filtered release (`where`, `out`), run through Prefect as the deployment runs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deployments.allowlist import AllowedDeployment, Allowlist
+from podcastpile.store import EpisodeStore, make_engine, migrate
+from tests.dataset.conftest import add_completed
+
+PREDICATE = "num_speakers = 2 and duration >= 0"
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture
+def completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EpisodeStore]:
+    """Five completed episodes: three with one speaker, two with two; settings point at them."""
+    url = f"sqlite:///{tmp_path / 'episodes.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    store = EpisodeStore(engine, archive_required=False)
+    add_completed(store, [f"https://example.com/one-{n}.mp3" for n in range(3)], turns=1)
+    add_completed(store, [f"https://example.com/two-{n}.mp3" for n in range(2)], seed=40, turns=6)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("DATASET_DIR", str(tmp_path / "full"))
+    yield store
+    engine.dispose()
+
+
+def test_the_flow_publishes_a_filtered_release_beside_the_full_dataset(
+    prefect_harness: None, completed: EpisodeStore, tmp_path: Path
+) -> None:
+    from flows.export import export_flow
+
+    full = export_flow()  # the hourly deployment: everything, into DATASET_DIR
+    release_dir = tmp_path / "release"
+    release = export_flow(out=str(release_dir), where=PREDICATE)
+
+    assert full["episodes_written"] == 5 and full["where"] is None
+    assert (release["episodes_written"], release["episodes_filtered"], release["where"]) == (2, 3, PREDICATE)
+    manifest = json.loads((release_dir / "manifest.json").read_text())
+    assert manifest["layout"]["where"] == PREDICATE and manifest["episodes"] == 2
+    # The release holds exactly the full dataset's rows that pass the filter.
+    episodes = pd.read_parquet(tmp_path / "full" / "data" / "episodes")
+    expected = sorted(episodes[episodes["num_speakers"] == 2]["episode_id"])
+    assert sorted(pd.read_parquet(release_dir / "data" / "episodes")["episode_id"]) == expected
+    # Incremental as the full export is: the next scheduled run finds nothing new.
+    assert export_flow(out=str(release_dir), where=PREDICATE)["episodes_written"] == 0
+
+
+def test_a_filter_without_its_own_destination_fails_the_run_and_writes_nothing(
+    prefect_harness: None, completed: EpisodeStore, tmp_path: Path
+) -> None:
+    from flows.export import export_flow
+
+    state = export_flow(where=PREDICATE, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match="filtered release"):
+        state.result()
+    assert not (tmp_path / "full").exists()
+
+
+def test_a_bad_filter_fails_at_once_without_retries(
+    prefect_harness: None, completed: EpisodeStore, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.export import export_flow
+    from podcastpile.dataset.filters import FilterError
+
+    state = export_flow(out=str(tmp_path / "bad"), where="pesq >= 3.0", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(FilterError, match="no column 'pesq'"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [run.run_count for run in runs if run.name.startswith("export-dataset")] == [1]
+
+
+def test_workers_accept_a_run_of_the_export_deployment_with_a_filter() -> None:
+    # A second deployment for a filtered release passes these two parameters; the workers'
+    # allowlist refuses parameters the flow function does not take.
+    allowlist = Allowlist.from_project()
+    export = allowlist.deployments["export"]
+    deployment = {"name": "export", "entrypoint": export.entrypoint, "job_variables": {},
+                  "storage_document_id": None, "infrastructure_document_id": None, "pull_steps": None}
+    assert isinstance(allowlist.match(deployment, {}, {"out": "s3://bucket/clean", "where": PREDICATE}),
+                      AllowedDeployment)
