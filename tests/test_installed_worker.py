@@ -224,14 +224,14 @@ def test_an_installed_worker_runs_a_batch_for_a_manager_from_a_checkout(
         with httpx.Client(base_url=manager.api, timeout=30) as api:
             wait_until(lambda: "matching-box" in online_workers(api), worker, log)
             (gpu,) = api.post("/deployments/filter", json={"deployments": {"name": {"any_": ["gpu"]}}}).json()
-            api.patch(f"/deployments/{gpu['id']}", json={"version": "0.0.1+gold"}).raise_for_status()
+            set_version(api, gpu["id"], "0.0.1+gold")
             store.add([NewEpisode(audio_host.url("good-installed.wav"), language="en")])
             wait_until(lambda: refused_runs(api), worker, log)
             (message,) = {run["state"]["message"] for run in refused_runs(api)}
             assert "refused by worker matching-box" in message
             assert f"the manager deployed code version 0.0.1+gold, this worker runs {code_version()}" in message
             stop_tree(worker, grace=30)
-            api.patch(f"/deployments/{gpu['id']}", json={"version": code_version()}).raise_for_status()
+            set_version(api, gpu["id"], code_version())
         assert store.list()[0].status == "pending"
 
         stamp.write_text(other + "\n")
@@ -270,3 +270,14 @@ def wait_until(condition: Callable[[], object], worker: subprocess.Popen, log: P
         assert worker.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
         assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-4000:]}"
         time.sleep(1)
+
+
+def set_version(api: httpx.Client, deployment_id: str, version: str) -> None:
+    """PATCH a deployment's version; a busy SQLite Prefect database answers 503 (its lock wait ran
+    out under the suite's load), which is tried again, as Prefect's own client does."""
+    for _ in range(10):
+        answer = api.patch(f"/deployments/{deployment_id}", json={"version": version})
+        if answer.status_code != 503:
+            break
+        time.sleep(2)
+    answer.raise_for_status()

@@ -220,10 +220,12 @@ class ControlLoops:
             state = states.get(run_id)
             if state is not None and state.get("type") not in FINAL_STATES:
                 continue
-            del self._followed[run_id]
             if state and state.get("type") == "COMPLETED" and state.get("message") == NOTHING_DONE:
+                # Deleted before it is let go: a refused delete (a busy SQLite answers 503) is
+                # tried again at the next check instead of leaving the run behind.
                 self._http("DELETE", f"/flow_runs/{run_id}", missing_ok=True)
                 self.loops[name].discarded += 1
+            del self._followed[run_id]
 
     # --- the loops ---------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -95,6 +94,18 @@ WORKER_POLLING = {"PREFECT_WORKER_QUERY_SECONDS": "1", IDLE_POLL: f"{IDLE_POLL_S
                   "PREFECT_WORKER_HEARTBEAT_SECONDS": "60"}
 
 
+def wake_file_for(port: int) -> Path:
+    """The wake file of the manager on `port` (deployments/wake.py), created if missing: in
+    Prefect's home (PREFECT_HOME, default ~/.prefect), this user's, not the shared temporary
+    folder, and named by the port, so a SIGKILLed manager's file is the one its restart uses,
+    not one left behind per start."""
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / f"podcastpile-wake-{port}"
+    path.touch()
+    return path
+
+
 class Restarts:
     """When to start a dead server or CPU worker again: at once the first time, then after 2, 4,
     8, ... s (a crash loop must not spin); more than LIMIT deaths within WINDOW s is not a
@@ -145,9 +156,7 @@ class Stack:
         # The worker runs in the project root, where this directory's .env is not read: its
         # client settings come along in its environment.
         if self.wake_file is None:
-            handle, name = tempfile.mkstemp(prefix="podcastpile-wake-")
-            os.close(handle)
-            self.wake_file = Path(name)
+            self.wake_file = wake_file_for(self.port)
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "podcastpile.cli", "worker", "--pool", "cpu", "-m", self.api.url,
              "--limit", str(self.cpu_runs), "--id", f"{socket.gethostname()}-cpu", "--grace", "30"],
