@@ -17,7 +17,7 @@ or as Prefect's HTTP Basic credentials; a wrong one is a guess to the login limi
 and the 10 MB body limit run before a body is read (`Gate`). Errors are JSON: `{"detail": ...}`.
 
 The routes' database work runs in the API's own threads, at most `API_THREADS` at once, and the
-store's connection pools keep one connection for each (`sized_pools`, deployments/jobs_backend.py): with SQLAlchemy's default
+store's connection pools keep one connection for each (deployments/jobs_backend.py): with SQLAlchemy's default
 pools under Starlette's 40 threads, 32 claiming workers made the manager open a new PostgreSQL
 connection every three or four claims. Answers are encoded to JSON in those threads too.
 

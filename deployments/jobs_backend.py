@@ -3,7 +3,7 @@ API's own, with connection pools sized for them, answers encoded in those thread
 slow parts of `GET /api/stats` from a snapshot (deployments/stats_cache.py).
 
 The routes' database work runs at most `API_THREADS` at once, and the store's connection pools
-keep one connection for each (`sized_pools`): with SQLAlchemy's default pools under
+keep one connection for each (`EpisodeStore.open(..., connections=)`): with SQLAlchemy's default pools under
 Starlette's 40 threads, 32 claiming workers made the manager open a new PostgreSQL connection
 every three or four claims.
 """
@@ -26,36 +26,16 @@ from podcastpile.jsonviews import archive_stats, stats_dict
 from podcastpile.prefect_api import PrefectAPI
 from podcastpile.runs import HeldByRuns, RefusedRuns, held_by_runs, refused_runs
 from podcastpile.store import EpisodeStore
-from podcastpile.store.engine import make_engine, make_queue_engine
 
 # Threads running the routes' database work at once; each store pool keeps as many connections.
 # More threads than cores plus PostgreSQL's waits only contend for the GIL: 4 claimed faster
 # than 16 from 32 clients (bench/README.md, api_bench.py); 8 leaves room for a slow request
 # (a 10,000-job POST, a result) beside the claims.
 API_THREADS = 8
-# Connections a pool may open beyond that (closed when given back): the stats refresher's.
-SPARE_CONNECTIONS = 4
 # How old the slow parts of `GET /api/stats` may be: refreshed in the background past the first,
 # computed by the request itself past the second (the first request after a quiet spell).
 STATS_REFRESH_SECONDS = 5.0
 STATS_MAX_AGE_SECONDS = 15.0
-
-
-def sized_pools(store: EpisodeStore, threads: int) -> EpisodeStore:
-    """`store` with connection pools that keep a connection for each of `threads` threads.
-
-    EpisodeStore opens SQLAlchemy's default pools (5 kept; more opened when needed and closed
-    when given back), right for a worker's few threads; under the API's threads every claim
-    past the fifth concurrent one was a new PostgreSQL connection. SQLite keeps its pools.
-    """
-    if store.engine.dialect.name != "postgresql":
-        return store
-    pool = {"pool_size": threads, "max_overflow": SPARE_CONNECTIONS}
-    url = store.engine.url.render_as_string(hide_password=False)
-    store.close()  # the opener's connection (its schema check) goes with the default pools
-    store.engine = make_engine(url, **pool)
-    store.queue_engine = make_queue_engine(store.engine, **pool)
-    return store
 
 
 class SlowStats(NamedTuple):
@@ -88,7 +68,7 @@ class JobsAPI:
             return store
         with self._lock:
             if self._store is None:
-                self._store = sized_pools(EpisodeStore.open(self.settings), self.threads)
+                self._store = EpisodeStore.open(self.settings, connections=self.threads)
             return self._store
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:

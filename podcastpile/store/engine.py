@@ -33,12 +33,13 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def make_engine(database_url: str, **kwargs: Any) -> Engine:
+def make_engine(database_url: str, connections: int | None = None, **kwargs: Any) -> Engine:
     """An engine for `database_url` tuned for the store's access pattern.
 
     SQLite: WAL (readers never block the writer), a 30 s busy timeout, and write transactions
     that take the write lock at BEGIN (`BEGIN IMMEDIATE`) so a claim's read and update are one
     atomic step across processes. Read-only work opts out with `execution_options(**READ_ONLY)`.
+    `connections`: see `pool_options` (PostgreSQL only).
     """
     url = make_url(normalize_database_url(database_url))
     if url.get_backend_name() == "sqlite":
@@ -52,7 +53,16 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
     # that died with a server restart fails one operation, which callers retry as transient,
     # and SQLAlchemy then discards the dead pool.
     kwargs.setdefault("pool_recycle", 3600)
-    return create_engine(url, **kwargs)
+    return create_engine(url, **pool_options(url.get_backend_name(), connections), **kwargs)
+
+
+def pool_options(backend: str, connections: int | None, spare: int = 4) -> dict[str, int]:
+    """Engine options that keep `connections` pooled connections (and open up to `spare` more,
+    closed when given back), for a store used by that many threads at once; none for SQLite
+    or when `connections` is None (SQLAlchemy's default pool: 5 kept, 10 more on demand)."""
+    if connections is None or backend == "sqlite":
+        return {}
+    return {"pool_size": connections, "max_overflow": spare}
 
 
 def make_queue_engine(engine: Engine, **pool: Any) -> Engine:

@@ -25,7 +25,7 @@ from podcastpile.machine import local_address
 from podcastpile.store.bulk import EpisodeAdding
 from podcastpile.store.claims import claim_statement, language_params
 from podcastpile.store.clock import Clock, utcnow
-from podcastpile.store.engine import make_engine, make_queue_engine, migrate as migrate_schema
+from podcastpile.store.engine import make_engine, make_queue_engine, migrate as migrate_schema, pool_options
 from podcastpile.store.reads import EpisodeReads
 from podcastpile.store.records import Claim, LeaseLost
 from podcastpile.store.recovery import LeaseRecovery
@@ -67,6 +67,7 @@ class StoreOptions(TypedDict, total=False):
     archive_only: bool
     clock: Clock
     reap_every_seconds: float
+    connections: int | None
 
 
 class EpisodeStore(EpisodeAdding, EpisodeReads, LeaseRecovery):
@@ -82,7 +83,10 @@ class EpisodeStore(EpisodeAdding, EpisodeReads, LeaseRecovery):
         archive_only: bool = False,
         clock: Clock = utcnow,
         reap_every_seconds: float = 10.0,
+        connections: int | None = None,
     ) -> None:
+        """`connections`: pooled connections to keep on the queue engine, for a store shared by
+        that many threads (the jobs API); None keeps SQLAlchemy's default pool."""
         self.engine = engine
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
@@ -96,7 +100,7 @@ class EpisodeStore(EpisodeAdding, EpisodeReads, LeaseRecovery):
         # Lease changes (claims, fenced updates, recovery) are single UPDATEs and run here; on
         # PostgreSQL in autocommit mode (see `make_queue_engine`). The archive queue's lease
         # changes use it too.
-        self.queue_engine = make_queue_engine(engine)
+        self.queue_engine = make_queue_engine(engine, **pool_options(engine.dialect.name, connections))
 
     def close(self) -> None:
         """Close the store's database connections."""
@@ -114,7 +118,7 @@ class EpisodeStore(EpisodeAdding, EpisodeReads, LeaseRecovery):
         check, for a process that must be ready at once on a database others already opened
         (the claim guard). Raises `StoreUnavailable` when the database cannot be reached.
         """
-        engine = make_engine(database_url)
+        engine = make_engine(database_url, connections=options.get("connections"))
         if migrate:
             migrate_schema(engine)
         return cls(engine, **options)
