@@ -237,6 +237,8 @@ def test_cursor_pages_are_stable_while_jobs_are_added(server: Server) -> None:
 
 def test_stats_are_what_ppcli_stats_json_prints(server: Server) -> None:
     with client(server) as http:
+        # A job of its own: the module's server is shared, and this test may run first.
+        http.post("/api/jobs", json={"episode_url": "https://example.com/stats-test.mp3"}, headers=WORKER).raise_for_status()
         api = http.get("/api/stats", headers=WORKER).json()
     env = {**server.env, "PREFECT_API_URL": server.url + "/api", "PREFECT_API_AUTH_STRING": PASSWORD,
            "TLS_CA_FILE": str(server.ca)}
