@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # A batch process in miniature: claims three episodes, starts a guard, starts the first one.
 OWNER = textwrap.dedent("""
-    import sys, time
+    import os, signal, sys, time
     from podcastpile.claimguard import ClaimGuard
     from podcastpile.store import EpisodeStore, make_engine
     from tests.storehelpers import release
@@ -27,6 +27,7 @@ OWNER = textwrap.dedent("""
     store = EpisodeStore(make_engine(url), archive_required=False, max_attempts=3)
     claims = store.claim_batch("owner", 3)
     guard = ClaimGuard.start(url, claims, max_attempts=3)
+    os.kill(guard.pid, signal.SIGTERM)  # a worker stopped right after the claim: the guard must live on
     store.start(claims[0].episode_id, claims[0].lease_token)
     if settle:  # finishes the first, gives back the second, keeps the third held on purpose
         store.complete(claims[0].episode_id, claims[0].lease_token, {"duration": 1.0})
