@@ -9,6 +9,7 @@ task. Downloads of the next episodes overlap inference of the current one (bound
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -171,6 +172,7 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
     # Keep the leases alive from the claim on: loading models can take a while.
     with LeaseKeeper(store_for(settings), claims, interval=settings.lease_seconds / 4) as keeper:
         downloads: dict[int, PrefectFuture | None] = {}
+        stop_downloads = threading.Event()  # set when the batch ends: prefetches still running stop
         done = 0
         try:
             models = load_models(settings, sorted({c.language or "" for c in claims}))
@@ -182,12 +184,15 @@ def process_batch(batch_size: int | None = None, episode_ids: list[int] | None =
                         url = claims[ahead].download_url
                         named = download_audio.with_options(task_run_name=f"download-ep{claims[ahead].episode_id}")
                         capture = _capture_timestamp(claims[ahead])
-                        downloads[ahead] = named.submit(url, settings, capture) if url else None
+                        downloads[ahead] = named.submit(url, settings, capture, stop_downloads) if url else None
                 outcome = _process_episode(settings, models, claim, downloads.pop(index))
                 summary["outcomes"].append(outcome)
                 keeper.drop(claim.episode_id)
                 done += 1
         finally:  # models failed to load, or stopped (SIGTERM): give back what was not finished
+            # First, so a stop does not wait for the rest of a long download: the task runner
+            # waits for its threads before the process can exit.
+            stop_downloads.set()
             if release_unfinished(settings, claims[done:]) is not None:
                 guard.dismiss()  # every claim is settled; if not, the guard retries once we are gone
             for download in downloads.values():

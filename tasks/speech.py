@@ -10,6 +10,7 @@ limit decides.
 
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack
 from typing import Any
 
@@ -41,14 +42,15 @@ def load_models(settings: Settings, languages: list[str | None]) -> SpeechModels
     retry_jitter_factor=0.5, retry_condition_fn=_transient, cache_policy=NONE,
 )
 def download_audio(
-    url: str, settings: Settings, capture_timestamp: str | None = None
+    url: str, settings: Settings, capture_timestamp: str | None = None, stop: threading.Event | None = None
 ) -> tuple[DownloadedAudio, ExitStack]:
     """Fetch the audio into a temporary file. Close the returned stack to delete the file.
 
     `capture_timestamp`: `url` is the Wayback Machine's copy made then; only that capture is
-    accepted (a replay lag is a TransientError, retried here and then by the store)."""
+    accepted (a replay lag is a TransientError, retried here and then by the store). `stop`,
+    once set, ends the download at its next chunk (DownloadStopped, not retried)."""
     with ExitStack() as stack:
-        downloaded = stack.enter_context(pipeline.fetch(url, settings, capture_timestamp))
+        downloaded = stack.enter_context(pipeline.fetch(url, settings, capture_timestamp, stop))
         return downloaded, stack.pop_all()
 
 

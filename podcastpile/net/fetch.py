@@ -39,6 +39,7 @@ A process killed with SIGKILL (or by the OOM killer) cannot remove its temporary
 from __future__ import annotations
 
 import hashlib
+import threading
 import logging
 import os
 import re
@@ -231,7 +232,7 @@ def _next_hop(response: httpx.Response) -> httpx.URL | None:
 
 def _stream_to(
     client: httpx.Client, url: str, path: Path, max_bytes: int, guard: AddressGuard, max_redirects: int,
-    capture_timestamp: str | None,
+    capture_timestamp: str | None, stop: threading.Event | None = None,
 ) -> DownloadedAudio:
     # The connection checks the addresses a name resolves to. Literals are checked up front as
     # well, so forms httpx itself rejects (0177.0.0.1) are reported as what they are.
@@ -247,7 +248,7 @@ def _stream_to(
             if hop is None:
                 if capture_timestamp is not None:
                     _check_replayed(response, capture_timestamp)
-                return _save_body(response, path, max_bytes)
+                return _save_body(response, path, max_bytes, stop)
         if capture_timestamp is not None:
             _check_redirect(hop, capture_timestamp)
         target = hop
@@ -318,7 +319,13 @@ class _AudioFile:
         self.out.write(chunk)
 
 
-def _save_body(response: httpx.Response, path: Path, max_bytes: int) -> DownloadedAudio:
+class DownloadStopped(Exception):
+    """The caller stopped the download (its batch is stopping): not a failure of the episode."""
+
+
+def _save_body(
+    response: httpx.Response, path: Path, max_bytes: int, stop: threading.Event | None = None
+) -> DownloadedAudio:
     if response.status_code != 200:
         raise _status_error(response)
     content_type = response.headers.get("content-type")
@@ -332,6 +339,8 @@ def _save_body(response: httpx.Response, path: Path, max_bytes: int) -> Download
         audio = _AudioFile(out, max_bytes, content_type)
         # iter_raw: de-chunked, not decoded; the cap applies to both sides of the decoding.
         for raw in response.iter_raw(CHUNK_BYTES):
+            if stop is not None and stop.is_set():
+                raise DownloadStopped(f"stopped after {raw_size} bytes")
             raw_sha1.update(raw)
             raw_size += len(raw)
             if raw_size > max_bytes:
@@ -395,6 +404,7 @@ def download(
     guard: AddressGuard = AddressGuard(),
     client: httpx.Client | None = None,
     capture_timestamp: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[DownloadedAudio]:
     """Download `url` into a temporary file and yield it; the file is removed on exit.
 
@@ -409,6 +419,9 @@ def download(
     timestamp (or out of the archive) and a 200 whose `Memento-Datetime` names another second
     raise TransientError `archive-replay-mismatch`; a 404 raises TransientError
     `archive-not-replayable` (a fresh capture is not replayable for a while).
+
+    `stop`: once set, the download ends at its next chunk with DownloadStopped (a stopping
+    batch must not wait for the rest of a long file).
     """
     path = _temporary_path(temp_dir)
     shown = display_url(url)  # reasons quote the URL without its password
@@ -419,7 +432,7 @@ def download(
     try:
         with http_failures(shown, timeout_seconds):
             try:
-                downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects, capture_timestamp)
+                downloaded = _stream_to(client, url, path, max_bytes, guard, max_redirects, capture_timestamp, stop)
             except httpx.RemoteProtocolError as error:
                 # h11 raises this for a body that ends before Content-Length (and for garbled replies).
                 raise TransientError("short-read", f"{mask_secrets(str(error))}: {shown}") from error

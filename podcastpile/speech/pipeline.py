@@ -45,11 +45,14 @@ def trusted_hosts(settings: Any) -> set[str]:
 
 
 @contextmanager
-def fetch(source: str, settings: Any, capture_timestamp: str | None = None) -> Iterator[DownloadedAudio]:
+def fetch(
+    source: str, settings: Any, capture_timestamp: str | None = None, stop: threading.Event | None = None
+) -> Iterator[DownloadedAudio]:
     """The original bytes of `source` (URL or local path) on disk, hashed; temp files removed on exit.
 
     `capture_timestamp`: `source` is the Wayback Machine's copy made at that 14-digit timestamp,
-    and no other capture's bytes are accepted (see `podcastpile.net.fetch.download`).
+    and no other capture's bytes are accepted (see `podcastpile.net.fetch.download`). `stop`,
+    once set, ends a download at its next chunk (DownloadStopped).
     """
     if not is_url(source):
         with local_file(source) as found:
@@ -63,6 +66,7 @@ def fetch(source: str, settings: Any, capture_timestamp: str | None = None) -> I
         trusted_hosts=trusted_hosts(settings),
         guard=guard_for(settings),
         capture_timestamp=capture_timestamp,
+        stop=stop,
     ) as downloaded:
         yield downloaded
 

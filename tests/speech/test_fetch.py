@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
 from contextlib import contextmanager
 
@@ -13,7 +14,7 @@ import pytest
 
 from podcastpile.speech.audio import decode, probe
 from podcastpile.errors import PermanentError, TransientError
-from podcastpile.net.fetch import USER_AGENT, download, local_file
+from podcastpile.net.fetch import USER_AGENT, DownloadStopped, download, local_file
 from podcastpile.net.guard import AddressGuard, allow_any
 from tests.loopback import LoopbackServer, Reply, Request
 from tests.speech.conftest import FORMATS, TONE_SECONDS
@@ -215,6 +216,25 @@ def test_chunked_body_over_the_cap_is_cut_off(server, encoded_audio):
         error = failure(server.url("/ep.mp3"))
     assert isinstance(error, PermanentError) and error.code == "too-large"
     assert "cap" in error.reason
+
+
+def test_a_stop_ends_a_long_download_at_its_next_chunk_and_removes_the_file(server, tmp_path):
+    """A stopping batch must not wait for the rest of a long file (a prefetch still running)."""
+    def slow(request: Request) -> Reply:
+        def chunks():
+            for _ in range(400):  # 20 s if nobody stops reading
+                time.sleep(0.05)
+                yield b"\0" * 1024
+        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
+
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    started = time.monotonic()
+    with serving(server, {"/long.wav": slow}):
+        with pytest.raises(DownloadStopped):
+            fetch(server.url("/long.wav"), stop=stop, temp_dir=str(tmp_path))
+    assert time.monotonic() - started < 5  # one chunk after the stop, not the 20 s of the file
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_redirects_are_followed_up_to_the_limit(server, encoded_audio):
