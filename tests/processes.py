@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
+import signal
+import subprocess
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,13 +54,9 @@ def run_together(target: Callable[..., Any], calls: Sequence[tuple], timeout: fl
     return [collected[i] for i in range(len(calls))]
 
 
-def stop_tree(process: "subprocess.Popen", grace: float = 60.0) -> None:
+def stop_tree(process: subprocess.Popen, grace: float = 60.0) -> None:
     """Stop a command the way an operator does (one SIGTERM), then kill whatever is left of its
     process tree after `grace` seconds, flow runs in their own sessions included."""
-    import os
-    import signal
-    import subprocess
-
     from podcastpile.cli.stopping import descendants, signal_all
 
     tree = [process.pid, *descendants(process.pid)]
