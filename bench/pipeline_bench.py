@@ -9,7 +9,13 @@ the per-episode loop apart from the run's fixed cost (starting the run, claiming
 guard, ending it) and each step's own seconds, so a gap can be placed. Target: flow
 throughput ≥ 0.90× the bare loop.
 
-Usage: python bench/pipeline_bench.py [--episodes 8] [--minutes 3]
+`--quality-overlap` compares the flow with itself instead: each episode's quality scores (and
+completion) run serially between episodes (`flows.process.QUALITY_IN_FLIGHT = 0`) against
+beside the next episodes' GPU steps (the default, 2 waiting), same episodes, in the order
+serial, overlapped, overlapped, serial. `--gpu-realtime R` stands in for a GPU: each
+transcription also waits audio/R seconds without using a CPU (see `simulate_gpu`).
+
+Usage: python bench/pipeline_bench.py [--episodes 8] [--minutes 3] [--quality-overlap [--gpu-realtime 10]]
 """
 
 from __future__ import annotations
@@ -91,12 +97,19 @@ def run_bare() -> dict:
             "completed": store.count(EpisodeStatus.completed), "step_seconds": steps}
 
 
-def run_flow() -> dict:
-    """The deployed batch flow, called in-process on a Prefect test server."""
+def run_flow(quality_in_flight: int | None = None) -> dict:
+    """The deployed batch flow, called in-process on a Prefect test server; `quality_in_flight`
+    overrides how many episodes' quality may wait in the background (0: serial)."""
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
+    import flows.process
     from flows.process import process_batch
+
+    if quality_in_flight is not None:
+        flows.process.QUALITY_IN_FLIGHT = quality_in_flight
+    if os.environ.get("BENCH_GPU_REALTIME"):
+        simulate_gpu(float(os.environ["BENCH_GPU_REALTIME"]))
     from podcastpile.config import load_settings
     from podcastpile.store import EpisodeStatus, EpisodeStore
 
@@ -113,14 +126,109 @@ def run_flow() -> dict:
             "step_seconds": summary["step_seconds"]}
 
 
+def simulate_gpu(realtime: float) -> None:
+    """Make each transcription also wait audio seconds / `realtime`, holding no CPU: what a GPU
+    forward pass at that speed costs the batch's thread. The tiny models' own steps take well
+    under 1 % of quality's time, so without this there is nothing for quality to overlap."""
+    from podcastpile.speech.nemo_models import SpeechModels
+
+    transcribe = SpeechModels.transcribe
+
+    def on_gpu(self, decoded, language=None):  # type: ignore[no-untyped-def]
+        result = transcribe(self, decoded, language)
+        time.sleep(decoded.duration / realtime)
+        return result
+
+    SpeechModels.transcribe = on_gpu  # type: ignore[method-assign]
+
+
+SIDES = {
+    "bare": run_bare,
+    "flow": run_flow,
+    "serial": lambda: run_flow(quality_in_flight=0),
+    "overlapped": lambda: run_flow(),  # the flow as deployed (QUALITY_IN_FLIGHT)
+}
+
+
+def run_sides(
+    sides: tuple[str, ...], episodes: int, minutes: float, extra_env: dict[str, str] | None = None
+) -> tuple[float, list[dict]]:
+    """Each side in its own child process over its own store of the same episodes (each file
+    its own), in the order given (a side may come twice): (audio seconds, results in order)."""
+    extra_env = extra_env or {}
+    from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
+    from tests.loopback import LoopbackServer, Reply, Request
+
+    bodies = [long_wav(minutes, variant) for variant in range(episodes)]
+    audio_seconds = sum((len(body) - 44) / 2 / 16000 for body in bodies)
+
+    def episode_audio(request: Request) -> Reply:  # /ep/<side>-<i>.wav
+        variant = int(request.path.rsplit("-", 1)[1].removesuffix(".wav"))
+        return Reply(200, bodies[variant], {"Content-Type": "audio/wav"})
+
+    results: list[dict] = []
+    with LoopbackServer({"/ep/*": episode_audio}) as server, tempfile.TemporaryDirectory() as workdir:
+        for number, side in enumerate(sides):
+            url = f"sqlite:///{workdir}/{side}-{number}.db"
+            engine = make_engine(url)
+            migrate(engine)
+            EpisodeStore(engine, archive_required=False).add(
+                NewEpisode(server.url(f"/ep/{side}{number}-{i}.wav"), language="en") for i in range(episodes)
+            )
+            engine.dispose()
+            child = subprocess.run(
+                [sys.executable, __file__, "--side", side], env={**environment(url), **extra_env},
+                capture_output=True, text=True, check=False,
+            )
+            if child.returncode != 0:
+                raise SystemExit(f"{side} failed:\n{child.stderr[-4000:]}")
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            assert result["completed"] == episodes, result
+            results.append({"side": side, "load_average": round(os.getloadavg()[0], 1), **result})
+    return audio_seconds, results
+
+
+def compare_quality_overlap(episodes: int, minutes: float, gpu_realtime: float | None) -> None:
+    """The batch's per-episode loop with quality serial between episodes vs beside the GPU
+    steps. Run serial, overlapped, overlapped, serial (ABBA), so a load that drifts during the
+    run weighs on both sides alike; the ratio is of the summed loop times."""
+    # One torch thread: the tiny models' "GPU" steps run on CPU here, and with two intra-op
+    # threads on two cores they would compete with quality for the very cores it is meant to
+    # use beside them; one thread stands for the GPU, the other core for the quality pool.
+    audio_seconds, results = run_sides(("serial", "overlapped", "overlapped", "serial"), episodes, minutes,
+                                       extra_env={"OMP_NUM_THREADS": "1", **(
+                                           {"BENCH_GPU_REALTIME": str(gpu_realtime)} if gpu_realtime else {})})
+    report: dict = {"episodes": episodes, "audio_seconds": round(audio_seconds, 1),
+                    "simulated_gpu_realtime": gpu_realtime, "runs": []}
+    for result in results:
+        report["runs"].append({
+            "side": result["side"], "load_average_after": result["load_average"],
+            "episodes_seconds": round(result["episodes_seconds"], 2),
+            "step_seconds": {name: round(spent, 2) for name, spent in result["step_seconds"].items()},
+        })
+    loop = {side: sum(r["episodes_seconds"] for r in report["runs"] if r["side"] == side)
+            for side in ("serial", "overlapped")}
+    report["overlapped_vs_serial"] = round(loop["serial"] / loop["overlapped"], 3)
+    print(json.dumps(report, indent=2))
+    print(f"per-episode loop, two runs each: serial {loop['serial']:.1f} s, overlapped {loop['overlapped']:.1f} s: "
+          f"{report['overlapped_vs_serial']:.2f}x the serial batch's throughput")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--side", choices=["bare", "flow"], help=argparse.SUPPRESS)
+    parser.add_argument("--quality-overlap", action="store_true",
+                        help="compare quality run serially between episodes with quality beside the GPU steps")
+    parser.add_argument("--gpu-realtime", type=float,
+                        help="with --quality-overlap: add a CPU-free wait to each transcription, as a GPU at this x real time")
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:  # a child process: one side of the comparison
-        print(json.dumps(run_bare() if args.side == "bare" else run_flow()))
+        print(json.dumps(SIDES[args.side]()))
+        return
+    if args.quality_overlap:
+        compare_quality_overlap(args.episodes, args.minutes, args.gpu_realtime)
         return
 
     from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate

@@ -18,7 +18,9 @@ a process dies) and the guard gives back what the claims still hold, within mill
 imports and engine are ready beforehand): episodes not started yet as a release (attempt not
 counted), the one in progress as a crash (attempt counted; see
 `EpisodeStore.give_back_abandoned`). Lease tokens fence it: an episode someone else holds by
-then, or one already finished, is not touched.
+then, or one already finished, is not touched. A batch that scores one episode while the next
+runs its model steps has two in progress; it tells the guard (`blame`) which one is in its
+model steps, and only that one's attempt counts.
 
 POSIX only (sessions); no Prefect imports (it runs in `ppcli process` and in flow runs alike).
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 DONE = "done"
+BLAME = "blame"
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 # How long the guard keeps trying when the database does not answer; after that, crash
 # detection (heartbeats → CRASHED → dispatch) or lease expiry brings the episodes back.
@@ -85,6 +88,17 @@ class ClaimGuard:
     def pid(self) -> int:
         return self._process.pid
 
+    def blame(self, episode_id: int) -> None:
+        """`episode_id` starts its model steps: should the batch die from now on, count the
+        attempt against it, not against the episodes still being scored beside it."""
+        if self._pipe is None:
+            return
+        try:
+            self._pipe.write(f"{BLAME} {episode_id}\n")
+            self._pipe.flush()
+        except OSError:  # the guard died: nobody to tell
+            pass
+
     def dismiss(self) -> None:
         """The batch settled its claims itself: the guard exits without touching the store.
 
@@ -122,14 +136,19 @@ def main() -> int:
     store = EpisodeStore.open_url(job["database_url"], migrate=False, max_attempts=job["max_attempts"],
                                   archive_required=False)
     held = {episode_id: token for episode_id, token in job["claims"]}
-    if sys.stdin.read().strip() == DONE:
-        # Nothing to flush or close: skip the interpreter's teardown (0.2-0.9 s with SQLAlchemy
-        # loaded, measured on a busy machine), which the batch would wait for in dismiss().
-        os._exit(0)
+    blamed: set[int] | None = None  # until the batch names one: every episode in progress
+    for line in sys.stdin:
+        word, _, argument = line.strip().partition(" ")
+        if word == DONE:
+            # Nothing to flush or close: skip the interpreter's teardown (0.2-0.9 s with SQLAlchemy
+            # loaded, measured on a busy machine), which the batch would wait for in dismiss().
+            os._exit(0)
+        if word == BLAME and argument.isdigit():
+            blamed = {int(argument)}
     deadline = time.monotonic() + RETRY_SECONDS
     while True:
         try:
-            released, requeued = store.give_back_abandoned(held)
+            released, requeued = store.give_back_abandoned(held, blamed=blamed)
             break
         except Exception as error:  # the database is away: keep trying a while
             if time.monotonic() > deadline:

@@ -34,6 +34,11 @@ class TransientError(EpisodeError):
     permanent = False
 
 
+class Stopped(Exception):
+    """The caller stopped the work (its batch is stopping): not a failure of the episode, and
+    nothing to record; the batch gives the episode back to the queue."""
+
+
 def as_episode_error(error: BaseException) -> EpisodeError:
     """Classify any exception raised while processing an episode.
 

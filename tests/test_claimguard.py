@@ -29,6 +29,9 @@ OWNER = textwrap.dedent("""
     guard = ClaimGuard.start(url, claims, max_attempts=3)
     os.kill(guard.pid, signal.SIGTERM)  # a worker stopped right after the claim: the guard must live on
     store.start(claims[0].episode_id, claims[0].lease_token)
+    if sys.argv[2] == "overlap":  # the first still scored while the second runs its model steps
+        store.start(claims[1].episode_id, claims[1].lease_token)
+        guard.blame(claims[1].episode_id)
     if settle:  # finishes the first, gives back the second, keeps the third held on purpose
         store.complete(claims[0].episode_id, claims[0].lease_token, {"duration": 1.0})
         release(store, claims[1].episode_id, claims[1].lease_token)
@@ -78,6 +81,21 @@ def test_a_killed_batch_gets_its_episodes_back_from_its_guard(store: EpisodeStor
     while alive(guard):
         assert time.monotonic() < deadline, "the guard must exit once it gave the episodes back"
         time.sleep(0.05)
+
+
+def test_a_death_is_counted_against_the_episode_in_its_model_steps_only(store: EpisodeStore, database_url: str) -> None:
+    """Two in progress (one scored beside the next one's model steps): only the blamed one counts."""
+    store.add([NewEpisode(f"https://example.com/{i}.mp3") for i in range(3)])
+    owner, guard = _owner(database_url, "overlap")
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(timeout=10)
+    deadline = time.monotonic() + 45
+    while any(row.status in ("assigned", "processing") for row in store.list()):
+        assert time.monotonic() < deadline, [(row.status, row.attempts) for row in store.list()]
+        time.sleep(0.05)
+    rows = store.list()
+    assert [(row.status, row.attempts) for row in rows] == [("pending", 0), ("pending", 1), ("pending", 0)]
+    assert rows[1].error_code == "run-crashed" and rows[0].error_code is None
 
 
 def test_a_dismissed_guard_touches_nothing_and_is_reaped(store: EpisodeStore, database_url: str) -> None:

@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from podcastpile import __version__
-from podcastpile.errors import PermanentError, TransientError
+from podcastpile.errors import PermanentError, Stopped, TransientError
 from podcastpile.net.encoding import decoder_for
 from podcastpile.net.guard import AddressGuard, BlockedAddress, PinnedTransport
 from podcastpile.net.urls import display_url, mask_secrets
@@ -319,7 +319,7 @@ class _AudioFile:
         self.out.write(chunk)
 
 
-class DownloadStopped(Exception):
+class DownloadStopped(Stopped):
     """The caller stopped the download (its batch is stopping): not a failure of the episode."""
 
 

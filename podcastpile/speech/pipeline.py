@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -77,6 +77,7 @@ class EpisodeWork:
 
     `live`: the bytes came from the live URL, not an archived copy (see `decode`).
     `seconds`: wall time of each step's own work, by step name.
+    `stop`: once set, the quality step ends early with `Stopped` (its batch is stopping).
     """
 
     downloaded: DownloadedAudio
@@ -87,6 +88,7 @@ class EpisodeWork:
     transcript: Transcript | None = None
     result: EpisodeResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    stop: threading.Event | None = None
 
     @property
     def processing_seconds(self) -> float:
@@ -164,12 +166,16 @@ def quality_pool() -> ThreadPoolExecutor:
         return _quality_pool
 
 
-def add_quality(result: EpisodeResult, decoded: DecodedAudio, executor: ThreadPoolExecutor | None = None) -> None:
+def add_quality(
+    result: EpisodeResult, decoded: DecodedAudio, executor: ThreadPoolExecutor | None = None,
+    stop: threading.Event | None = None,
+) -> None:
     """Fill `result`'s quality scores, per turn and for the episode, and the models' provenance
-    (see `podcastpile.speech.quality`). The VAD's speech_ratio replaces the word-coverage one."""
+    (see `podcastpile.speech.quality`). The VAD's speech_ratio replaces the word-coverage one.
+    Once `stop` is set, raises `Stopped` instead of scoring the turns left."""
     spans = [(turn.start, turn.end) for turn in result.turns]
     segments = [(s.speaker, s.start, s.end) for s in result.segments]
-    episode, turns = quality.measure(decoded.samples, spans, segments, executor)
+    episode, turns = quality.measure(decoded.samples, spans, segments, executor, stop)
     for turn, scores in zip(result.turns, turns):
         for name, value in scores.rounded().items():
             setattr(turn, name, value)
@@ -181,7 +187,7 @@ def add_quality(result: EpisodeResult, decoded: DecodedAudio, executor: ThreadPo
 
 def _quality(episode: EpisodeWork, models: SpeechModels) -> None:
     assert episode.decoded and episode.result, "quality runs after merge"
-    add_quality(episode.result, episode.decoded, quality_pool())
+    add_quality(episode.result, episode.decoded, quality_pool(), episode.stop)
 
 
 # Decoding comes first, so bytes that are not audio fail before any model is needed.
@@ -192,6 +198,11 @@ STEPS: tuple[Step, ...] = (
     Step("merge", _merge, "Words into speaker turns, levels, the typed result."),
     Step("quality", _quality, "DNSMOS, VAD, loudness, SNR, overlap per turn and episode (CPU threads)."),
 )
+# The batch splits the chain where the CPU-only tail begins: it runs the first part of an episode
+# in its own thread and hands the tail to background threads while the next episode's GPU steps
+# run (see `tasks.overlap`).
+TAIL_START = next(index for index, step in enumerate(STEPS) if step.name == "quality")
+HEAD_STEPS, TAIL_STEPS = STEPS[:TAIL_START], STEPS[TAIL_START:]
 
 
 def load_models(models: SpeechModels, languages: list[str | None]) -> SpeechModels:
@@ -249,18 +260,22 @@ def run_directly(step: Step, episode: EpisodeWork, models: SpeechModels) -> Epis
     return step(episode, models)
 
 
-def run_chain(episode: EpisodeWork, models: SpeechModels, runner: StepRunner = run_directly) -> EpisodeResult:
-    """Every step of `STEPS` in order over `episode`; `runner` decides how a step is run (the
-    batch flow runs each as a Prefect task). Model loading happens before the first step that
+def run_chain(
+    episode: EpisodeWork, models: SpeechModels, runner: StepRunner = run_directly,
+    steps: Sequence[Step] = STEPS,
+) -> EpisodeResult:
+    """Every step of `steps` (default: the whole chain, `STEPS`) in order over `episode`;
+    `runner` decides how a step is run (the batch flow runs each as a Prefect task, and runs
+    `HEAD_STEPS` and `TAIL_STEPS` apart). Model loading happens before the first step that
     needs a model, after decoding, and off the episode's clock."""
     require_worker_extra()  # one clear line, before decoding needs PyAV or a step needs NeMo
     loaded = False
-    for step in STEPS:
+    for step in steps:
         if step.needs_models and not loaded:
             load_models(models, [episode.language])
             loaded = True
         episode = runner(step, episode, models)
-    assert episode.result is not None, "the last step makes the result"
+    assert episode.result is not None, "merge makes the result"
     return episode.result
 
 

@@ -8,7 +8,7 @@ episode given back before it was started does not count the attempt.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -46,17 +46,21 @@ class LeaseRecovery:
                 ).rowcount
         return released
 
-    def give_back_abandoned(self, held: Mapping[int, str], reason: str = "run-crashed") -> tuple[int, int]:
+    def give_back_abandoned(
+        self, held: Mapping[int, str], reason: str = "run-crashed", blamed: Collection[int] | None = None,
+    ) -> tuple[int, int]:
         """Give back episodes (id → lease token) whose process died holding them; returns
         (released, requeued).
 
         Used by the claim guard (`podcastpile.claimguard`) once the batch process that claimed
         them is gone. Episodes not started yet (`assigned`) go back as a release does: they cannot
-        have caused the death, so their attempt is not counted. The one in progress
+        have caused the death, so their attempt is not counted. An episode in progress
         (`processing`) goes back as a crashed run's does (`requeue_run`): its attempt counts and
         it fails once attempts are used up, so an episode that kills its process every time
-        (out of memory, a decoder crash) cannot block the queue. Only episodes still held under
-        those lease tokens change.
+        (out of memory, a decoder crash) cannot block the queue. `blamed`, when given, names
+        the episodes in progress the death is counted against (the one in its model steps);
+        the others in progress (scored beside it) go back uncounted, as not-started ones do.
+        Only episodes still held under those lease tokens change.
         """
         now = self.clock()
         released = requeued = 0
@@ -66,15 +70,20 @@ class LeaseRecovery:
                     _episodes.c.id.in_([episode for episode, t in held.items() if t == token])
                     & (_episodes.c.lease_token == token)
                 )
+                uncounted = _episodes.c.status == EpisodeStatus.assigned.value
+                counted = _episodes.c.status == EpisodeStatus.processing.value
+                if blamed is not None:
+                    innocent = counted & _episodes.c.id.not_in(list(blamed))
+                    uncounted, counted = uncounted | innocent, counted & _episodes.c.id.in_(list(blamed))
                 released += connection.execute(
                     update(_episodes)
-                    .where(still_held, _episodes.c.status == EpisodeStatus.assigned.value)
+                    .where(still_held, uncounted)
                     .values(status=EpisodeStatus.pending, lease_token=None, leased_until=None,
                             attempts=_episodes.c.attempts - 1, updated_at=now)
                 ).rowcount
                 requeued += connection.execute(
                     update(_episodes)
-                    .where(still_held, _episodes.c.status == EpisodeStatus.processing.value)
+                    .where(still_held, counted)
                     .values(**self._requeue_values(now, reason, "the batch process holding it died"))
                 ).rowcount
         return released, requeued

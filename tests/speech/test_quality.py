@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from podcastpile.errors import Stopped
 from podcastpile.speech import quality
 from podcastpile.speech.quality import dnsmos, loudness, vad
 
@@ -177,6 +179,23 @@ def test_a_thread_pool_gives_the_same_figures(speech):
     with ThreadPoolExecutor(2) as pool:
         pooled = quality.measure(samples, spans, executor=pool)
     assert pooled == alone
+
+
+def test_a_stop_skips_the_turns_not_scored_yet(speech, monkeypatch):
+    samples, turns = speech
+    spans = [(t["start"], t["end"]) for t in turns]
+    stop, scored = threading.Event(), []
+    turn = quality.EpisodeSignal.turn
+
+    def scored_then_stopped(self, start, end):  # type: ignore[no-untyped-def]
+        scored.append(start)
+        stop.set()  # the batch stops while the first turn is scored
+        return turn(self, start, end)
+
+    monkeypatch.setattr(quality.EpisodeSignal, "turn", scored_then_stopped)
+    with pytest.raises(Stopped):
+        quality.measure(samples, spans, stop=stop)
+    assert len(spans) > 1 and scored == [spans[0][0]]
 
 
 def test_vad_batches_streams_like_one_long_stream(speech, monkeypatch):

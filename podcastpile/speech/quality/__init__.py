@@ -15,12 +15,14 @@ single-threaded, so a `ThreadPoolExecutor` of N workers uses about N cores.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from podcastpile.errors import Stopped
 from podcastpile.speech import levels
 from podcastpile.speech.quality import dnsmos, loudness, vad
 from podcastpile.speech.quality.vad import FRAME
@@ -189,13 +191,21 @@ def measure(
     turns: Sequence[tuple[float, float]],
     segments: Sequence[tuple[str, float, float]] = (),
     executor: Executor | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[Quality, list[Quality]]:
     """(episode, per turn) quality of `samples` with turns at `turns` (start, end seconds) and
     the diarizer's `segments` (speaker, start, end). With `executor`, turns are scored on it
-    side by side (DNSMOS is nearly all of the time)."""
+    side by side (DNSMOS is nearly all of the time). Once `stop` is set, the turns not scored
+    yet are skipped and `Stopped` is raised (an hour of audio takes minutes to score)."""
     signal = EpisodeSignal(samples, segments, executor)
+
+    def score(span: tuple[float, float]) -> Quality:
+        if stop is not None and stop.is_set():
+            raise Stopped("quality scoring stopped")
+        return signal.turn(*span)
+
     if executor is None:
-        measured = [signal.turn(start, end) for start, end in turns]
+        measured = [score(span) for span in turns]
     else:
-        measured = list(executor.map(lambda span: signal.turn(*span), turns))
+        measured = list(executor.map(score, turns))
     return signal.episode(turns, measured), measured
