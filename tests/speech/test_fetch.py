@@ -202,16 +202,19 @@ def test_declared_size_over_the_cap_is_refused_before_download(server):
     assert "Content-Length" in error.reason
 
 
+def zeros(chunks: int, size: int, every: float = 0.0, content_type: str = "audio/mpeg"):
+    """A route answering `chunks` chunks of `size` zero bytes, one every `every` s (chunked)."""
+    def reply(request: Request) -> Reply:
+        def body():
+            for _ in range(chunks):
+                time.sleep(every)
+                yield b"\0" * size
+        return Reply(200, body(), {"Content-Type": content_type})
+    return reply
+
+
 def test_chunked_body_over_the_cap_is_cut_off(server, encoded_audio):
-    sent = []
-
-    def endless(request: Request) -> Reply:
-        def chunks():
-            for _ in range(1000):  # 64 MB if nobody stops reading
-                sent.append(1)
-                yield b"\0" * 65536
-        return Reply(200, chunks(), {"Content-Type": "audio/mpeg"})
-
+    endless = zeros(1000, 65536)  # 64 MB if nobody stops reading
     with serving(server, {"/ep.mp3": endless}):
         error = failure(server.url("/ep.mp3"))
     assert isinstance(error, PermanentError) and error.code == "too-large"
@@ -220,13 +223,7 @@ def test_chunked_body_over_the_cap_is_cut_off(server, encoded_audio):
 
 def test_a_stop_ends_a_long_download_at_its_next_chunk_and_removes_the_file(server, tmp_path):
     """A stopping batch must not wait for the rest of a long file (a prefetch still running)."""
-    def slow(request: Request) -> Reply:
-        def chunks():
-            for _ in range(400):  # 20 s if nobody stops reading
-                time.sleep(0.05)
-                yield b"\0" * 1024
-        return Reply(200, chunks(), {"Content-Type": "audio/wav"})
-
+    slow = zeros(400, 1024, every=0.05, content_type="audio/wav")  # 20 s if nobody stops reading
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
     started = time.monotonic()
