@@ -18,6 +18,10 @@ class Manager:
                  scheme: str = "http", cwd: Path = ROOT) -> None:
         """`scheme`: https for a manager given a certificate (options or settings); clients
         reach it at 127.0.0.1 whatever `host` it binds."""
+        # Started from the checkout (it deploys prefect.yaml from there), its export would write
+        # the default DATASET_DIR, ./dataset, into the checkout: a later `make demo` there then
+        # refuses a dataset its store did not write. Beside the log unless the test names one.
+        env = {"DATASET_DIR": str(log.parent / "dataset"), **env}
         self.env, self.log, self.port = env, log, port
         self.url = f"{scheme}://127.0.0.1:{port}"
         self.api = self.url + "/api"
