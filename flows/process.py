@@ -135,13 +135,13 @@ def _process_episode(
             episode = EpisodeWork(downloaded, language=claim.language, live=claim.archive_url is None,
                                   stop=tails.stopping)
             run_chain(episode, models, runner=_step_runner(claim, budget), steps=HEAD_STEPS)
-            tail = partial(_finish_episode, settings, models, claim, episode, budget, outcome, tails.stopping)
+            tail = partial(_finish_episode, settings, models, claim, episode, budget, outcome)
     finally:
         # The temporary audio file is not needed once decoded; a tail that never runs (the
         # batch stopped) must not leave it behind either.
         if stack is not None:
             stack.close()
-        elif download is not None and tail is None:
+        elif download is not None:  # it failed or never came: delete the file once it ends
             _discard(download)
     if tail is None:
         return outcome
@@ -152,13 +152,16 @@ def _process_episode(
 
 def _finish_episode(
     settings: Settings, models: SpeechModels, claim: Claim, episode: EpisodeWork, budget: _Budget,
-    outcome: dict[str, Any], stopping: threading.Event,
+    outcome: dict[str, Any],
 ) -> dict[str, Any] | None:
     """An episode's tail, in a background thread: quality scores, then the stored result.
 
     Returns the outcome, or None when the batch stopped first (the batch releases the episode:
-    it is not done). A quality failure fails the episode with its reason, as any step's does.
+    it is not done; `episode.stop` says so). A quality failure fails the episode with its
+    reason, as any step's does.
     """
+    stopping = episode.stop
+    assert stopping is not None, "the batch gives each episode its tails' stop event"
     if stopping.is_set():
         return None
     with _recording(settings, claim, outcome):
