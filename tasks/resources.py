@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import cache
 from typing import Any
 
+from podcastpile.archive.playback import PlaybackThrottle
 from podcastpile.config import Settings
 from podcastpile.speech.nemo_models import SpeechModels
 from podcastpile.store import EpisodeStore
+from podcastpile.store.archive_limits import SharedLimits
 
+log = logging.getLogger(__name__)
 
 _stores: dict[tuple[Any, ...], EpisodeStore] = {}
 _stores_lock = threading.Lock()
@@ -38,3 +42,13 @@ def models_for(settings: Settings) -> SpeechModels:
         settings.diar_model, str(settings.diar_latency), settings.asr_model,
         settings.asr_model_multilingual, settings.local_attention_above_seconds, settings.device,
     )
+
+
+def playback_throttle_for(settings: Settings) -> PlaybackThrottle | None:
+    """The fleet's shared pause for downloads from the archive, through this process's store;
+    None when the store cannot be opened (a download is no reason to fail then)."""
+    try:
+        return PlaybackThrottle(SharedLimits(store_for(settings)))
+    except Exception as error:  # noqa: BLE001 - the download goes on; its own retries back off
+        log.warning("no shared archive pauses (%s)", error)
+        return None

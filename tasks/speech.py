@@ -20,11 +20,11 @@ from prefect.tasks import exponential_backoff
 
 from podcastpile.config import Settings
 from podcastpile.errors import TransientError
-from podcastpile.net.fetch import DownloadedAudio
+from podcastpile.net.fetch import DownloadedAudio, DownloadStopped
 from podcastpile.speech import pipeline
 from podcastpile.speech.nemo_models import SpeechModels
 from podcastpile.speech.pipeline import EpisodeWork, Step
-from tasks.resources import models_for
+from tasks.resources import models_for, playback_throttle_for
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -47,10 +47,22 @@ def download_audio(
     """Fetch the audio into a temporary file. Close the returned stack to delete the file.
 
     `capture_timestamp`: `url` is the Wayback Machine's copy made then; only that capture is
-    accepted (a replay lag is a TransientError, retried here and then by the store). `stop`,
-    once set, ends the download at its next chunk (DownloadStopped, not retried)."""
+    accepted (a replay lag is a TransientError, retried here and then by the store), after
+    any pause of the archive's lookups and downloads ends; a 429 from it pauses them for
+    everyone (`PlaybackThrottle`). `stop`, once set, ends the download at its next chunk
+    (DownloadStopped, not retried)."""
+    throttle = playback_throttle_for(settings) if capture_timestamp else None
+    if throttle is not None:
+        throttle.wait(stop)  # someone met a 429 from the archive: nobody behind us asks now
+        if stop is not None and stop.is_set():
+            raise DownloadStopped("stopped while the archive's downloads were paused")
     with ExitStack() as stack:
-        downloaded = stack.enter_context(pipeline.fetch(url, settings, capture_timestamp, stop))
+        try:
+            downloaded = stack.enter_context(pipeline.fetch(url, settings, capture_timestamp, stop))
+        except TransientError as error:
+            if throttle is not None and error.code == "http-429":
+                throttle.throttled(str(error))
+            raise
         return downloaded, stack.pop_all()
 
 

@@ -83,6 +83,22 @@ def is_same_snapshot(message: object) -> bool:
     return SAME_SNAPSHOT in str(message or "").lower()
 
 
+_AGE_PART = re.compile(r"(\d+)\s*(year|month|week|day|hour|minute|second)s?\b")
+_UNIT_SECONDS = {"year": 365 * 86400, "month": 30 * 86400, "week": 7 * 86400, "day": 86400,
+                 "hour": 3600, "minute": 60, "second": 1}
+
+
+def snapshot_age(message: object) -> float | None:
+    """Seconds since the capture a "same snapshot" answer speaks of ("... had been made 1 hour,
+    12 minutes ago"); None when the message says no age."""
+    text = str(message or "").lower()
+    made, _, _ = text.partition(" ago")
+    parts = _AGE_PART.findall(made.partition("had been made")[2])
+    if not parts:
+        return None
+    return float(sum(int(count) * _UNIT_SECONDS[unit] for count, unit in parts))
+
+
 def usable_digest(digest: object) -> str | None:
     """A CDX digest that names a SHA-1 (base32, or hex in some old records); None for "-",
     "sha-256:...", "error" and the like, which no download can be checked against."""

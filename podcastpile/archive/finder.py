@@ -9,6 +9,8 @@ stage at scale. `CaptureFinder` spends them well:
 - one CDX query over an episode's folder (`matchType=prefix`) answers every episode of that
   podcast, and while it is fresh an episode under it with no remembered capture has none;
 - URLs at a host's root (no folder to share) are looked up one by one.
+- a URL CDX lists only as a redirect (an enclosure's tracking prefix) is followed through the
+  captured redirects' replayed Locations to the audio's capture, a lookup per hop.
 
 Every request first takes a slot from the store's lookup window (`gate`); a 429 pauses
 lookups for everyone. A lookup that cannot run now raises `LookupUnavailable`: the caller
@@ -32,6 +34,8 @@ from podcastpile.store.known_captures import KnownCapture, KnownCaptures
 # How long a folder query answers for URLs under it: captures made since by others are
 # missed (a submission then hears "the same snapshot had been made" and finds them).
 PREFIX_FRESH = timedelta(hours=6)
+# Redirects followed through captured 3xx rows: Save Page Now's own 3 hops, and one more.
+MAX_REDIRECT_HOPS = 4
 
 Found = KnownCapture | None | Exception
 
@@ -89,6 +93,9 @@ class CaptureFinder:
                 answers[url] = self._exact(url, since)
         for folder, members in folders.items():
             answers.update(self._by_folder(folder, members, since))
+        for url, answer in answers.items():
+            if answer is None and self._redirects(url, since):
+                answers[url] = self._follow(url, since)
         return answers
 
     def listed(self, captures: Iterable[tuple[str, str]], *, recheck: timedelta = timedelta(0)
@@ -126,6 +133,40 @@ class CaptureFinder:
             listed = {(c.url, c.timestamp): c for c in rows}
             answers.update({member: listed.get(member) for member in members})
         return answers
+
+    def _redirects(self, url: str, since: str) -> list[KnownCapture]:
+        return [c for c in self.known.of(url, since=since) if (c.statuscode or "").startswith("3")]
+
+    def _follow(self, url: str, since: str) -> Found:
+        """The capture of the audio a captured redirect of `url` led to, hop by hop (Save Page
+        Now captures every hop it follows, and CDX lists a redirecting URL's capture as a 3xx
+        row only): the newest redirect's replayed Location names the next hop and its capture.
+        None when a hop leads nowhere (not captured, or no Location)."""
+        current, hop_since = url, since
+        for _ in range(MAX_REDIRECT_HOPS):
+            redirects = self._redirects(current, hop_since)
+            if not redirects:
+                return None
+            newest = max(redirects, key=lambda c: c.timestamp)
+            try:
+                target = self.client.redirect_target(newest.timestamp, current)
+            except SQLAlchemyError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the caller decides, as for any lookup
+                return error
+            if target is None:
+                return None
+            # SPN stamps each hop as it fetches it: the next one is at or just after this one
+            hop_since, current = min(target[0], newest.timestamp), target[1]
+            rows = [c for c in self.known.of(current, since=hop_since) if c.timestamp >= hop_since]
+            if not rows:
+                found = self._exact(current, hop_since)
+                if isinstance(found, Exception):
+                    return found
+            body = cdx.best_capture(self.known.of(current, since=hop_since), since=hop_since)
+            if body is not None:
+                return body
+        return None
 
     def _captures(self, url: str, **query: Any) -> tuple[list[KnownCapture], bool]:
         """One CDX request, unless lookups stopped in this call: after a 429, or with no slot

@@ -12,6 +12,8 @@
 4. a capture is ready for the GPU workers only once CDX lists it (url, timestamp): before
    that, the Wayback Machine replays another capture or nothing.
 
+Steps 3's polls and 4 live in `podcastpile.archive.followup`, mixed in here.
+
 Who is to blame decides what happens (`podcastpile.archive.answers`): the episode (backoff,
 attempt counted, or failed), its URL (per-URL daily cap: wait for midnight), its host (paused
 >= 10 min), or the service (everyone waits, nobody is charged). No error from the Internet
@@ -29,12 +31,13 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from podcastpile.archive import cdx
+from podcastpile.archive.answers import snapshot_age
 from podcastpile.archive.events import Event, describe_event
 from podcastpile.archive.finder import CaptureFinder, LookupUnavailable
+from podcastpile.archive.followup import KEYS_MISSING_RECHECK, KEYS_REFUSED_PAUSE, SAVE_429_PAUSE, FollowUp
 from podcastpile.archive.limits import ArchiveLimits
 from podcastpile.archive.outcomes import ArchiveSummary, Outcomes, backoff_seconds
-from podcastpile.archive.wayback import CaptureError, JobForgotten, KeysMissing, ServiceBusy, ServiceRefused, Throttled, WaybackClient
+from podcastpile.archive.wayback import CaptureError, KeysMissing, ServiceBusy, ServiceRefused, Throttled, WaybackClient
 from podcastpile.errors import PermanentError
 from podcastpile.archive.work import Work, submit_url
 from podcastpile.net.redirects import RedirectChain
@@ -59,18 +62,11 @@ log = logging.getLogger(__name__)
 SERVICE_RETRY_SECONDS = 30.0  # 5xx or a dropped connection, no Retry-After
 SERVICE_TROUBLE_PAUSE = timedelta(minutes=2)  # SPN's own trouble (sessions, browsers, workers)
 LOOKUP_429_PAUSE = timedelta(seconds=60)  # IA firewalls clients that ignore 429s for a minute
-SAVE_429_PAUSE = timedelta(minutes=5)  # "Try waiting for 5 minutes"
-# Keys are fixed by a person, not by waiting: both are longer than `ppcli process`'s 15 min
-# wait, so it stops and lists the episodes with the reason instead of polling a refusal.
-KEYS_REFUSED_PAUSE = timedelta(minutes=30)
-KEYS_MISSING_RECHECK = timedelta(hours=1)
 # The longest a run waits in line for a lookup slot before deferring the episode instead.
 LOOKUP_WAIT_SECONDS = 5.0
-# Looks for a fresh capture in CDX within the run before giving it back for a later run.
-LISTING_CHECKS = 4
 
 
-class ArchiveStage:
+class ArchiveStage(FollowUp):
     """Runs the archive stage over claimed episodes; see the module docstring."""
 
     def __init__(
@@ -282,6 +278,8 @@ class ArchiveStage:
         self.out.summary.submitted += 1
         if answer.job_id:
             submitted = self.out.record(claim, lambda: self.queue.submitted(claim, answer.job_id))  # type: ignore[arg-type]
+            if submitted and answer.same_snapshot:  # maybe a job of the last hour that failed: see _poll
+                work.same_jobs.add(claim.episode_id)
             if submitted:
                 work.polling[claim.episode_id] = (submitted, time.monotonic() + self.limits.poll_seconds)
                 self.out.event(claim.episode_id, "submitted", answer.job_id)
@@ -290,18 +288,25 @@ class ArchiveStage:
         return time.monotonic()
 
     def _same_snapshot(self, claim: ArchiveClaim, url: str, message: str, work: Work) -> None:
-        """"The same snapshot had been made ..." with no job: a capture exists; find and reuse it.
-        When CDX lists only captures without the audio (a redirect, an error page), submit once
-        more without the reuse window (the service then answers with a job to poll); when it
-        lists none yet (replay lag), look again later."""
+        """"The same snapshot had been made ..." with no job: a capture exists; find and reuse it
+        (through captured redirects to the audio). When CDX lists only captures without the
+        audio (an error page, a redirect that leads nowhere), or lists nothing though the
+        capture is older than SPN_JOB_STALE_SECONDS, submit once more without the reuse window
+        (the service then answers with a job to poll); when it lists none yet (replay lag of a
+        recent capture), look again later."""
         self.out.event(claim.episode_id, "looking-up", f"{url} ({message[:80]})")
         since = (self.queue.clock() - timedelta(days=self.limits.reuse_days)).strftime("%Y%m%d%H%M%S")
         answer = self.finder.find([url], since=since, fresh=True).get(url)
+        age = snapshot_age(message)
         if isinstance(answer, KnownCapture):
             self.out.archived(claim, self._capture(answer), reused=True)
         elif isinstance(answer, Exception):
             self._lookup_failed(claim, answer, Work())
-        elif claim.episode_id not in work.no_reuse and self.finder.known.of(url, since=since):
+        elif claim.episode_id not in work.no_reuse and (
+            self.finder.known.of(url, since=since) or age is None or age > self.limits.stale_seconds
+        ):
+            # only unusable captures, or one CDX should list by now: the service then answers
+            # with a job (its own of the last hour, or a new capture) instead of a message
             work.no_reuse.add(claim.episode_id)
             work.to_submit.insert(0, claim)
         else:
@@ -334,127 +339,6 @@ class ArchiveStage:
                 self.out.archived(claim, self._capture(answer), reused=True)
                 return
         self.out.capture_failed(claim, error)
-
-    def _poll(self, claim: ArchiveClaim, work: Work) -> None:
-        assert claim.job_id is not None
-        try:
-            status = self.client.job_status(claim.job_id)
-        except Throttled as error:
-            self._pause(SAVES_THROTTLED, SAVE_429_PAUSE, str(error))
-            self._polls_paused(work)
-            return
-        except ServiceBusy as error:
-            wait = error.retry_after if error.retry_after is not None else self.limits.poll_seconds * 4
-            work.polling[claim.episode_id] = (claim, time.monotonic() + wait)
-            return
-        except JobForgotten as error:
-            del work.polling[claim.episode_id]
-            self.out.resubmit(claim, "job-forgotten", str(error))
-            return
-        if status.status == "pending":
-            waited = (self.queue.clock() - claim.submitted_at).total_seconds() if claim.submitted_at else 0.0
-            if waited > self.limits.stale_seconds:
-                del work.polling[claim.episode_id]
-                self._stale(claim)
-                return
-            work.polling[claim.episode_id] = (claim, time.monotonic() + self.limits.poll_seconds)
-            self.out.event(claim.episode_id, "pending", f"{waited:.0f}")
-            return
-        del work.polling[claim.episode_id]
-        if status.status == "error" and status.error is not None:
-            self._refused_capture(claim, submit_url(claim), status.error, work)
-            return
-        if not status.timestamp:
-            self.out.capture_failed(claim, CaptureError("no-timestamp", "success without a timestamp"))
-            return
-        # The audio is the last URL the capture fetched (after any redirect hops).
-        original = next((r for r in reversed(status.resources) if r.startswith(("http://", "https://"))), None)
-        original = original or status.original_url or submit_url(claim)
-        capture = Capture(status.timestamp, self.client.playback_url(status.timestamp, original), original=original)
-        captured = self.out.record(claim, lambda: self.queue.captured(claim, capture))
-        if captured:
-            self.out.event(claim.episode_id, "captured", capture.url)
-            work.listing[claim.episode_id] = (captured, time.monotonic() + self.limits.listed_after_seconds, 0)
-
-    def _polls_paused(self, work: Work) -> bool:
-        """Whether status polls must wait (a 429 from /save*, maybe met by another run): then
-        every job here is looked at again when the pause ends (no request inside it)."""
-        until = self.queue.limits.paused_until(SAVES_THROTTLED)
-        if until is None:
-            return False
-        later = time.monotonic() + (until - self.queue.clock()).total_seconds()
-        for episode_id, (claim, due) in list(work.polling.items()):
-            work.polling[episode_id] = (claim, max(due, later))
-        return True
-
-    def _stale(self, claim: ArchiveClaim) -> None:
-        """A job pending past SPN_JOB_STALE_SECONDS (IA forgets jobs after about an hour and then
-        answers `pending` for ever): reuse a capture made since the submission, or resubmit."""
-        url = submit_url(claim)
-        since = (claim.submitted_at or self.queue.clock()).strftime("%Y%m%d%H%M%S")
-        answer = self.finder.find([url], since=since, fresh=True).get(url)
-        if isinstance(answer, KnownCapture):
-            self.out.archived(claim, self._capture(answer), reused=False)
-        elif isinstance(answer, Exception):
-            self._lookup_failed(claim, answer, Work())
-        else:
-            self.out.resubmit(claim, "spn-job-stale", f"job {claim.job_id} pending for over {self.limits.stale_seconds:.0f} s")
-
-    # --- 4: listed before ready -----------------------------------------------------------------
-
-    def _listing_due(self, work: Work) -> list[tuple[ArchiveClaim, int]]:
-        """Captures due for a CDX check, with every other capture waiting on the same hosts:
-        one query per host answers them all, so checking those too costs nothing."""
-        now = time.monotonic()
-        hosts = {self._host(claim) for claim, at, _ in work.listing.values() if at <= now}
-        return [(claim, checks) for claim, _, checks in work.listing.values() if self._host(claim) in hosts]
-
-    @staticmethod
-    def _host(claim: ArchiveClaim) -> str:
-        capture = claim.capture
-        return cdx.host_of((capture.original if capture else None) or submit_url(claim))
-
-    def _check_listed(self, due: list[tuple[ArchiveClaim, int]], work: Work) -> None:
-        """Ready only once CDX lists the exact capture; until then look again, then give it back."""
-        def original(claim: ArchiveClaim) -> str:
-            return (claim.capture.original if claim.capture else None) or submit_url(claim)
-
-        answers = self.finder.listed(((original(c), c.capture.timestamp) for c, _ in due if c.capture),
-                                     recheck=timedelta(seconds=self.limits.listed_after_seconds))
-        for claim, checks in due:
-            capture = claim.capture
-            assert capture is not None
-            row = answers.get((original(claim), capture.timestamp))
-            if isinstance(row, CaptureError):
-                del work.listing[claim.episode_id]
-                self.out.capture_failed(claim, row, source="Wayback Machine")
-                continue
-            if isinstance(row, Exception):  # no lookup now: look again later, it says nothing of the capture
-                del work.listing[claim.episode_id]
-                self._lookup_failed(claim, row, work)
-                continue
-            if row is not None:
-                del work.listing[claim.episode_id]
-                listed = Capture(capture.timestamp, capture.url, row.digest, row.length, original(claim))
-                self.out.archived(claim, listed, reused=False)
-                continue
-            self._not_listed_yet(claim, checks, work)
-
-    def _not_listed_yet(self, claim: ArchiveClaim, checks: int, work: Work) -> None:
-        capture = claim.capture
-        assert capture is not None
-        waited = (self.queue.clock() - claim.submitted_at).total_seconds() if claim.submitted_at else 0.0
-        if checks + 1 >= LISTING_CHECKS and waited > self.limits.stale_seconds:
-            # looked for often enough, and for long enough: the capture is not coming
-            del work.listing[claim.episode_id]
-            self.out.resubmit(claim, "archive-replay-lag", f"capture {capture.timestamp} not listed after {waited:.0f} s")
-        elif checks + 1 >= LISTING_CHECKS:
-            del work.listing[claim.episode_id]
-            self.out.recheck(claim, REPLAY_LAG, f"capture {capture.timestamp} not listed by CDX yet",
-                             self.queue.clock() + timedelta(seconds=self.limits.recheck_seconds))
-        else:
-            delay = self.limits.listed_after_seconds * 3 ** (checks + 1)
-            work.listing[claim.episode_id] = (claim, time.monotonic() + delay, checks + 1)
 
     # --- helpers --------------------------------------------------------------------------------
 

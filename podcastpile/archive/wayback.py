@@ -26,6 +26,7 @@ Every lookup first passes `lookup_gate` (the store's shared lookup window, in th
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +47,8 @@ __all__ = [
     "UserStatus", "WaybackClient", "digest_matches", "is_blocked_site",
 ]
 
+# A replayed redirect's Location: /web/<14 digits>[id_ or another flag]/<the original target URL>
+_REPLAYED_LOCATION = re.compile(r"/web/(\d{14})[a-z_]*/(https?://.+)$")
 USER_AGENT = f"podcastpile/{__version__} (speech dataset builder; python-httpx)"
 
 
@@ -225,6 +228,22 @@ class WaybackClient:
         complete = not prefix or (len(body) - 1 if isinstance(body, list) else 0) < cdx.PREFIX_LIMIT
         return rows, complete
 
+    def redirect_target(self, timestamp: str, url: str) -> tuple[str, str] | None:
+        """Where the redirect captured at `timestamp` for `url` led: (timestamp, url) of the
+        next hop's capture, read from the replayed Location (the Wayback Machine keeps it inside
+        the archive, `/web/<ts>id_/<target>`); None when the capture is no redirect. One
+        lookup: it passes the gate and counts as one."""
+        if self.lookup_gate is not None:
+            self.lookup_gate()
+        self.lookups += 1
+        response = self._request("GET", self.playback_url(timestamp, url), family="lookup", stream=True,
+                                 headers={"Accept": "*/*"})
+        response.close()  # the headers say it all: a capture of audio is not downloaded here
+        if not response.is_redirect:
+            return None
+        match = _REPLAYED_LOCATION.search(response.headers.get("location", ""))
+        return (match.group(1), match.group(2)) if match else None
+
     # --- Save Page Now 2 ----------------------------------------------------------------------
 
     def submit(self, url: str, *, reuse_seconds: int | None = None) -> Submitted:
@@ -294,9 +313,13 @@ class WaybackClient:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def _request(self, method: str, url: str, *, family: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, url: str, *, family: str, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        """One request, its refusals raised; with `stream` the body of an answer below 400 is
+        left unread (the caller closes the response)."""
         try:
-            response = self._http.request(method, url, **kwargs)
+            response = self._http.send(self._http.build_request(method, url, **kwargs), stream=stream)
+            if stream and response.status_code >= 400:
+                response.read()  # an error page: small, and read to tell a blocked site
         except httpx.TransportError as error:
             raise ServiceBusy(f"{type(error).__name__}: {error or 'connection failed'}") from None
         if is_blocked_site(response):

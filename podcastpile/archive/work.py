@@ -28,6 +28,7 @@ class Work:
     polling: dict[int, tuple[ArchiveClaim, float]] = field(default_factory=dict)
     listing: dict[int, tuple[ArchiveClaim, float, int]] = field(default_factory=dict)
     no_reuse: set[int] = field(default_factory=set)  # submit without if_not_archived_within
+    same_jobs: set[int] = field(default_factory=set)  # jobs a "same snapshot" answer named
 
     def held(self) -> list[ArchiveClaim]:
         return self.to_submit + [c for c, _ in self.polling.values()] + [c for c, _, _ in self.listing.values()]

@@ -39,23 +39,28 @@ KEYS_REFUSED = "ia-keys-refused"
 KEYS_MISSING = "ia-keys-missing"
 LOOKUPS_THROTTLED = LOOKUP_SCOPE + "429"
 SAVES_THROTTLED = "save-429"
+PLAYBACK_THROTTLED = LOOKUP_SCOPE + "playback-429"
 SERVICE_TROUBLE = "ia-service-trouble"
 ACCOUNT_DAILY_CAP = "account-daily-captures"
 URL_DAILY_CAP = "too-many-daily-captures"
 HOST_PAUSED = "host-crawling-paused"
 LOOKUP_WAIT = "cdx-lookup-wait"
 REPLAY_LAG = "archive-replay-lag"
+SAME_JOB_FAILED = "spn-same-job-failed"
 PAUSE_TEXT = {
     KEYS_REFUSED: "the Internet Archive refused the keys (HTTP 401 on /save); check IA_ACCESS_KEY and IA_SECRET_KEY",
     KEYS_MISSING: "Save Page Now needs archive.org keys for a new capture; set IA_ACCESS_KEY and IA_SECRET_KEY",
     LOOKUPS_THROTTLED: "the Wayback Machine answered 429 to a lookup: lookups paused (IA sends no Retry-After)",
     SAVES_THROTTLED: "Save Page Now answered 429: submissions paused (IA sends no Retry-After)",
+    PLAYBACK_THROTTLED: "the Wayback Machine answered 429 to a download: downloads and lookups paused",
     SERVICE_TROUBLE: "Save Page Now reports trouble on its side: submissions paused, no episode charged",
     ACCOUNT_DAILY_CAP: "the account's daily capture cap is used up: submissions wait for 00:00 UTC",
     URL_DAILY_CAP: "this URL was captured as often as IA allows today: it waits for 00:00 UTC",
     HOST_PAUSED: "Save Page Now paused crawling this host: its episodes wait",
     LOOKUP_WAIT: "waiting for a Wayback lookup slot (CDX_REQUESTS_PER_MINUTE, shared by every run)",
     REPLAY_LAG: "captured; waiting until the Wayback Machine lists and replays the capture",
+    SAME_JOB_FAILED: ("Save Page Now answers with its failed job of this URL until the job expires "
+                      "(about an hour): submitted again then"),
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, not_, or_, select, update
+from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 
 from podcastpile.store.episodes import EpisodeStore
 from podcastpile.store.tables import archive_days as _days
@@ -126,6 +126,15 @@ class SharedLimits:
                 connection.execute(insert(_pauses).values(reason=key, until=until, detail=detail))
             elif current < until:
                 connection.execute(update(_pauses).where(_pauses.c.reason == key).values(until=until, detail=detail))
+
+    def lookups_paused_until(self) -> datetime | None:
+        """When the last pause of lookups (and downloads from the archive) ends, if one is on."""
+        now = self.store.clock()
+        with self.store.engine.connect() as connection:
+            until = connection.execute(
+                select(func.max(_pauses.c.until)).where(_pauses.c.reason.startswith(LOOKUP_SCOPE), _pauses.c.until > now)
+            ).scalar()
+        return until
 
     def paused_until(self, reason: str) -> datetime | None:
         """When the pause named `reason` ends, if it is on now."""

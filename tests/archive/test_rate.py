@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from podcastpile.archive.stage import ArchiveLimits, ArchiveStage
 from podcastpile.archive.wayback import WaybackClient
-from podcastpile.store import EpisodeStore, make_engine
+from podcastpile.store import EpisodeStore, NewEpisode, make_engine
 from podcastpile.store.archive import ArchiveQueue
-from tests.archive.conftest import Harness
+from tests.archive.conftest import WAV, Harness
 from tests.processes import run_together
+from tests.wayback import AdHost, WaybackDouble
 
 PER_MINUTE = 10
 
@@ -37,3 +38,31 @@ def test_three_concurrent_runs_never_exceed_the_rate(harness: Harness, database_
     statuses = [harness.row(i).status for i in ids]
     assert statuses.count("pending") == PER_MINUTE  # each submission captured and recorded once
     assert statuses.count("archive_pending") == 30 - PER_MINUTE  # the rest released for a later run
+
+
+LOOKUPS_PER_MINUTE = 5
+
+
+def _lookup_run(database_url: str, wayback_url: str, name: str, barrier) -> int:  # type: ignore[no-untyped-def]
+    store = EpisodeStore(make_engine(database_url), archive_required=True)
+    queue = ArchiveQueue(store)
+    barrier.wait()
+    claims = queue.claim(name, 10)
+    limits = ArchiveLimits(per_minute=600, poll_seconds=0.1, listed_after_seconds=0.2,
+                           lookups_per_minute=LOOKUPS_PER_MINUTE)
+    with WaybackClient(wayback_url, access_key="AK", secret_key="SK") as client:
+        summary = ArchiveStage(queue, client, limits).run(claims, max_seconds=8)
+    store.close()
+    return summary.lookups
+
+
+def test_three_concurrent_runs_share_one_lookup_window(archive_store: EpisodeStore, database_url: str) -> None:
+    folders = {f"show{i}/ep.wav": WAV for i in range(30)}  # a folder each: a lookup each
+    with WaybackDouble.realistic(lookups_per_minute=30, replay_lag_seconds=0.2) as ia, AdHost(folders) as host:
+        archive_store.add([NewEpisode(host.url(name)) for name in folders])
+        looked_up = run_together(_lookup_run, [(database_url, ia.base_url, f"run-{i}") for i in range(3)], timeout=120)
+        # one window for the three runs (the double would answer 429 only past its own 30)
+        assert sum(looked_up) == len(ia.lookup_times) == LOOKUPS_PER_MINUTE
+        assert ia.max_lookups_in_window(60.0) <= LOOKUPS_PER_MINUTE and ia.lookups_refused == 0
+        waiting = [e for e in archive_store.list(limit=100) if e.error_code == "cdx-lookup-wait"]
+        assert len(waiting) >= 30 - LOOKUPS_PER_MINUTE and all(e.archive_attempts == 0 for e in waiting)

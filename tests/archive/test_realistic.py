@@ -3,83 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 
 import httpx
 import pytest
 
-from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, ArchiveSummary
-from podcastpile.archive.wayback import WaybackClient
-from podcastpile.net.guard import AddressGuard, allow_any
-from podcastpile.net.redirects import RedirectChain, resolve_redirects
-from podcastpile.store import EpisodeStore, NewEpisode
-from podcastpile.store.archive import ArchiveQueue
+from podcastpile.net.redirects import RedirectChain
 from podcastpile.store.archive_limits import next_utc_midnight
 from podcastpile.store.clock import utcnow
-from tests.archive.conftest import KEYS, WAV
-from tests.wayback import AdHost, WaybackDouble, sha1_base32
-
-LIMITS = ArchiveLimits(per_minute=600, poll_seconds=0.05, lookups_per_minute=6000, stale_seconds=60,
-                       listed_after_seconds=0.05)
-GUARD = AddressGuard(allow=allow_any)
-
-
-def resolve(url: str) -> RedirectChain:
-    return resolve_redirects(url, guard=GUARD, timeout_seconds=10)
-
-
-class Realistic:
-    """A store, the realistic double and an origin, with a run that resolves redirect chains."""
-
-    def __init__(self, store: EpisodeStore, ia: WaybackDouble, origin: AdHost) -> None:
-        self.store, self.ia, self.origin = store, ia, origin
-        self.events: list[tuple[int, str, str]] = []
-
-    def add(self, *urls: str) -> list[int]:
-        self.store.add([NewEpisode(url) for url in urls])
-        return [self.store.find(url).id for url in urls]  # type: ignore[union-attr]
-
-    def run(self, limits: ArchiveLimits = LIMITS, max_seconds: float = 20.0, keys: bool = True,
-            queue: ArchiveQueue | None = None) -> ArchiveSummary:
-        queue = queue or ArchiveQueue(self.store)
-        claims = queue.claim("test-run", 100)
-        with WaybackClient(self.ia.base_url, timeout_seconds=10, **(KEYS if keys else {})) as client:
-            stage = ArchiveStage(queue, client, limits, on_event=lambda *e: self.events.append(e), resolve=resolve)
-            return stage.run(claims, max_seconds=max_seconds)
-
-    def row(self, episode_id: int):  # type: ignore[no-untyped-def]
-        return self.store.get(episode_id)
-
-    def playback(self, episode_id: int) -> bytes:
-        response = httpx.get(self.row(episode_id).archive_url, timeout=10)
-        assert response.status_code == 200, response.status_code
-        return response.content
-
-    def pauses(self) -> dict:
-        return ArchiveQueue(self.store).stats(daily_bytes=10**12).pauses
-
-    def expire_episodes_only(self) -> None:
-        """Let every episode's deferral pass, but not the pauses."""
-        with self.store.engine.begin() as connection:
-            connection.exec_driver_sql("UPDATE episodes SET archive_not_before = NULL")
-
-    def expire(self) -> None:
-        """Let every deferral pass (as if the time had come)."""
-        with self.store.engine.begin() as connection:
-            connection.exec_driver_sql("UPDATE episodes SET archive_not_before = NULL")
-            connection.exec_driver_sql("DELETE FROM archive_pauses")
-
-
-FILES = {name: WAV for i in range(10) for name in (f"ep{i}.wav", f"a/ep{i}.wav", f"f{i}/ep.wav")}
-
-
-@pytest.fixture
-def real(archive_store: EpisodeStore) -> Iterator[Realistic]:
-    with WaybackDouble.realistic(pending_polls=1, replay_lag_seconds=0.3, lookups_per_minute=None,
-                                 keys={"AK:SK"}) as ia, AdHost(FILES) as origin:
-        yield Realistic(archive_store, ia, origin)
+from tests.archive.conftest import LIMITS, WAV, Realistic
+from tests.wayback import AdHost, sha1_base32
 
 
 def test_a_fresh_capture_is_ready_only_once_listed_and_plays_back_its_own_bytes(real: Realistic) -> None:

@@ -12,11 +12,11 @@ from dataclasses import replace
 import httpx
 
 from podcastpile.archive.answers import digest_matches
+from podcastpile.net.fetch import download
 from podcastpile.store import EpisodeStore
 from podcastpile.store.archive_limits import next_utc_midnight
 from podcastpile.store.clock import utcnow
-from tests.archive.conftest import WAV
-from tests.archive.test_realistic import LIMITS, Realistic
+from tests.archive.conftest import LIMITS, WAV, Realistic
 from tests.wayback import AdHost, WaybackDouble
 
 SHORT_WAITS = ("archive-replay-lag", "ia-keys-missing")
@@ -116,3 +116,7 @@ def test_fifty_episodes_end_in_the_right_state_within_every_limit(archive_store:
             original = row.archive_url.partition("id_/")[2]
             (capture,) = [c for c in ia.captures[original] if c.timestamp == row.archive_timestamp]
             assert body == capture.body
+            # and what a GPU worker's download keeps is those bytes, checked as it checks them
+            with download(row.archive_url, max_bytes=10**8, timeout_seconds=10, trusted_hosts={"127.0.0.1"},
+                          capture_timestamp=row.archive_timestamp) as stored:
+                assert stored.sha256 == hashlib.sha256(capture.body).hexdigest(), url
