@@ -23,8 +23,8 @@ manager` pauses those schedules and asks the episode store instead, every CONTRO
 While a run they started is under way, the loops check every FOLLOW_SECONDS instead: an
 episode an archive run has just captured is dispatched seconds later, not a check later. And a
 run that found no work after all (another run took it first: it ends Completed with the message
-"nothing to do", podcastpile/nothing_done.py) is deleted once it is over: the run list holds
-runs that did something.
+"nothing to do", podcastpile/nothing_done.py) is deleted DISCARD_AFTER s after it is over: the
+run list holds runs that did something.
 
 Each run they create wakes the manager's CPU worker (`started`, deployments/wake.py), which
 otherwise asks the server for runs only every 30 s: the run starts about a second later, and an
@@ -70,6 +70,11 @@ STATS_EVERY, STATS_IDLE_EVERY, SCHEDULES_RECHECK = 300.0, 3600.0, 300.0
 # loops fast; FOLLOWED_MOST runs are followed at once (the oldest is let go beyond).
 FOLLOW_SECONDS, FOLLOW_FOR, FOLLOWED_MOST = 2.0, 900.0, 50
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+# A run that did nothing is deleted this long after it ended, not at once: the server records
+# its task runs from events it consumes a little later, and an event about a deleted run fails
+# (a foreign key), is retried three times and dead-lettered: some 12,000 tracebacks in the
+# manager's log in 30 minutes of the chaos soak, and the server's CPU with them.
+DISCARD_AFTER = 120.0
 
 
 @dataclass
@@ -106,6 +111,7 @@ class ControlLoops:
     loops: dict[str, Loop] = field(default_factory=lambda: {name: Loop(name) for name in DEPLOYMENTS})
     _ids: dict[str, str] = field(default_factory=dict)
     _followed: dict[str, tuple[str, float]] = field(default_factory=dict)  # run id -> (loop, started)
+    _discard: dict[str, tuple[str, float]] = field(default_factory=dict)  # run id -> (loop, delete at)
     _store: EpisodeStore | None = None
     _schedules_checked: float = -math.inf
     _stranded_checked: float = -math.inf
@@ -150,6 +156,7 @@ class ControlLoops:
             if time.monotonic() - self._stranded_checked >= STRANDED_EVERY:
                 self.crash_stranded_runs()
             self._follow()
+            self._discard_due()
             store = self._open_store()
             now = datetime.now(UTC)
             self._archive(store, now)
@@ -221,11 +228,20 @@ class ControlLoops:
             if state is not None and state.get("type") not in FINAL_STATES:
                 continue
             if state and state.get("type") == "COMPLETED" and state.get("message") == NOTHING_DONE:
-                # Deleted before it is let go: a refused delete (a busy SQLite answers 503) is
-                # tried again at the next check instead of leaving the run behind.
-                self._http("DELETE", f"/flow_runs/{run_id}", missing_ok=True)
-                self.loops[name].discarded += 1
+                self._discard[run_id] = (name, time.monotonic() + DISCARD_AFTER)
             del self._followed[run_id]
+
+    def _discard_due(self) -> None:
+        """Delete the runs that did nothing once DISCARD_AFTER has passed since they ended."""
+        now = time.monotonic()
+        for run_id, (name, due) in list(self._discard.items()):
+            if due > now:
+                continue
+            # Forgotten only once deleted: a refused delete (a busy SQLite answers 503) raises
+            # and is tried again at the next check instead of leaving the run behind.
+            self._http("DELETE", f"/flow_runs/{run_id}", missing_ok=True)
+            self.loops[name].discarded += 1
+            del self._discard[run_id]
 
     # --- the loops ---------------------------------------------------------------------------------
 

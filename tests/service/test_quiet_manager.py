@@ -76,11 +76,15 @@ def test_an_idle_manager_starts_nothing_and_a_new_episode_is_dispatched_at_once(
     assert "Control loops" in artifact["data"] and "not checked yet" not in artifact["data"]
 
 
-def test_a_started_run_that_found_nothing_to_do_is_not_kept(manager: Manager) -> None:
+def test_a_started_run_that_found_nothing_to_do_is_not_kept(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run the loops start may find its work gone (another run took it first): it ends
-    Completed "nothing to do" and the loop that started it deletes it once it is over; a run
-    that did something stays. Meanwhile the loops check every FOLLOW_SECONDS."""
+    Completed "nothing to do" and the loop that started it deletes it a while after it is over
+    (once the server has recorded its task runs); a run that did something stays. Meanwhile the
+    loops check every FOLLOW_SECONDS."""
+    from podcastpile.cli import control
     from podcastpile.cli.control import FOLLOW_SECONDS, ControlLoops
+
+    monkeypatch.setattr(control, "DISCARD_AFTER", 8.0)
     from podcastpile.config import Settings
     from podcastpile.prefect_api import PrefectAPI
 
@@ -99,7 +103,15 @@ def test_a_started_run_that_found_nothing_to_do_is_not_kept(manager: Manager) ->
             assert time.monotonic() - began < 120, manager.output()[-3000:]
             loops.check()
             time.sleep(FOLLOW_SECONDS)
+        assert httpx.get(f"{manager.api}/flow_runs/{ids['archive']}").status_code == 200  # not at once
+        while loops._discard:
+            assert time.monotonic() - began < 180, manager.output()[-3000:]
+            loops.check()
+            time.sleep(FOLLOW_SECONDS)
         assert httpx.get(f"{manager.api}/flow_runs/{ids['archive']}").status_code == 404
+        time.sleep(3)  # the server's event consumers had the time to trip over it, had it been early
+        assert "FOREIGN KEY constraint failed" not in manager.output()
+        assert "fk_task_run__flow_run_id" not in manager.output()
         # kept, whatever its end (its deployment's limit may cancel it beside the manager's own)
         assert httpx.get(f"{manager.api}/flow_runs/{ids['stats']}").status_code == 200
         assert loops.loops["archive"].discarded == 1 and loops.loops["stats"].discarded == 0
