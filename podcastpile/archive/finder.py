@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,7 +38,18 @@ PREFIX_FRESH = timedelta(hours=6)
 # Redirects followed through captured 3xx rows: Save Page Now's own 3 hops, and one more.
 MAX_REDIRECT_HOPS = 4
 
+
+
+@dataclass(frozen=True)
+class NotAskedYet:
+    """A listing check not made now: its host was asked (or is being asked) by another run
+    within the interval; ask again in `seconds`, when what that run learned is in the store."""
+
+    seconds: float
+
+
 Found = KnownCapture | None | Exception
+Listed = Found | NotAskedYet
 
 
 class LookupUnavailable(Exception):
@@ -98,15 +110,17 @@ class CaptureFinder:
                 answers[url] = self._follow(url, since)
         return answers
 
-    def listed(self, captures: Iterable[tuple[str, str]], *, recheck: timedelta = timedelta(0)
-               ) -> dict[tuple[str, str], Found]:
+    def listed(self, captures: Iterable[tuple[str, str]], *, recheck: timedelta = timedelta(0),
+               interval: timedelta = timedelta(0)) -> dict[tuple[str, str], Listed]:
         """For each (url, timestamp), the CDX row of exactly that capture once CDX lists it, else
         None (the Wayback Machine replays a fresh capture only then; before, it redirects
         elsewhere), or the exception its lookup raised. Captures on one host share one query:
         every capture of the host since the oldest of them (few rows, since it is recent), and a
         host another run asked about within `recheck` (after these captures were made) is not
-        asked about again: they were not listed then."""
-        answers: dict[tuple[str, str], Found] = {}
+        asked about again: they were not listed then. A host is asked at most once per
+        `interval` by all runs together (the store's reservation): the captures of a host asked
+        more recently get `NotAskedYet`."""
+        answers: dict[tuple[str, str], Listed] = {}
         folders: dict[str, list[tuple[str, str]]] = defaultdict(list)
         self._stopped = None
         for url, timestamp in dict.fromkeys(captures):
@@ -121,6 +135,11 @@ class CaptureFinder:
             if recheck and self.known.listing_checked(folder, since=since, after=newest, within=recheck):
                 answers.update({member: None for member in members})
                 continue
+            if interval:
+                wait = self.known.reserve_listing_check(folder, since=since, interval=interval)
+                if wait:
+                    answers.update({member: NotAskedYet(wait) for member in members})
+                    continue
             try:
                 rows, _ = self._captures(folder, prefix=True, since=since)
             except SQLAlchemyError:

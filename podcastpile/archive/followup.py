@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from podcastpile.archive.answers import usable_digest
+from podcastpile.archive.finder import NotAskedYet
 from podcastpile.archive.wayback import CaptureError, JobForgotten, KeysMissing, ServiceBusy, ServiceRefused, Throttled
 from podcastpile.archive.work import Work, submit_url
 from podcastpile.archive import cdx
@@ -164,11 +165,15 @@ class FollowUp(_Base):
             return (claim.capture.original if claim.capture else None) or submit_url(claim)
 
         answers = self.finder.listed(((original(c), c.capture.timestamp) for c, _ in due if c.capture),
-                                     recheck=timedelta(seconds=self.limits.listed_after_seconds))
+                                     recheck=timedelta(seconds=self.limits.listed_after_seconds),
+                                     interval=timedelta(seconds=self.limits.listing_interval))
         for claim, checks in due:
             capture = claim.capture
             assert capture is not None
             row = answers.get((original(claim), capture.timestamp))
+            if isinstance(row, NotAskedYet):  # another run asks about its host now, or just did
+                work.listing[claim.episode_id] = (claim, time.monotonic() + row.seconds, checks)
+                continue
             if isinstance(row, CaptureError):
                 del work.listing[claim.episode_id]
                 self.out.capture_failed(claim, row, source="Wayback Machine")

@@ -22,6 +22,18 @@ class ArchiveLimits:
     # seconds to minutes after the job succeeds (its own client first looks after 9 s).
     # From the settings: two status polls (10 s by default).
     listed_after_seconds: float = 10.0
+    # One CDX check of a host answers for every capture waiting on it, so checks of one host
+    # are at least this far apart (every run together): at IA's pace of new captures (7 a
+    # minute), a check for each would spend most of the lookups. The default: 9 first-check
+    # delays (90 s: a capture is ready up to that much later, ~10 captures share a check).
+    listing_interval_seconds: float | None = None
+
+    @property
+    def listing_interval(self) -> float:
+        """Seconds between two CDX checks of one host for fresh captures."""
+        if self.listing_interval_seconds is not None:
+            return self.listing_interval_seconds
+        return 9 * self.listed_after_seconds
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ArchiveLimits":

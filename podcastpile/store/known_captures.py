@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -110,6 +110,31 @@ class KnownCaptures:
         if row is None or row.since > since:
             return False
         return row.looked_up_at >= max(after, self.store.clock() - within)
+
+    def reserve_listing_check(self, folder: str, *, since: str, interval: timedelta) -> float:
+        """Take the right to ask CDX about `folder`'s fresh captures now, if no run asked (or
+        took it) within `interval`: 0.0 when taken, else the seconds until it is free. Atomic
+        across runs, so runs whose captures fall due together send one query, not one each."""
+        now = self.store.clock()
+        key = url_key(_LISTING + folder)
+        with self.store.engine.begin() as connection:
+            insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
+            # RETURNING says whether this statement wrote the row (rowcount is not reliable for
+            # an INSERT ... ON CONFLICT DO NOTHING on every driver)
+            added = connection.execute(insert(_prefixes).values(
+                prefix_key=key, prefix=_LISTING + folder, looked_up_at=now, since=since, complete=False,
+            ).on_conflict_do_nothing().returning(_prefixes.c.prefix_key)).first()
+            if added is not None:
+                return 0.0
+            taken = connection.execute(
+                update(_prefixes).where(_prefixes.c.prefix_key == key, _prefixes.c.looked_up_at <= now - interval)
+                .values(looked_up_at=now, since=since).returning(_prefixes.c.prefix_key)
+            ).first()
+            if taken is not None:
+                return 0.0
+            last = connection.execute(select(_prefixes.c.looked_up_at).where(_prefixes.c.prefix_key == key)).scalar()
+        # another run's clock read may be a moment after ours: never more than the interval
+        return max(0.01, min(interval, (last or now) + interval - now).total_seconds())
 
     def remember_listing_check(self, folder: str, *, since: str) -> None:
         """Record that CDX was asked which captures of `folder` since `since` it lists."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 from podcastpile.archive.stage import ArchiveLimits, ArchiveStage
 from podcastpile.archive.wayback import WaybackClient
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine
 from podcastpile.store.archive import ArchiveQueue
+from podcastpile.store.known_captures import KnownCaptures
 from tests.archive.conftest import WAV, Harness
 from tests.processes import run_together
 from tests.wayback import AdHost, WaybackDouble
@@ -66,3 +70,24 @@ def test_three_concurrent_runs_share_one_lookup_window(archive_store: EpisodeSto
         assert ia.max_lookups_in_window(60.0) <= LOOKUPS_PER_MINUTE and ia.lookups_refused == 0
         waiting = [e for e in archive_store.list(limit=100) if e.error_code == "cdx-lookup-wait"]
         assert len(waiting) >= 30 - LOOKUPS_PER_MINUTE and all(e.archive_attempts == 0 for e in waiting)
+
+
+def _reserve_listing(database_url: str, name: str, barrier) -> float:  # type: ignore[no-untyped-def]
+    store = EpisodeStore(make_engine(database_url), archive_required=True)
+    barrier.wait()
+    wait = KnownCaptures(store).reserve_listing_check("https://host.example/", since="20261201000000",
+                                                      interval=timedelta(seconds=30))
+    store.close()
+    return wait
+
+
+def test_one_run_at_a_time_asks_cdx_about_a_hosts_fresh_captures(archive_store: EpisodeStore, database_url: str) -> None:
+    """Runs whose captures fall due together send one listing query, not one each."""
+    waits = run_together(_reserve_listing, [(database_url, f"run-{i}") for i in range(3)], timeout=60)
+    assert sorted(waits)[0] == 0.0 and all(25 < wait <= 30 for wait in sorted(waits)[1:]), waits
+    known = KnownCaptures(archive_store)
+    interval = timedelta(seconds=0.5)
+    assert known.reserve_listing_check("https://other.example/", since="20261201000000", interval=interval) == 0.0
+    assert known.reserve_listing_check("https://other.example/", since="20261201000000", interval=interval) > 0
+    time.sleep(0.6)
+    assert known.reserve_listing_check("https://other.example/", since="20261201000000", interval=interval) == 0.0

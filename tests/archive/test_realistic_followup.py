@@ -137,7 +137,8 @@ def test_a_capture_past_the_stale_limit_is_resubmitted_at_its_first_unlisted_che
     lookups = len(real.ia.lookup_times)
     summary = real.run(max_seconds=20)
     assert summary.counts == {"resubmit": 1}
-    assert len(real.ia.lookup_times) == lookups + 1  # one CDX check, not four
+    # at most one CDX check, not four (none when the first run's last check is recent enough)
+    assert len(real.ia.lookup_times) <= lookups + 1
     row = real.row(episode)
     assert row.error_code == "archive-replay-lag" and row.archive_attempts == 1
 
