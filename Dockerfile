@@ -4,7 +4,7 @@
 #   python -m pip wheel --no-deps . -w dist && docker build -t podcastpile-worker .
 #   docker run --gpus all -e MANAGER_URL=http://manager:8000 -e WORKER_PASSWORD=... podcastpile-worker
 #   docker stop -t 90 <container>     # more than --grace (60 s): the batch gives its episodes back
-# tests/test_worker_dockerfile.py checks this file statically; no image is built by the tests.
+# tests/test_worker_dockerfile.py checks this file statically and with hadolint; no image is built by the tests.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -14,8 +14,14 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/podcastpile \
     PATH=/opt/podcastpile/bin:$PATH
 
+# A pipe in a RUN fails the build when any part of it fails, not only its last command.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
 # Python 3.11 (Ubuntu 22.04 ships 3.10) from deadsnakes; ffmpeg for audio decoding; tini reaps
 # the processes a batch leaves to PID 1 (its claim guard) and passes `docker stop`'s SIGTERM on.
+# Not pinned to versions: the PPA and the security archive replace them, and a pin that no
+# longer exists breaks every build; the image's Python and CUDA come from the base's tag.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common gpg-agent \
  && add-apt-repository -y ppa:deadsnakes/ppa \
@@ -29,6 +35,8 @@ RUN apt-get update \
 RUN pip install torch==2.13.0
 
 COPY dist/podcastpile-*.whl /tmp/wheels/
+# The wheel is the pin (one file, its code version in its name); its extra pins torch and NeMo.
+# hadolint ignore=DL3013
 RUN set -e; \
     wheel="$(ls /tmp/wheels/podcastpile-*.whl)"; \
     if [ "$(printf '%s\n' "$wheel" | wc -l)" != 1 ]; then echo "dist/ must hold exactly one podcastpile wheel" >&2; exit 1; fi; \
@@ -38,7 +46,8 @@ RUN set -e; \
 
 # Not root: a flow run is code fetched from the internet's audio, decoded by ffmpeg and NeMo.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin podcastpile
-USER podcastpile
+# By number: a runtime that checks for a non-root user (Kubernetes' runAsNonRoot) can tell.
+USER 10001:10001
 # Flow runs start here (an installed worker's run directory): mount a .env here if wanted, and a
 # volume on ~/.cache to keep downloaded models across containers.
 WORKDIR /home/podcastpile
