@@ -10,13 +10,16 @@ address on everything served on the port and answers 429 to an address that keep
 
 X-Forwarded-For is ignored (uvicorn would trust it from 127.0.0.1) unless the proxy that
 sends it is named: `--trusted-proxy ADDRESS` (repeatable; an address or a network) or
-TRUSTED_PROXIES (comma-separated). See docs/security.md.
+TRUSTED_PROXIES (comma-separated; FORWARDED_ALLOW_IPS, uvicorn's name, is taken too). Then the
+forwarded address is the client's everywhere: the login limit's, and the IP a claiming worker is
+recorded with (deployments/jobs_api.py). See docs/security.md.
 
 With `--ssl-certfile` and `--ssl-keyfile` (`ppcli manager --tls-cert/--tls-key`) uvicorn
 serves HTTPS, and only HTTPS, for everything on the port: API, UI, docs, websockets.
 
 Next to Prefect's API, the manager's own (deployments/jobs_api.py: /api/jobs, /api/stats) is
-served on the same port, behind the same password, limit and TLS.
+served on the same port, behind the same password, limit and TLS; so is the wheel of this
+checkout that GPU machines install (deployments/wheel_index.py: /simple/, /dist/).
 
 Run by `ppcli manager` as `python -m deployments.server --host H --port P`.
 """
@@ -76,8 +79,10 @@ def protect(app: ASGIApp, password: str | None, trusted_proxies: Sequence[str] =
 
 
 def trusted_proxies_from(flags: Sequence[str] | None, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """The proxies whose X-Forwarded-For counts: the flags, else TRUSTED_PROXIES; none by default."""
-    values = list(flags or []) or environ.get("TRUSTED_PROXIES", "").split(",")
+    """The proxies whose X-Forwarded-For counts: the flags, else TRUSTED_PROXIES, else
+    FORWARDED_ALLOW_IPS (the name uvicorn and the original manager's docs use); none by default."""
+    named = environ.get("TRUSTED_PROXIES") or environ.get("FORWARDED_ALLOW_IPS") or ""
+    values = list(flags or []) or named.split(",")
     return [value.strip() for value in values if value.strip()]
 
 
@@ -159,7 +164,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=4200)
     parser.add_argument("--trusted-proxy", action="append", metavar="ADDRESS",
                         help="A reverse proxy (address or network) whose X-Forwarded-For names the client "
-                             "(repeatable; default: TRUSTED_PROXIES, else none).")
+                             "(repeatable; default: TRUSTED_PROXIES or FORWARDED_ALLOW_IPS, else none).")
     parser.add_argument("--ssl-certfile", metavar="FILE", help="Serve HTTPS with this certificate (PEM).")
     parser.add_argument("--ssl-keyfile", metavar="FILE", help="The certificate's private key (PEM).")
     args = parser.parse_args()
@@ -171,6 +176,7 @@ def main() -> None:
     from prefect.settings import get_current_settings
 
     from deployments.jobs_api import JobsAPI, create_jobs_app, with_jobs_api
+    from deployments.wheel_index import WheelPublisher, create_wheel_app, with_wheel_index
 
     _log_to_stderr()
     settings = get_current_settings()
@@ -180,7 +186,10 @@ def main() -> None:
     jobs = create_jobs_app(JobsAPI(config, prefect_api=own_api(
         args.host, args.port, password, args.ssl_certfile, config.tls_ca_file)))
     slower_task_queue()
-    app = protect(with_jobs_api(create_app(final=True), jobs, password), password,
+    publisher = WheelPublisher.for_checkout(Path(settings.home))
+    publisher.start()  # builds in the background after the manager's start, or at the first request
+    served = with_jobs_api(create_app(final=True), jobs, password)
+    app = protect(with_wheel_index(served, create_wheel_app(publisher), password), password,
                   trusted_proxies_from(args.trusted_proxy))
     uvicorn.run(
         app, host=args.host, port=args.port,

@@ -80,9 +80,10 @@ def prefect_client_settings(api: PrefectAPI) -> Iterator[None]:
         temporary_settings,
     )
 
-    # The CA file too: an https:// manager with a private CA is verified as `ppcli` checked it.
+    # The CA file too: an https:// manager is verified as `ppcli` checked it (a private CA, or
+    # this machine's trust store with certifi's CAs).
     updates = {PREFECT_API_URL: api.url, PREFECT_API_AUTH_STRING: api.auth_string, PREFECT_API_KEY: api.api_key,
-               PREFECT_API_SSL_CERT_FILE: api.ca_file}
+               PREFECT_API_SSL_CERT_FILE: api.client_environment().get("PREFECT_API_SSL_CERT_FILE")}
     with temporary_settings(updates={key: value for key, value in updates.items() if value},
                             restore_defaults={key for key, value in updates.items() if not value}):
         yield

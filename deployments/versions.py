@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 # Set by `ppcli worker --allow-version-mismatch` for its Prefect workers.
 ALLOW_MISMATCH = "PODCASTPILE_ALLOW_VERSION_MISMATCH"
-HINT = ("install the manager's version (a wheel built from its checkout: docs/operate.md#workers-without-a-checkout) "
+HINT = ("install the manager's version (the wheel it publishes at /simple/podcastpile/: docs/operate.md#workers-without-a-checkout) "
         "or start the worker with --allow-version-mismatch")
 
 

@@ -16,7 +16,9 @@ pool's job template or the deployment's pull steps, which whoever holds the API 
 between the check and the start. Crash and cancellation hooks load the flow the same way.
 
 Registered with Prefect through the `prefect.collections` entry point (pyproject.toml), so a
-plain `prefect worker start --pool gpu` on a pool of this type runs this class too.
+plain `prefect worker start --pool gpu --type podcastpile` runs this class too. Never without
+`--type`: Prefect then takes the type from the pool on the server, which whoever holds the
+password can delete and make again as `process` (Prefect's worker that runs anything).
 
 It leans on the runner internals of Prefect's own process worker (the executor context and
 the engine starter), hence pyproject.toml pins Prefect's minor version.

@@ -32,6 +32,9 @@ from tasks.settings import flow_settings
 from tasks.states import nothing_done
 
 BATCH_DEPLOYMENT = "process-batch/gpu"
+# `deployment` decides which runs dispatch creates and which runs' episodes it requeues: only
+# prefect.yaml may set it, a run may not (deployments/allowlist.py refuses it otherwise).
+FIXED_PARAMETERS = ("deployment",)
 
 
 @flow(name="dispatch")

@@ -15,6 +15,11 @@ from prefect import flow
 from tasks.export import export_dataset_task, filtered_release
 from tasks.settings import flow_settings
 
+# `out` decides where the manager's CPU worker writes: a run may not choose it, only prefect.yaml
+# (a filtered release's own deployment) does; unset, the export writes DATASET_DIR. Workers
+# refuse any other value (deployments/allowlist.py), so the password does not choose a path.
+FIXED_PARAMETERS = ("out",)
+
 
 @flow(name="export-dataset", log_prints=True)
 def export_flow(out: str | None = None, where: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from podcastpile.net.urls import MASK, mask_secrets
@@ -77,7 +77,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port the manager (Prefect server) serves on.")
     trusted_proxies: str = Field(
         "", description="Comma-separated addresses of reverse proxies in front of the manager whose "
-        "X-Forwarded-For names the client (for the wrong-password limit); empty: none.",
+        "X-Forwarded-For names the client (for the wrong-password limit and the IP a worker is "
+        "recorded with); empty: none. FORWARDED_ALLOW_IPS (uvicorn's name) is read too.",
+        # TRUSTED_PROXIES first: where both are set it wins.
+        validation_alias=AliasChoices("trusted_proxies", "forwarded_allow_ips"),
     )
     tls_cert_file: str | None = Field(
         None, description="The manager serves HTTPS with this certificate (PEM; any intermediate "
@@ -89,8 +92,8 @@ class Settings(BaseSettings):
     )
     tls_ca_file: str | None = Field(
         None, description="CA certificates (PEM) that clients of an https:// manager verify its "
-        "certificate with: workers and their flow runs, `ppcli setup`. Unset: the public "
-        "CAs (SSL_CERT_FILE, else certifi's bundle, as Prefect's client); the manager's own clients: "
+        "certificate with: workers and their flow runs, `ppcli setup`. Unset: SSL_CERT_FILE, else "
+        "this machine's trust store plus certifi's public CAs; the manager's own clients: "
         "TLS_CERT_FILE when it holds a self-signed certificate. `--ca` overrides it.",
     )
     worker_auth_enabled: bool = Field(False, description="Require a password from workers.")

@@ -13,15 +13,21 @@ manager`'s calls to its own server, `ppcli stats` asking which runs are dead) fi
             without auth ignores it, so sending it is never wrong); else PREFECT_API_AUTH_STRING.
   CA        for an https:// manager, the certificates its certificate is verified with: the
             --ca option; else TLS_CA_FILE; else PREFECT_API_SSL_CERT_FILE (where Prefect reads
-            it); else what Prefect's client trusts by default, SSL_CERT_FILE or certifi's bundle
-            of public CAs. The path is made absolute: workers and flow runs start elsewhere.
+            it); else SSL_CERT_FILE (OpenSSL's and Prefect's own override); else this machine's
+            trust store (OpenSSL's default CA file and directory: the OS's ca-certificates,
+            where an organisation's CA is installed) plus certifi's public CAs, as one PEM file
+            (`system_ca_file`). The path is made absolute: workers and flow runs start elsewhere.
 
 PREFECT_API_URL, PREFECT_API_AUTH_STRING, PREFECT_API_KEY and PREFECT_API_SSL_CERT_FILE are read
 where Prefect's own client reads them: the environment, then `.env` in the working directory,
 then the active profile (`prefect config set` writes there). The password goes as HTTP Basic
 credentials, as Prefect's client sends PREFECT_API_AUTH_STRING; without one, PREFECT_API_KEY
 goes as a bearer token. The CA file reaches workers and their flow runs as
-PREFECT_API_SSL_CERT_FILE (`PrefectAPI.client_environment`).
+PREFECT_API_SSL_CERT_FILE (`PrefectAPI.client_environment`): Prefect's client verifies with one
+CA file (else certifi's alone), so the system store goes to it as a file too, and every client,
+`ppcli`'s checks and the workers' Prefect clients alike, trusts the same CAs. (The `truststore`
+package would verify through the OS in this process only; Prefect's worker and flow-run
+processes build their own SSL contexts, from the file.)
 
 The manager's own server demands a password only with WORKER_AUTH_ENABLED (`server_password`).
 
@@ -32,9 +38,12 @@ in a fraction of a second, could not afford its import (seconds) anyway.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,6 +54,8 @@ if TYPE_CHECKING:
     from podcastpile.config import Settings
 
 LOCAL_HOST = "127.0.0.1"
+_HASHED_CERTIFICATE = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")  # OpenSSL's CA directory names: c_rehash's
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -67,24 +78,24 @@ class PrefectAPI:
         return auth_headers(self.auth_string, self.api_key)
 
     def ssl_context(self) -> ssl.SSLContext:
-        """What an https:// API is verified with: `ca_file`, else the CAs Prefect's client
-        trusts by default (SSL_CERT_FILE, else certifi's bundle), so that a check passes exactly
-        where the workers' own clients will. OSError or ssl.SSLError for an unreadable CA file."""
-        import ssl  # here, like certifi: commands that never call an https:// manager skip both
+        """What an https:// API is verified with: `verify_file()`, the file the workers' own
+        Prefect clients get too, so that a check passes exactly where they will. OSError or
+        ssl.SSLError for an unreadable CA file."""
+        import ssl  # here: commands that never call an https:// manager skip it
 
-        cafile = self.ca_file or os.environ.get("SSL_CERT_FILE")
-        if not cafile:
-            import certifi
+        return ssl.create_default_context(cafile=self.verify_file())
 
-            cafile = certifi.where()
-        return ssl.create_default_context(cafile=cafile)
+    def verify_file(self) -> str:
+        """The CA file an https:// API is verified with: `ca_file`, else SSL_CERT_FILE, else
+        this machine's trust store plus certifi's CAs (`system_ca_file`)."""
+        return self.ca_file or os.environ.get("SSL_CERT_FILE") or system_ca_file()
 
     def client_environment(self) -> dict[str, str]:
         """The environment variables that point a Prefect client (a worker, `prefect deploy`)
-        at this API with these credentials and, where one is named, this CA file."""
+        at this API with these credentials and, for https://, the CA file to verify it with."""
         env = {"PREFECT_API_URL": self.url}
-        if self.ca_file:
-            env["PREFECT_API_SSL_CERT_FILE"] = self.ca_file
+        if self.ca_file or urlsplit(self.url).scheme == "https":
+            env["PREFECT_API_SSL_CERT_FILE"] = self.verify_file()
         if self.auth_string:
             env["PREFECT_API_AUTH_STRING"] = self.auth_string
         if self.api_key:
@@ -125,6 +136,52 @@ def find_prefect_api(
     if ca_file:
         ca_file = str(Path(ca_file).expanduser().absolute())
     return PrefectAPI(url, auth_string=auth or None, api_key=key, guessed=guessed, ca_file=ca_file)
+
+
+@cache  # once per process: it reads a few hundred files, and the store changes with a restart
+def system_ca_file() -> str:
+    """A PEM file of this machine's trusted CAs plus certifi's: OpenSSL's default CA file and
+    directory (SSL_CERT_DIR moves the directory) and certifi's bundle, each certificate once.
+    Written once per content under the user's cache directory (a private temporary directory
+    where that is not writable), never in a shared directory where another user could put
+    their own CA first; Prefect's clients and flow runs read it by path."""
+    import ssl
+    import tempfile
+
+    import certifi
+
+    paths = ssl.get_default_verify_paths()
+    sources = [Path(paths.openssl_cafile)]
+    directory = os.environ.get(paths.openssl_capath_env) or paths.openssl_capath
+    if directory and Path(directory).is_dir():
+        sources += sorted(path for path in Path(directory).iterdir() if _HASHED_CERTIFICATE.match(path.name))
+    sources.append(Path(certifi.where()))
+    certificates: dict[bytes, None] = {}  # ordered, each certificate once
+    for source in sources:
+        try:
+            text = source.read_bytes()
+        except OSError:
+            continue  # a missing default file (macOS, Windows): certifi's alone then
+        for match in _PEM_CERTIFICATE.finditer(text):
+            certificates.setdefault(match.group().replace(b"\r\n", b"\n"), None)
+    bundle = b"\n".join(certificates) + b"\n"
+    name = f"ca-bundle-{hashlib.sha256(bundle).hexdigest()[:16]}.pem"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "podcastpile"
+    for directory_path in (cache, None):
+        try:
+            if directory_path is None:
+                directory_path = Path(tempfile.mkdtemp(prefix="podcastpile-ca-"))  # mode 0700
+            directory_path.mkdir(parents=True, exist_ok=True)
+            target = directory_path / name
+            if not target.is_file() or target.read_bytes() != bundle:
+                with tempfile.NamedTemporaryFile(dir=directory_path, delete=False) as temporary:
+                    temporary.write(bundle)
+                os.chmod(temporary.name, 0o644)  # public certificates: readable as any CA bundle
+                os.replace(temporary.name, target)
+            return str(target)
+        except OSError:
+            continue
+    raise OSError("cannot write the CA bundle: neither the cache directory nor a temporary one is writable")
 
 
 def server_password(settings: Settings) -> str | None:

@@ -76,3 +76,42 @@ def test_an_unreadable_prefect_yaml_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "prefect.yaml").write_text("deployments:\n  - name: x\n    entrypoint: flows/missing.py:f\n")
     with pytest.raises(AllowlistError, match="missing.py"):
         Allowlist.from_project(tmp_path)
+
+
+def test_a_run_may_not_choose_where_the_export_writes_or_what_dispatch_drives() -> None:
+    """Parameter values the flows name in FIXED_PARAMETERS: only prefect.yaml sets them."""
+    export, dispatch = deployment("export"), deployment("dispatch")
+    for allowed in ({}, {"out": None}, {"out": None, "where": None}):
+        assert isinstance(OURS.match(export, {}, allowed), AllowedDeployment), allowed
+    for elsewhere in ("/tmp/elsewhere", "./dataset", "s3://attacker/bucket", "file:///root/.ssh", ""):
+        reason = OURS.match(export, {}, {"out": elsewhere})
+        assert isinstance(reason, str) and reason.startswith(f"parameter 'out' of deployment 'export' is {elsewhere!r}")
+        assert "only this worker's prefect.yaml sets it" in reason
+    # `where` stays the run's: the flow parses it itself (podcastpile.dataset.filters)
+    assert isinstance(OURS.match(export, {}, {"where": "duration > 600"}), AllowedDeployment)
+    # dispatch's own default, spelled out, is still its default
+    for allowed in ({}, {"deployment": "process-batch/gpu"}, {"max_waiting": 3}):
+        assert isinstance(OURS.match(dispatch, {}, allowed), AllowedDeployment), allowed
+    assert isinstance(OURS.match(dispatch, {}, {"deployment": "attacker/shell"}), str)
+
+
+def test_prefect_yaml_fixes_the_value_of_a_fixed_parameter(tmp_path: Path) -> None:
+    """A filtered release's own deployment (docs/dataset.md) gives `out` in prefect.yaml: that
+    value, and no other, is allowed (not even the default)."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "export.py").write_text(
+        "DEFAULT = 'x'\nFIXED_PARAMETERS = ('out', 'mode')\n\n"
+        "def export_flow(out: str | None = None, where: str | None = None, mode: str = DEFAULT):\n    pass\n")
+    (tmp_path / "prefect.yaml").write_text(
+        "deployments:\n  - name: export-clean\n    entrypoint: flows/export.py:export_flow\n"
+        "    parameters:\n      out: s3://bucket/clean\n      where: speech_ratio > 0.8\n")
+    allowlist = Allowlist.from_project(tmp_path)
+    assert allowlist.deployments["export-clean"].fixed == {"out": ("s3://bucket/clean",), "mode": (None, "x")}
+    clean = {"name": "export-clean", "entrypoint": "flows/export.py:export_flow", "pull_steps": []}
+    assert isinstance(allowlist.match(clean, {}, {"out": "s3://bucket/clean", "mode": "x"}), AllowedDeployment)
+    for out in (None, "s3://bucket/other"):
+        assert isinstance(allowlist.match(clean, {}, {"out": out}), str), out
+    assert isinstance(allowlist.match(clean, {}, {"out": "s3://bucket/clean", "mode": "y"}), str)
+    (tmp_path / "flows" / "export.py").write_text("FIXED_PARAMETERS = 'out'\ndef export_flow(out=None):\n    pass\n")
+    with pytest.raises(AllowlistError, match="FIXED_PARAMETERS must be a tuple"):
+        Allowlist.from_project(tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deployments.allowlist import AllowedDeployment, Allowlist
+from deployments.allowlist import ROOT, AllowedDeployment, Allowlist
 from podcastpile.store import EpisodeStore, make_engine, migrate
 from tests.dataset.conftest import add_completed
 
@@ -93,12 +93,23 @@ def test_a_bad_filter_fails_at_once_without_retries(
     assert [run.run_count for run in runs if run.name.startswith("export-dataset")] == [1]
 
 
-def test_workers_accept_a_run_of_the_export_deployment_with_a_filter() -> None:
-    # A second deployment for a filtered release passes these two parameters; the workers'
-    # allowlist refuses parameters the flow function does not take.
-    allowlist = Allowlist.from_project()
-    export = allowlist.deployments["export"]
-    deployment = {"name": "export", "entrypoint": export.entrypoint, "job_variables": {},
+def test_workers_accept_a_run_of_the_export_deployment_with_a_filter(tmp_path: Path) -> None:
+    # A second deployment for a filtered release (prefect.yaml's commented `export-clean`) gives
+    # these two parameters; the workers' allowlist refuses parameters the flow function does not
+    # take, and an `out` that prefect.yaml does not give (a run may not choose where it writes).
+    project = (ROOT / "prefect.yaml").read_text()
+    clean = "\n".join(line.replace("  # ", "  ", 1) for line in project[project.index("  # - name: export-clean"):].splitlines())
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "export.py").write_text((ROOT / "flows" / "export.py").read_text())
+    (tmp_path / "prefect.yaml").write_text("deployments:\n" + clean + "\n")
+    allowlist = Allowlist.from_project(tmp_path)
+    release = allowlist.deployments["export-clean"]
+    deployment = {"name": "export-clean", "entrypoint": release.entrypoint, "job_variables": {},
                   "storage_document_id": None, "infrastructure_document_id": None, "pull_steps": None}
-    assert isinstance(allowlist.match(deployment, {}, {"out": "s3://bucket/clean", "where": PREDICATE}),
-                      AllowedDeployment)
+    given = {"out": "s3://bucket/podcastpile-clean", "where": PREDICATE}
+    assert isinstance(allowlist.match(deployment, {}, given), AllowedDeployment)
+    assert isinstance(allowlist.match(deployment, {}, {**given, "out": "s3://bucket/elsewhere"}), str)
+    ours = Allowlist.from_project()  # the checkout's `export`: DATASET_DIR only
+    export = {**deployment, "name": "export", "entrypoint": ours.deployments["export"].entrypoint}
+    assert isinstance(ours.match(export, {}, {"where": PREDICATE}), AllowedDeployment)
+    assert isinstance(ours.match(export, {}, given), str)

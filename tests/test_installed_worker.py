@@ -1,7 +1,8 @@
 """A GPU machine without a checkout: the project's wheel installed in a fresh virtual environment,
 `ppcli worker` started in an empty directory.
 
-The wheel is built from this checkout and installed without its dependencies into a new venv,
+The wheel is the one a manager publishes (deployments/wheel_index.py: built from this checkout,
+served behind the password), installed by pip from its URL without its dependencies into a new venv,
 which then reuses the test environment's site-packages (a .pth file, added after the install so
 pip never sees the checkout's editable install) for Prefect, NeMo and the rest: fast, offline,
 and every module of this project imported from the venv, which each test checks. The end-to-end
@@ -23,14 +24,17 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from starlette.applications import Starlette
 
 from deployments.versions import fleet_mismatch, mismatch_allowed, version_mismatch
+from deployments.wheel_index import WheelPublisher, create_wheel_app, wheel_filename, with_wheel_index
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.version import code_version
 from tests.manager import ROOT, Manager
 from tests.pipeline.conftest import AudioHost, conversation, pipeline_environment  # noqa: F401  (a fixture)
 from tests.prefect_server import free_port
 from tests.processes import stop_tree
+from tests.service.test_login_limit import serving
 
 PACKAGES = ("podcastpile", "flows", "tasks", "deployments")
 
@@ -67,18 +71,20 @@ class Installed:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """The wheel of this checkout in a new venv that borrows this one's dependencies."""
     tmp = tmp_path_factory.mktemp("installed")
-    wheels, venv = tmp / "wheels", tmp / "venv"
+    venv = tmp / "venv"
     quiet = {"capture_output": True, "text": True, "timeout": 300}
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "--no-index", str(ROOT), "-w", str(wheels)], **quiet)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    (wheel,) = wheels.glob("podcastpile-*.whl")
     made = subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip",
                            str(venv)], **quiet)
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                           "--no-index", str(wheel)], **quiet)
+    # The manager's routes for its wheel, served here (no Prefect needed to serve a file).
+    publisher = WheelPublisher(ROOT, code_version(), tmp / "wheels", delay=0)
+    publisher.get(wait=300)  # built before pip asks: a busy machine's build outlasts a request's wait
+    rest = Starlette()  # the rest of the manager: nothing here
+    with serving(with_wheel_index(rest, create_wheel_app(publisher), "wheel-password")) as url:
+        wheel_url = url.replace("://", "://worker:wheel-password@") + "/dist/" + wheel_filename(code_version())
+        done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                               "--no-index", f"podcastpile @ {wheel_url}"], **quiet)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                **quiet).stdout.strip())

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import base64
+import socket
+import ssl
+import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from podcastpile.config import Settings, load_settings
-from podcastpile.prefect_api import auth_headers, find_prefect_api, prefect_setting, server_password
+from podcastpile.prefect_api import (
+    PrefectAPI,
+    auth_headers,
+    find_prefect_api,
+    prefect_setting,
+    server_password,
+    system_ca_file,
+)
 
 
 def config(**values: object) -> Settings:
@@ -89,3 +100,63 @@ def test_credentials_are_sent_as_prefects_client_sends_them(tmp_path: Path) -> N
 def test_the_managers_server_demands_the_password_only_with_auth_on() -> None:
     assert server_password(config(worker_password="s3cret", worker_auth_enabled=True)) == "s3cret"
     assert server_password(config(worker_password="s3cret", worker_auth_enabled=False)) is None
+
+
+def _handshake(context: ssl.SSLContext, server: ssl.SSLContext) -> None:
+    """A TLS handshake with `server` on 127.0.0.1, verified with `context`; raises as a client would."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            connection, _ = listener.accept()
+            try:
+                with server.wrap_socket(connection, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass  # the client refused us: that is its side's result
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with socket.create_connection(listener.getsockname(), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                pass
+        thread.join(timeout=10)
+
+
+def test_without_a_ca_file_https_trusts_this_machines_store_and_certifi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --ca, TLS_CA_FILE or SSL_CERT_FILE: an organisation's CA installed in the OS store
+    (OpenSSL's CA directory, here moved with SSL_CERT_DIR) is trusted, and certifi's public
+    CAs too, by `ppcli`'s checks and, through the same file, by the workers' Prefect clients."""
+    import certifi
+    import trustme
+
+    organisation = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    organisation.issue_cert("127.0.0.1").configure_cert(server)
+    store = tmp_path / "certs"
+    store.mkdir()
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    api = PrefectAPI("https://127.0.0.1:8000/api")
+    try:
+        monkeypatch.setenv("SSL_CERT_DIR", str(store))  # the OS store without the organisation's CA
+        system_ca_file.cache_clear()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(api.ssl_context(), server)
+
+        organisation.cert_pem.write_to_path(str(store / "0a1b2c3d.0"))  # installed as c_rehash names it
+        system_ca_file.cache_clear()
+        _handshake(api.ssl_context(), server)
+        bundle = Path(api.verify_file())
+        assert bundle.parent == tmp_path / "cache" / "podcastpile" and stat.S_IMODE(bundle.stat().st_mode) == 0o644
+        text = bundle.read_bytes()
+        assert organisation.cert_pem.bytes().strip() in text
+        public = Path(certifi.where()).read_bytes().count(b"-----BEGIN CERTIFICATE-----")
+        assert text.count(b"-----BEGIN CERTIFICATE-----") >= public + 1  # certifi's, each once, and ours
+        # the workers and their flow runs get the same file; an http:// manager needs none
+        assert api.client_environment()["PREFECT_API_SSL_CERT_FILE"] == str(bundle)
+        assert "PREFECT_API_SSL_CERT_FILE" not in PrefectAPI("http://127.0.0.1:8000/api").client_environment()
+        # a named CA file, or SSL_CERT_FILE, is used alone, as before
+        assert PrefectAPI(api.url, ca_file="/srv/ca.pem").verify_file() == "/srv/ca.pem"
+        monkeypatch.setenv("SSL_CERT_FILE", "/etc/my-ca.pem")
+        assert api.verify_file() == "/etc/my-ca.pem"
+    finally:
+        system_ca_file.cache_clear()

@@ -43,6 +43,7 @@ from typing import Annotated
 
 import typer
 
+from deployments.wheel_index import published_filename
 from podcastpile.cli.application import app
 from podcastpile.cli.common import EXIT_FAILED, EXIT_SETUP, fail, settings
 from podcastpile.cli.control import ControlLoops
@@ -71,7 +72,7 @@ def setup_command(
     manager: Annotated[str | None, typer.Option("--manager", "-m", help="Manager URL, e.g. http://manager:8000 (default: PREFECT_API_URL).")] = None,
     password: Annotated[str | None, typer.Option("--password", "-p", help="The manager's password (default: WORKER_PASSWORD, else PREFECT_API_AUTH_STRING).")] = None,
     one_batch_at_a_time: Annotated[bool, typer.Option(help="Cap the gpu pool at one running batch (for a SQLite Prefect database).")] = False,
-    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with (default: TLS_CA_FILE, else the public CAs).")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with (default: TLS_CA_FILE, else this machine's CAs and certifi's).")] = None,
 ) -> None:
     """Create or update everything the pipeline needs on a Prefect server; safe to rerun."""
     config = settings()
@@ -96,7 +97,7 @@ def manager(
     generate_password: Annotated[bool, typer.Option("--generate-password", help="Write WORKER_AUTH_ENABLED=true and a new WORKER_PASSWORD to ./.env (mode 0600), print the password once and exit.")] = False,
     tls_cert: Annotated[str | None, typer.Option("--tls-cert", metavar="FILE", help="Serve HTTPS with this certificate (PEM, intermediates after it; default: TLS_CERT_FILE). Needs --tls-key.")] = None,
     tls_key: Annotated[str | None, typer.Option("--tls-key", metavar="FILE", help="The certificate's private key (PEM, unencrypted; default: TLS_KEY_FILE).")] = None,
-    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) the manager's own clients verify its certificate with (default: TLS_CA_FILE, else the certificate itself when self-signed, else the public CAs).")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) the manager's own clients verify its certificate with (default: TLS_CA_FILE, else the certificate itself when self-signed, else this machine's CAs and certifi's).")] = None,
 ) -> None:
     """Run the Prefect server with the pipeline set up, plus its CPU worker; Ctrl+C stops all."""
     if generate_password:
@@ -208,7 +209,7 @@ def _announce(config: Settings, public: str, host: str, port: int, loopback: boo
         say(f"  TLS: on, certificate {tls.cert}; clients verify it with {tls.ca} "
             "(other machines: a copy of it as --ca CA_FILE or TLS_CA_FILE)")
     elif tls:
-        say(f"  TLS: on, certificate {tls.cert}; clients verify it with the public CAs")
+        say(f"  TLS: on, certificate {tls.cert}; clients verify it with their trust store and certifi's CAs")
     else:
         say("  TLS: off")
     if sqlite:
@@ -224,6 +225,11 @@ def _announce(config: Settings, public: str, host: str, port: int, loopback: boo
         return
     joining = f"ppcli worker -m {public}" + (" -p PASSWORD" if auth else "") + ca_option
     say(f"  GPU machines join with: {joining}")
+    wheel = published_filename()  # the manager serves its checkout's wheel (deployments/wheel_index.py)
+    if wheel:
+        where = public.replace("://", "://worker:PASSWORD@", 1) if auth else public
+        say(f'  GPU machines install this code with: pip install "podcastpile[worker] @ {where}/dist/{wheel}"'
+            + (" --cert CA_FILE" if tls and tls.ca else "") + " (torch==2.13.0 first)")
     if auth and not tls:
         tell("warning", f"no TLS: the password travels in clear to {_url_host(host)}:{port}; serve HTTPS with "
              "--tls-cert/--tls-key or put a TLS reverse proxy (Caddy, nginx) in front, see docs/operate.md",

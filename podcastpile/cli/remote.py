@@ -32,7 +32,7 @@ PasswordOption = Annotated[str | None, typer.Option(
     "PREFECT_API_AUTH_STRING). Prefer the setting: a command line is visible to every user of the machine.")]
 CaOption = Annotated[str | None, typer.Option(
     "--ca", metavar="FILE", help="With -m: CA certificates (PEM) to verify an https:// manager with "
-    "(default: TLS_CA_FILE, else the public CAs).")]
+    "(default: TLS_CA_FILE, else this machine's CAs and certifi's).")]
 
 
 def manager_client(config: Settings, manager: str | None, password: str | None, ca: str | None) -> ManagerClient | None:

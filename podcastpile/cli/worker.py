@@ -1,6 +1,6 @@
 """`ppcli worker`: Prefect workers on the GPU pool, one per GPU, that stop the way operators expect.
 
-Each worker is a `prefect worker start --pool gpu --limit 1` child (one batch at a time),
+Each worker is a `prefect worker start --pool gpu --type podcastpile --limit 1` child (one batch at a time),
 with `CUDA_VISIBLE_DEVICES` set to its GPU and its own name (`host-gpu0`, …), so the pool,
 the UI and every claim say which GPU took what. One SIGTERM or Ctrl+C stops their flow runs
 gracefully (unfinished episodes are released), then the workers; a second kills everything
@@ -29,7 +29,7 @@ from podcastpile.cli.common import EXIT_SETUP, fail, settings
 from podcastpile.cli.display import tell
 from podcastpile.cli.manager_api import ManagerProblem, check_manager
 from podcastpile.cli.supervise import Supervisor, WorkerChild, note
-from podcastpile.cli.worker_code import shadowing_copy, version_problem
+from podcastpile.cli.worker_code import pool_type_problem, shadowing_copy, version_problem
 from podcastpile.machine import list_gpus
 from podcastpile.prefect_api import find_prefect_api
 from podcastpile.store import normalize_language
@@ -49,7 +49,7 @@ def worker(
     pool: Annotated[str | None, typer.Option(help="Work pool (default: WORK_POOL, i.e. gpu).")] = None,
     grace: Annotated[float, typer.Option(min=0, help="Seconds a stopping worker gives its runs to release their episodes.")] = 60.0,
     limit: Annotated[int, typer.Option(min=1, help="Flow runs each worker runs at once (a batch wants a whole GPU: keep 1 on the gpu pool).")] = 1,
-    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with, here and in every flow run (default: TLS_CA_FILE, else the public CAs).")] = None,
+    ca: Annotated[str | None, typer.Option("--ca", metavar="FILE", help="CA certificates (PEM) to verify an https:// manager with, here and in every flow run (default: TLS_CA_FILE, else this machine's CAs and certifi's).")] = None,
     allow_version_mismatch: Annotated[bool, typer.Option("--allow-version-mismatch", help="Run the manager's deployments even when they were made by another code version than this worker's (a warning instead of refused runs).")] = False,
 ) -> None:
     """Run Prefect workers that take one batch at a time; SIGTERM/Ctrl+C once stops them cleanly."""
@@ -81,6 +81,9 @@ def worker(
         fail(f"{mismatch}: its runs would be refused; {HINT}", code=EXIT_SETUP)
     if mismatch is not None:
         tell("warning", f"{mismatch}: running its deployments anyway (--allow-version-mismatch)", style="yellow")
+    foreign_pool = pool_type_problem(api, pool or config.work_pool)
+    if foreign_pool is not None:
+        tell("warning", foreign_pool, style="yellow")
 
     explicit = worker_id is not None or "worker_id" in config.model_fields_set
     names = worker_names(worker_id or config.worker_id, explicit=explicit, gpus=devices)

@@ -162,6 +162,26 @@ def test_nothing_but_our_deployments_runs_on_a_worker(fleet: Fleet, pool: str, o
     assert "overrides job variables env" in reasons["overridden-env"]
 
 
+def test_a_run_may_not_choose_where_the_export_writes(fleet: Fleet) -> None:
+    """A run of our export deployment with `out=` (or the deployment's parameters changed to
+    give one) would have the manager's CPU worker write wherever the password holder says."""
+    export = fleet.deployment("export")
+    elsewhere = fleet.tmp / "elsewhere"
+    runs = [fleet.run(export, parameters={"out": str(elsewhere)})]
+    fleet.client.patch(f"/deployments/{export['id']}", json={"parameters": {"out": str(elsewhere)}}).raise_for_status()
+    try:
+        runs.append(fleet.run(export))
+    finally:
+        fleet.client.patch(f"/deployments/{export['id']}", json={"parameters": {}}).raise_for_status()
+    for run_id in runs:
+        state = fleet.final_state(run_id)
+        assert (state["type"], state["name"]) == ("FAILED", "Refused"), state
+        assert state["message"] == (f"refused by worker cpu-box: parameter 'out' of deployment 'export' is "
+                                    f"{str(elsewhere)!r}, but only this worker's prefect.yaml sets it (unset: the "
+                                    "flow's default): a run may not choose where the worker writes or what it drives")
+    assert not elsewhere.exists()
+
+
 def test_our_deployment_still_runs_and_refusals_are_counted(fleet: Fleet) -> None:
     started = attacks(fleet, "cpu", "stats")
     allowed = fleet.run(fleet.deployment("stats"))

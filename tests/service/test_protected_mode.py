@@ -6,11 +6,13 @@ password travels in clear.
 
 Refusals happen before anything starts: those tests take a fraction of a second. The bind
 address of an allowed start is read from the kernel's table of listening sockets; one test
-starts a whole manager (auth on, with the generated password) and calls it as a worker does.
+starts a whole manager (auth on, with the generated password) and calls it as a worker, the UI's
+login form and a real `ppcli worker` do.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -28,7 +30,7 @@ from podcastpile.cli.manager_api import ManagerProblem, check_manager
 from podcastpile.cli.stopping import descendants, signal_all
 from podcastpile.config import load_settings
 from podcastpile.prefect_api import find_prefect_api
-from tests.manager import PPCLI
+from tests.manager import PPCLI, ROOT
 from tests.prefect_server import free_port
 from tests.processes import alive, stop_tree
 
@@ -203,7 +205,16 @@ def test_insecure_serves_every_address_without_auth_and_warns(tmp_path: Path) ->
         # ... and where operators look: the dashboard reads it from a Prefect variable setup leaves
         variable = f"http://127.0.0.1:{port}/api/variables/name/podcastpile-manager-insecure"
         manager.wait_until(lambda: _answers(variable), "the --insecure variable")
-        assert "without auth (--insecure)" in httpx.get(variable, timeout=10).json()["value"]
+        warning = httpx.get(variable, timeout=10).json()["value"]
+        assert "without auth (--insecure)" in warning
+        # ... and the dashboard the stats flow renders from it, as the CPU worker's runs publish it
+        env = environment(tmp_path, PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
+        stats = subprocess.run([sys.executable, "-c", "from flows.stats import stats_flow; print(stats_flow())"],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert stats.returncode == 0, stats.stderr[-3000:]
+        assert f"> **Warning**: `{warning}`" in stats.stdout
+        artifact = httpx.get(f"http://127.0.0.1:{port}/api/artifacts/podcastpile-dashboard/latest", timeout=10).json()
+        assert f"> **Warning**: `{warning}`" in artifact["data"]
     finally:
         manager.stop_now()
 
@@ -288,8 +299,58 @@ def test_generated_password_guards_a_manager_on_every_address(tmp_path: Path) ->
         api = find_prefect_api(config, manager=url, password=password)
         assert httpx.post(f"{url}/api/deployments/filter", headers=api.headers()).status_code == 200
 
+        _the_ui_logs_in_with(url, password)
+        _a_gpu_worker_joins_with(tmp_path, url, password)
+
         manager.process.send_signal(signal.SIGINT)
         assert manager.process.wait(timeout=120) == 0, manager.output()[-3000:]
     finally:
         if manager.process.poll() is None:
             manager.stop_now()
+
+
+def _the_ui_logs_in_with(url: str, password: str) -> None:
+    """The UI's login path as Prefect 3.9's UIs take it (their bundled JavaScript): the settings
+    and the page load without the password and say auth is BASIC; the login form then sends
+    `Authorization: Basic btoa(typed password)` to `{api_url}/admin/version`, and keeps sending
+    that header (with a CSRF token for writes) once it answered 200."""
+    settings = httpx.get(f"{url}/ui-settings", timeout=10)
+    assert settings.status_code == 200 and settings.json()["auth"] == "BASIC"
+    api_url = settings.json()["api_url"]
+    api = api_url if api_url.startswith("http") else url + api_url  # the manager serves "/api"
+    assert httpx.get(f"{url}/", timeout=10).status_code == 200  # the login page itself is public
+    typed = {"Authorization": "Basic " + base64.b64encode(password.encode()).decode()}  # btoa(password)
+    assert httpx.get(f"{api}/admin/version", headers=typed, timeout=10).status_code == 200
+    wrong = {"Authorization": "Basic " + base64.b64encode(password[:-1].encode()).decode()}
+    assert httpx.get(f"{api}/admin/version", headers=wrong, timeout=10).status_code == 401
+    token = httpx.get(f"{api}/csrf-token", params={"client": "ui-test"}, headers=typed, timeout=10)
+    assert token.status_code in (200, 422), token.text  # 422: CSRF protection off, as by default
+    assert httpx.post(f"{api}/flow_runs/filter", json={}, headers=typed, timeout=10).status_code == 200
+
+
+def _a_gpu_worker_joins_with(tmp_path: Path, url: str, password: str) -> None:
+    """`ppcli worker` on another machine (its own directory, no .env), the generated password in
+    its environment: it passes the start check and its Prefect worker shows online in `gpu`."""
+    machine = tmp_path / "gpu-machine"
+    machine.mkdir()
+    env = environment(machine, WORKER_PASSWORD=password)
+    log = machine / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen([*PPCLI, "worker", "-m", url, "-i", "joined-box"], cwd=machine, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    api = f"{url}/api"
+    headers = {"Authorization": "Basic " + base64.b64encode(password.encode()).decode()}
+
+    def online() -> bool:
+        assert worker.poll() is None, f"ppcli worker exited {worker.returncode}:\n{log.read_text()[-3000:]}"
+        found = httpx.post(f"{api}/work_pools/gpu/workers/filter", json={}, headers=headers, timeout=10).json()
+        return any(w["name"] == "joined-box" and w["status"] == "ONLINE" for w in found)
+
+    try:
+        deadline = time.monotonic() + 120
+        while not online():
+            assert time.monotonic() < deadline, f"no worker online:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+    finally:
+        stop_tree(worker, grace=30)
+    assert password not in log.read_text()

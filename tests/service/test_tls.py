@@ -285,7 +285,10 @@ def test_the_ca_option_then_the_setting_then_prefects_setting(tmp_path: Path, mo
     api = find_prefect_api(unset, manager="https://m:8000", environ=environ)
     assert api is not None and api.ca_file == "/etc/prefect-ca.pem"
     api = find_prefect_api(unset, manager="https://m:8000", environ={"PREFECT_HOME": str(tmp_path / "home")})
-    assert api is not None and api.ca_file is None and "PREFECT_API_SSL_CERT_FILE" not in api.client_environment()
+    # none named: SSL_CERT_FILE, else this machine's trust store with certifi's CAs
+    # (tests/test_prefect_api.py), for the workers' Prefect clients as for `ppcli`'s checks
+    assert api is not None and api.ca_file is None
+    assert api.client_environment()["PREFECT_API_SSL_CERT_FILE"] == api.verify_file()
 
 
 def test_which_ca_the_manager_trusts_itself(certificates: Certificates) -> None:
