@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
@@ -444,16 +445,24 @@ class Gate:
         await self.app(scope, replay, send)
 
 
+def gated_paths(app: Any, inner: Any, password: str | None, is_inner: Callable[[str], bool]) -> ASGIApp:
+    """One ASGI app: HTTP requests whose path `is_inner` to `inner` behind the password (`Gate`),
+    everything else (the lifespan too) to `app`."""
+    gated = Gate(inner, password)
+
+    async def dispatch(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and is_inner(scope["path"]):
+            await gated(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
+
+
 def with_jobs_api(prefect_app: Any, jobs_app: FastAPI, password: str | None) -> ASGIApp:
     """One ASGI app: this API's paths to `jobs_app` (behind its `Gate`), the rest (the lifespan
     too) to `prefect_app`, whose /docs then list this API's routes as well."""
-    gated = Gate(jobs_app, password)
-
-    async def dispatch(scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and is_jobs_path(scope["path"]):
-            await gated(scope, receive, send)
-        else:
-            await prefect_app(scope, receive, send)
+    dispatch = gated_paths(prefect_app, jobs_app, password, is_jobs_path)
 
     prefect_openapi = prefect_app.openapi
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from deployments.login_limit import ASGIApp, Scope
+from deployments.login_limit import ASGIApp
 from podcastpile.version import code_version, git_version
 
 PROJECT = "podcastpile"
@@ -322,14 +322,6 @@ def create_wheel_app(publisher: WheelPublisher) -> Any:
 def with_wheel_index(app: ASGIApp, wheel_app: ASGIApp, password: str | None) -> ASGIApp:
     """One ASGI app: the index's paths to `wheel_app` behind the password (`Gate`), the rest to `app`."""
     # Here, not at the top: `ppcli manager` names the wheel file without loading the job API.
-    from deployments.jobs_api import Gate
+    from deployments.jobs_api import gated_paths
 
-    gated = Gate(wheel_app, password)
-
-    async def dispatch(scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and is_wheel_path(scope["path"]):
-            await gated(scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return dispatch
+    return gated_paths(app, wheel_app, password, is_wheel_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from podcastpile.archive.stage import ArchiveLimits, ArchiveStage
+from podcastpile.archive.stage import ArchiveLimits, ArchiveStage, ArchiveSummary
 from podcastpile.archive.wayback import WaybackClient
 from podcastpile.store import EpisodeStore, NewEpisode, make_engine
 from podcastpile.store.archive import ArchiveQueue
@@ -17,24 +17,24 @@ from tests.wayback import AdHost, WaybackDouble
 PER_MINUTE = 10
 
 
-def _archive_run(database_url: str, wayback_url: str, name: str, barrier) -> int:  # type: ignore[no-untyped-def]
+def _archive_run(database_url: str, wayback_url: str, name: str, limits: ArchiveLimits, barrier) -> ArchiveSummary:  # type: ignore[no-untyped-def]
+    """One archive run of 10 claims in a process of its own, started with the others at once."""
     store = EpisodeStore(make_engine(database_url), archive_required=True)
     queue = ArchiveQueue(store)
     barrier.wait()
     claims = queue.claim(name, 10)
-    with WaybackClient(wayback_url, wayback_url, access_key="AK", secret_key="SK") as client:
-        summary = ArchiveStage(queue, client, ArchiveLimits(per_minute=PER_MINUTE, poll_seconds=0.1, listed_after_seconds=0.2)).run(
-            claims, max_seconds=8
-        )
+    with WaybackClient(wayback_url, access_key="AK", secret_key="SK") as client:
+        summary = ArchiveStage(queue, client, limits).run(claims, max_seconds=8)
     store.close()
-    return summary.submitted
+    return summary
 
 
 def test_three_concurrent_runs_never_exceed_the_rate(harness: Harness, database_url: str) -> None:
     ids = harness.add(*[f"ep{i}.wav" for i in range(30)])
-    submitted = run_together(
-        _archive_run, [(database_url, harness.ia.base_url, f"run-{i}") for i in range(3)], timeout=120
-    )
+    limits = ArchiveLimits(per_minute=PER_MINUTE, poll_seconds=0.1, listed_after_seconds=0.2)
+    runs = run_together(_archive_run, [(database_url, harness.ia.base_url, f"run-{i}", limits) for i in range(3)],
+                        timeout=120)
+    submitted = [summary.submitted for summary in runs]
     assert all(count > 0 for count in submitted) or sum(submitted) == PER_MINUTE
     # Within the first 8 s only one window's worth may go out, whoever submits it.
     assert len(harness.ia.submissions) == sum(submitted) == PER_MINUTE
@@ -47,24 +47,14 @@ def test_three_concurrent_runs_never_exceed_the_rate(harness: Harness, database_
 LOOKUPS_PER_MINUTE = 5
 
 
-def _lookup_run(database_url: str, wayback_url: str, name: str, barrier) -> int:  # type: ignore[no-untyped-def]
-    store = EpisodeStore(make_engine(database_url), archive_required=True)
-    queue = ArchiveQueue(store)
-    barrier.wait()
-    claims = queue.claim(name, 10)
-    limits = ArchiveLimits(per_minute=600, poll_seconds=0.1, listed_after_seconds=0.2,
-                           lookups_per_minute=LOOKUPS_PER_MINUTE)
-    with WaybackClient(wayback_url, access_key="AK", secret_key="SK") as client:
-        summary = ArchiveStage(queue, client, limits).run(claims, max_seconds=8)
-    store.close()
-    return summary.lookups
-
-
 def test_three_concurrent_runs_share_one_lookup_window(archive_store: EpisodeStore, database_url: str) -> None:
     folders = {f"show{i}/ep.wav": WAV for i in range(30)}  # a folder each: a lookup each
     with WaybackDouble.realistic(lookups_per_minute=30, replay_lag_seconds=0.2) as ia, AdHost(folders) as host:
         archive_store.add([NewEpisode(host.url(name)) for name in folders])
-        looked_up = run_together(_lookup_run, [(database_url, ia.base_url, f"run-{i}") for i in range(3)], timeout=120)
+        limits = ArchiveLimits(per_minute=600, poll_seconds=0.1, listed_after_seconds=0.2,
+                               lookups_per_minute=LOOKUPS_PER_MINUTE)
+        runs = run_together(_archive_run, [(database_url, ia.base_url, f"run-{i}", limits) for i in range(3)], timeout=120)
+        looked_up = [summary.lookups for summary in runs]
         # one window for the three runs (the double would answer 429 only past its own 30)
         assert sum(looked_up) == len(ia.lookup_times) == LOOKUPS_PER_MINUTE
         assert ia.max_lookups_in_window(60.0) <= LOOKUPS_PER_MINUTE and ia.lookups_refused == 0
