@@ -75,6 +75,8 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 # (a foreign key), is retried three times and dead-lettered: some 12,000 tracebacks in the
 # manager's log in 30 minutes of the chaos soak, and the server's CPU with them.
 DISCARD_AFTER = 120.0
+# Waits before the retries of a call the server answered 503 (busy); the last answer stands.
+BUSY_RETRIES = (0.5, 1.0, 2.0, 0.0)
 
 
 @dataclass
@@ -318,8 +320,14 @@ class ControlLoops:
         import httpx
 
         verify = self.api.ssl_context() if self.api.url.startswith("https://") else True
-        answer = httpx.request(method, f"{self.api.url}{path}", json=body, headers=self.api.headers(),
-                               timeout=5, verify=verify)
+        for pause in BUSY_RETRIES:
+            answer = httpx.request(method, f"{self.api.url}{path}", json=body, headers=self.api.headers(),
+                                   timeout=5, verify=verify)
+            if answer.status_code != 503:
+                break
+            # A SQLite Prefect database answers 503 while another writer holds it (its
+            # transaction rolled back: nothing was done): a moment later it goes through.
+            time.sleep(pause)
         if answer.status_code == 404 and path.startswith("/deployments/"):
             self._ids.clear()  # deployed anew (ids change): look them up again next time
         if answer.status_code == 404 and missing_ok:
