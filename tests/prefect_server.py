@@ -24,6 +24,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Wait until `url` answers 200; RuntimeError with the log's end if `process` exits or
+    `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @contextmanager
 def prefect_server(home: Path, timeout: float = 120.0, auth: str | None = None) -> Iterator[dict[str, str]]:
     """Start `prefect server start` on a fresh PostgreSQL database; yield the client environment.
@@ -55,16 +70,7 @@ def prefect_server(home: Path, timeout: float = 120.0, auth: str | None = None) 
             env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+            wait_healthy(f"{api}/health", process, home / "server.log", timeout)
             yield client_env
         finally:
             process.terminate()

@@ -17,7 +17,7 @@ import pytest
 from podcastpile.store import EpisodeStore
 from tests.dataset.conftest import synthetic_result
 from tests.manager import ROOT
-from tests.prefect_server import free_port
+from tests.prefect_server import free_port, wait_healthy
 from tests.processes import stop_tree
 from tests.service.test_jobs_api import ROUTES
 
@@ -41,15 +41,7 @@ def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
                                    cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.25)
+        wait_healthy(f"{url}/api/health", process, log)
         yield url, database
     finally:
         stop_tree(process, grace=20)
