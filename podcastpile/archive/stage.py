@@ -115,6 +115,8 @@ class ArchiveStage(FollowUp):
                 for claim in [claim for claim, due in work.polling.values() if due <= time.monotonic()]:
                     if self._polls_paused(work):
                         break  # a 429 (this poll's or another run's) stops the rest of the round too
+                    if claim.episode_id not in work.polling:
+                        continue  # given back by an earlier poll of this round (a 401 gives back every job)
                     self._guarded(work, [claim], self._poll, claim, work)
                 due = self._listing_due(work)
                 if due:

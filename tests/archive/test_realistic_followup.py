@@ -25,13 +25,17 @@ def _run_with_keys(real: Realistic, access: str, secret: str) -> None:
 
 
 def test_a_401_on_a_status_poll_keeps_the_job_and_charges_nothing(real: Realistic) -> None:
-    (episode,) = real.add(real.origin.url("ep1.wav"))
+    episode, other = real.add(real.origin.url("ep1.wav"), real.origin.url("ep2.wav"))
     real.ia.pending_polls = 10**6
-    real.run(max_seconds=2)  # submitted with keys; the job is still pending when the run ends
+    real.run(max_seconds=2)  # submitted with keys; the jobs are still pending when the run ends
     job = real.row(episode).archive_job_id
-    assert job
-    # a run without keys: the status endpoint answers 401, which says nothing of the job
+    assert job and real.row(other).archive_job_id
+    # a run without keys: the status endpoint answers 401, which says nothing of the jobs; the
+    # first refusal gives back both, and the other job is not polled after it
+    polls = real.ia.status_polls
     real.run(keys=False, max_seconds=5)
+    assert real.ia.status_polls == polls + 1
+    assert real.row(other).error_code == "ia-keys-missing" and real.row(other).archive_attempts == 0
     row = real.row(episode)
     assert row.archive_job_id == job and row.archive_attempts == 0 and row.error_code == "ia-keys-missing"
     assert row.status == "archiving" and row.lease_token is None
@@ -46,8 +50,8 @@ def test_a_401_on_a_status_poll_keeps_the_job_and_charges_nothing(real: Realisti
     real.ia.pending_polls = 0
     for pending in real.ia.jobs.values():
         pending.polls_left = 0
-    assert real.run().counts == {"captured": 1}
-    assert len(real.ia.submissions) == 1 and real.row(episode).archive_attempts == 0
+    assert real.run().counts == {"captured": 2}
+    assert len(real.ia.submissions) == 2 and real.row(episode).archive_attempts == 0
 
 
 @pytest.mark.parametrize(("code", "charged"), [("error:job-failed", 0), ("error:gateway-timeout", 1)])
