@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +37,20 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def busy_retried(send: Callable[[], httpx.Response], tries: int = 10) -> httpx.Response:
+    """Send a Prefect API call; a busy SQLite Prefect database answers 503 (its lock wait ran out
+    under the suite's load), which is tried again, as Prefect's own client does. Raises on any
+    other error, with the server's answer."""
+    for _ in range(tries):
+        answer = send()
+        if answer.status_code != 503:
+            break
+        time.sleep(2)
+    if answer.is_error:
+        raise AssertionError(f"{answer.request.method} {answer.request.url}: {answer.status_code} {answer.text[:500]}")
+    return answer
 
 
 @contextmanager

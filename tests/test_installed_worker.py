@@ -32,7 +32,7 @@ from podcastpile.store import EpisodeStore, NewEpisode, make_engine, migrate
 from podcastpile.version import code_version
 from tests.manager import ROOT, Manager
 from tests.pipeline.conftest import AudioHost, conversation, pipeline_environment  # noqa: F401  (a fixture)
-from tests.prefect_server import free_port
+from tests.prefect_server import busy_retried, free_port
 from tests.processes import stop_tree
 from tests.service.test_login_limit import serving
 
@@ -279,11 +279,5 @@ def wait_until(condition: Callable[[], object], worker: subprocess.Popen, log: P
 
 
 def set_version(api: httpx.Client, deployment_id: str, version: str) -> None:
-    """PATCH a deployment's version; a busy SQLite Prefect database answers 503 (its lock wait ran
-    out under the suite's load), which is tried again, as Prefect's own client does."""
-    for _ in range(10):
-        answer = api.patch(f"/deployments/{deployment_id}", json={"version": version})
-        if answer.status_code != 503:
-            break
-        time.sleep(2)
-    answer.raise_for_status()
+    """PATCH a deployment's version (a busy SQLite Prefect database's 503 is tried again)."""
+    busy_retried(lambda: api.patch(f"/deployments/{deployment_id}", json={"version": version}))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.manager import PPCLI, Manager
-from tests.prefect_server import free_port
+from tests.prefect_server import busy_retried, free_port
 from tests.processes import stop_tree
 
 CONTROLLED = {"archive": "archive", "dispatch": "dispatch", "stats": "stats", "export-dataset": "export"}
@@ -137,10 +137,11 @@ def test_a_run_stranded_in_pending_is_crashed_and_frees_its_deployments_slot(
 
     def submitted() -> tuple[str, str]:
         """A dispatch run proposed PENDING as a worker submitting it would: its state after."""
-        run = httpx.post(f"{manager.api}/deployments/{dispatch}/create_flow_run",
-                         json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}}).json()
-        answer = httpx.post(f"{manager.api}/flow_runs/{run['id']}/set_state",
-                            json={"state": {"type": "PENDING"}}).json()
+        run = busy_retried(lambda: httpx.post(
+            f"{manager.api}/deployments/{dispatch}/create_flow_run",
+            json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": later}}})).json()
+        answer = busy_retried(lambda: httpx.post(f"{manager.api}/flow_runs/{run['id']}/set_state",
+                                                 json={"state": {"type": "PENDING"}})).json()
         return run["id"], answer["state"]["type"]
 
     stranded, state = submitted()

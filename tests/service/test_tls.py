@@ -32,7 +32,7 @@ from podcastpile.cli.tls import served_tls
 from podcastpile.config import load_settings
 from podcastpile.prefect_api import find_prefect_api
 from tests.manager import PPCLI, Manager
-from tests.prefect_server import free_port
+from tests.prefect_server import busy_retried, free_port
 from tests.processes import stop_tree
 from tests.service.test_protected_mode import listening
 
@@ -198,8 +198,8 @@ def test_a_worker_joins_over_https_with_the_ca(manager: Manager, certificates: C
     ca = verified(certificates)
     deployments = httpx.post(f"{manager.api}/deployments/filter", headers=basic(), verify=ca).json()
     batch = next(d for d in deployments if d["name"] == "gpu")
-    run = httpx.post(f"{manager.api}/deployments/{batch['id']}/create_flow_run", json={}, headers=basic(),
-                     verify=ca).json()
+    run = busy_retried(lambda: httpx.post(f"{manager.api}/deployments/{batch['id']}/create_flow_run", json={},
+                                          headers=basic(), verify=ca)).json()
     joined = ppcli(tmp_path, gpu_machine(tmp_path / "gpu"), "worker", "-m", manager.url, "-p", PASSWORD,
                    "--ca", str(certificates.ca), "--once", "-i", "tls-gpu", timeout=300)
     assert joined.returncode == 0, joined.stderr[-4000:]
