@@ -50,6 +50,11 @@ from podcastpile.version import code_version, git_version
 PROJECT = "podcastpile"
 SOURCE = Path(__file__).resolve().parent.parent  # the checkout the manager runs from
 CACHE_FOLDER = "podcastpile-wheels"  # under PREFECT_HOME
+# Builds work in the cache's BUILDS_FOLDER, not the system's temp folder: a manager SIGKILLed
+# mid-build leaves its scratch there, named with its pid, and the next start removes it (the
+# chaos soak found such leftovers in TMPDIR, where nothing ever looks again).
+BUILDS_FOLDER = ".builds"
+BUILD_PREFIX = "podcastpile-wheel-"
 # After the server starts: the manager's own start (setup, services; 35-65 s on a loaded 2-core
 # machine) goes first. The build costs about 1.8 CPU s; a GPU machine installing sooner has it
 # built at its request.
@@ -90,11 +95,12 @@ class BuildFailed(RuntimeError):
     """`pip wheel` did not make the wheel; the message says why in one line."""
 
 
-def build_wheel(source: Path, version: str, into: Path) -> Path:
+def build_wheel(source: Path, version: str, into: Path, scratch: Path | None = None) -> Path:
     """Build the wheel of the tree at `source`, stamped with code `version`, into the folder
-    `into` (created when missing); returns the file. Raises `BuildFailed`."""
+    `into` (created when missing); returns the file. Its temporary files, pip's too, go in a
+    folder under `scratch` (default: the system's temp folder). Raises `BuildFailed`."""
     into.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="podcastpile-wheel-") as temporary:
+    with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=scratch) as temporary:
         tree, out = Path(temporary) / "source", Path(temporary) / "out"
         copy_sources(source, tree, version)
         # Without build isolation pip needs nothing from an index (setuptools is here already);
@@ -102,7 +108,8 @@ def build_wheel(source: Path, version: str, into: Path) -> Path:
         isolation = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") else []
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
                    "--no-input", "-q", *isolation, str(tree), "-w", str(out)]
-        process = subprocess.Popen(command, cwd=temporary, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, cwd=temporary, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, "TMPDIR": temporary})
         try:  # behind the server's own work: the build is never urgent enough to slow a request
             os.setpriority(os.PRIO_PROCESS, process.pid, 10)
         except (AttributeError, OSError):
@@ -123,6 +130,17 @@ def build_wheel(source: Path, version: str, into: Path) -> Path:
         target = into / wheels[0].name
         os.replace(partial, target)  # whole or not at all, for a manager reading the cache
         return target
+
+
+def _running(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def copy_sources(source: Path, tree: Path, version: str) -> None:
@@ -252,19 +270,30 @@ class WheelPublisher:
         if now is not None and now != self.version:
             raise BuildFailed(f"the checkout is at {now} now, the manager started at {self.version}: restart it")
         started = time.monotonic()
+        scratch = self._scratch()
         if self.dirty:
-            with tempfile.TemporaryDirectory(prefix="podcastpile-wheel-") as temporary:
-                wheel = Wheel.read(build_wheel(self.source, self.version, Path(temporary)))
+            with tempfile.TemporaryDirectory(prefix=f"{BUILD_PREFIX}{os.getpid()}-", dir=scratch) as temporary:
+                wheel = Wheel.read(build_wheel(self.source, self.version, Path(temporary), scratch))
         else:
-            wheel = Wheel.read(build_wheel(self.source, self.version, self._folder()))
+            wheel = Wheel.read(build_wheel(self.source, self.version, self._folder(), scratch))
             self._forget_other_versions()
         logger.info("built %s (sha256 %s) in %.1f s", wheel.name, wheel.sha256, time.monotonic() - started)
         return wheel
 
+    def _scratch(self) -> Path:
+        """The builds' scratch folder, without what builds of processes no longer running left."""
+        scratch = self.cache / BUILDS_FOLDER
+        scratch.mkdir(parents=True, exist_ok=True)
+        for leftover in scratch.glob(f"{BUILD_PREFIX}*"):
+            pid = leftover.name.removeprefix(BUILD_PREFIX).split("-", 1)[0]
+            if pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
+        return scratch
+
     def _forget_other_versions(self) -> None:
         """Other versions' wheels: workers of another version are refused anyway."""
         for folder in self.cache.iterdir():
-            if folder.is_dir() and folder.name != self.version:
+            if folder.is_dir() and folder.name not in (self.version, BUILDS_FOLDER):
                 shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ PREDICATE = "num_speakers = 2 and duration >= 0"
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 

@@ -39,9 +39,12 @@ def test_three_concurrent_runs_never_exceed_the_rate(harness: Harness, database_
     # Within the first 8 s only one window's worth may go out, whoever submits it.
     assert len(harness.ia.submissions) == sum(submitted) == PER_MINUTE
     assert harness.ia.max_in_window(60.0) <= PER_MINUTE
-    statuses = [harness.row(i).status for i in ids]
-    assert statuses.count("pending") == PER_MINUTE  # each submission captured and recorded once
-    assert statuses.count("archive_pending") == 30 - PER_MINUTE  # the rest released for a later run
+    rows = [harness.row(i) for i in ids]
+    # Each submission recorded once: captured (pending), or still being seen through with its job
+    # id kept for the next run (a loaded machine can end the 8 s before a capture is listed).
+    recorded = [r for r in rows if r.status == "pending" or (r.status == "archiving" and r.archive_job_id)]
+    assert len(recorded) == PER_MINUTE, [(r.status, r.archive_job_id) for r in rows]
+    assert [r.status for r in rows].count("archive_pending") == 30 - PER_MINUTE  # the rest released for a later run
 
 
 LOOKUPS_PER_MINUTE = 5

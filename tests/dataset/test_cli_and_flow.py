@@ -75,7 +75,7 @@ def test_ppcli_export_defaults_to_dataset_dir(sqlite_store, tmp_path: Path) -> N
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 

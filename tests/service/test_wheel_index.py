@@ -88,6 +88,31 @@ def test_a_clean_version_is_built_once_and_read_from_the_cache_later(tmp_path: P
     assert again.get(wait=30) == first and time.monotonic() - started < 10  # a request does not wait for `delay`
 
 
+def test_a_build_leaves_nothing_in_the_temp_folder_and_clears_what_killed_builds_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manager SIGKILLed mid-build left `podcastpile-wheel-*` in TMPDIR for good (the chaos
+    soak's check for orphaned temporary files found it). Builds now work under the cache, and
+    the next build removes a dead process's scratch there, never a running one's."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr("tempfile.tempdir", None)  # read TMPDIR again
+    tree = tmp_path / "tree"
+    copy_sources(SOURCE, tree, "0.1.0+gcafe")
+    builds = tmp_path / "cache" / ".builds"
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead = builds / f"podcastpile-wheel-{finished.pid}-abc" / "source"
+    living = builds / f"podcastpile-wheel-{os.getppid()}-def"
+    for folder in (dead, living):
+        folder.mkdir(parents=True)
+    wheel = WheelPublisher(tree, "0.1.0+gcafe", tmp_path / "cache", delay=0).get(wait=300)
+    assert wheel.name == "podcastpile-0.1.0+gcafe-py3-none-any.whl"
+    assert list(temp.iterdir()) == [], "nothing of the build (pip's files included) in the temp folder"
+    assert sorted(path.name for path in builds.iterdir()) == [living.name]
+    assert (tmp_path / "cache" / "0.1.0+gcafe" / wheel.name).is_file()
+
+
 def test_what_the_index_serves() -> None:
     assert is_wheel_path("/simple/") and is_wheel_path("/simple/podcastpile/") and is_wheel_path("/dist/x.whl")
     assert not is_wheel_path("/api/jobs") and not is_wheel_path("/simpler") and not is_wheel_path("/")
