@@ -133,7 +133,8 @@ def build_wheel(source: Path, version: str, into: Path, scratch: Path | None = N
 
 
 def _running(pid: int) -> bool:
-    """Whether a process `pid` exists (one of another user counts)."""
+    """Whether a process `pid` exists (one of another user counts). Not podcastpile.cli's
+    `alive`: deployments may not import the CLI (the layering contract)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
