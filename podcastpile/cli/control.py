@@ -15,8 +15,9 @@ manager` pauses those schedules and asks the episode store instead, every CONTRO
   changed since the last dispatch (the ready count, the leased count, the online GPU workers),
   or 5 minutes passed: a finished batch changes the counts, so its worker gets the next batch
   within one check; a new episode is dispatched within one check as well;
-- export: episodes were completed since the last export, at most hourly (a batch that empties
-  the queue starts one itself, as before);
+- export: episodes were completed since the last export, at most hourly, and the dataset's
+  ledger says some are not in it yet (a batch that empties the queue starts an export itself,
+  which usually published them already);
 - stats: the store's counts changed, at most every 5 minutes, and otherwise hourly, so the
   dashboard still says the loops are alive and when each last looked (its parameter `loops`).
 
@@ -46,12 +47,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from podcastpile.cli.stack import absolute_location
 from podcastpile.config import Settings
 from podcastpile.nothing_done import NOTHING_DONE
 from podcastpile.prefect_api import PrefectAPI
 from podcastpile.runs import held_by_runs
 from podcastpile.store import EpisodeStore
 from podcastpile.store.archive import archive_queue_for
+from podcastpile.store.exports import ExportLedger, dataset_key
 
 # loop name -> (flow name, deployment name) in prefect.yaml
 DEPLOYMENTS = {"archive": ("archive", "archive"), "dispatch": ("dispatch", "dispatch"),
@@ -164,7 +167,7 @@ class ControlLoops:
             self._archive(store, now)
             self._dispatch(store, now)
             counts = store.stats()
-            self._export(counts.by_status.get("completed", 0), now)
+            self._export(store, counts.by_status.get("completed", 0), now)
             self._stats((counts.total, tuple(sorted(counts.by_status.items()))), now)
             self._last_problem = None
         except Exception as error:  # noqa: BLE001 - the loops outlive any outage
@@ -268,12 +271,19 @@ class ControlLoops:
         if seen != loop.seen or loop.since_start() >= DISPATCH_SAFETY:
             self._start(loop, {}, seen)
 
-    def _export(self, completed: int, now: datetime) -> None:
+    def _export(self, store: EpisodeStore, completed: int, now: datetime) -> None:
         loop = self._looked(self.loops["export"], now)
         loop.found = f"{completed:,} completed"
         if loop.seen is None:
             loop.seen = completed  # the manager's start: the hourly run comes when more complete
         if completed != loop.seen and loop.since_start() >= EXPORT_EVERY:
+            # The export a batch starts when it empties the queue (tasks/export.py) may have
+            # published them already: a run then would write nothing, and its process costs
+            # the idle manager seconds of CPU. The ledger knows, in one indexed lookup.
+            dataset = dataset_key(absolute_location(self.config.dataset_dir))
+            if not ExportLedger(store.engine, dataset).has_pending():
+                loop.seen, loop.found = completed, f"{completed:,} completed, all exported"
+                return
             self._start(loop, {}, completed)
 
     def _stats(self, fingerprint: Any, now: datetime) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from podcastpile.store.exports import dataset_key
+
 STAGING = ".incomplete"  # hidden: dataset readers and `datasets` globbing skip dot-folders
 
 
@@ -103,11 +105,11 @@ class Destination:
 def open_destination(location: str) -> Destination:
     """A `Destination` for a local folder (created if needed) or a URL such as s3://bucket/ds."""
     if "://" not in location or location.startswith("file://"):
-        root = os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+        root = dataset_key(location)
         filesystem = pafs.LocalFileSystem()
         filesystem.create_dir(root, recursive=True)
         return Destination(filesystem, root.replace(os.sep, "/"), root)
-    url = location.rstrip("/")
+    url = dataset_key(location)
     try:
         filesystem, root = pafs.FileSystem.from_uri(url)
         return Destination(filesystem, root.rstrip("/"), url)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,14 @@ class NewShard:
 
 class ExportBusy(RuntimeError):
     """Another export to the same dataset is running."""
+
+
+def dataset_key(location: str) -> str:
+    """The name the ledger keeps a dataset under: a local folder's absolute path, a URL without
+    its trailing slash (`open_destination(location).url`, computed without opening anything)."""
+    if "://" not in location or location.startswith("file://"):
+        return os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+    return location.rstrip("/")
 
 
 class ExportLedger:
@@ -215,6 +224,12 @@ class ExportLedger:
         query = self._needing_export(func.count(), previously_exported=False, still_in_live_shard=True)
         with self._reader.connect() as connection:
             return connection.execute(query).scalar_one()
+
+    def has_pending(self) -> bool:
+        """Whether an export run would write anything: one row is enough to say (no count)."""
+        query = self._needing_export(_episodes.c.id, previously_exported=False, still_in_live_shard=True).limit(1)
+        with self._reader.connect() as connection:
+            return connection.execute(query).first() is not None
 
     def _needing_export(
         self, *columns: Any, previously_exported: bool, still_in_live_shard: bool
