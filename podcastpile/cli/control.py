@@ -279,7 +279,9 @@ class ControlLoops:
         if completed != loop.seen and loop.since_start() >= EXPORT_EVERY:
             # The export a batch starts when it empties the queue (tasks/export.py) may have
             # published them already: a run then would write nothing, and its process costs
-            # the idle manager seconds of CPU. The ledger knows, in one indexed lookup.
+            # the idle manager seconds of CPU. The ledger knows: one query (LIMIT 1; proving
+            # nothing is pending walks the completed episodes), asked only when this hourly
+            # condition holds, and once per change of the completed count after that.
             dataset = dataset_key(absolute_location(self.config.dataset_dir))
             if not ExportLedger(store.engine, dataset).has_pending():
                 loop.seen, loop.found = completed, f"{completed:,} completed, all exported"
