@@ -680,7 +680,7 @@ class Soak:
         leftover_audio = [p.name for p in fleet.tmp.glob("podcastpile-*")]
         found.append(Check("no orphaned temporary audio", not leftover_audio, ", ".join(leftover_audio[:5])))
         running = self._wait_no_running_runs()
-        found.append(Check("Prefect shows no batch stuck RUNNING", not running, ", ".join(running[:5])))
+        found.append(Check("Prefect shows no run stuck RUNNING", not running, ", ".join(running[:5])))
         return found
 
     def _dataset_checks(self, completed: list[Any]) -> list[Check]:
@@ -716,13 +716,24 @@ class Soak:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                running = [f"{run['name']} ({run['id'][:8]})" for run in self.fleet.prefect_runs("RUNNING")]
+                running = [f"{run['name']} ({run['id'][:8]}, {self._deployment(run['deployment_id'])}, "
+                           f"running since {(run.get('state') or {}).get('timestamp', '?')[11:19]})"
+                           for run in self.fleet.prefect_runs("RUNNING")]
             except httpx.HTTPError as error:
                 running = [f"API error {error}"]
             # a batch that started after the queue settled finds nothing and ends within seconds
             if not running or time.monotonic() > deadline:
                 return running
             time.sleep(5)
+
+    def _deployment(self, deployment_id: str | None) -> str:
+        """A deployment's name, for a check's line ("?" when the server does not say)."""
+        assert self.fleet.manager is not None
+        try:
+            return httpx.get(f"{self.fleet.manager.api}/deployments/{deployment_id}", headers=PREFECT_AUTH,
+                             timeout=30).json()["name"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return "?"
 
     def _recoveries(self, outcome: Outcome) -> None:
         """Recovery time of each fault: from its start to the next episode completed after it."""

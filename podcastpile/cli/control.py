@@ -67,6 +67,14 @@ ARCHIVE_EVERY, DISPATCH_SAFETY, EXPORT_EVERY = 60.0, 300.0, 3600.0
 # server keeps slot leases in memory, so a server restart forgets the lease but not the slot):
 # one stranded dispatch run stopped all dispatching. Looked for every STRANDED_EVERY s.
 STRANDED_SECONDS, STRANDED_EVERY = 180.0, 60.0
+# A loop's run still RUNNING whose heartbeats (one every 30 s) stopped SILENT_SECONDS ago lost
+# its process the same way, after it started. The heartbeat automation marks it crashed after
+# 90 s, but misses a run whose 90 s ended while Prefect's database was down: such a dispatch run
+# held the only slot, every later dispatch run was cancelled, and no batch was dispatched again
+# (the chaos soak, CI). Dispatch is the backstop for batch runs (tasks/dispatch.py), nothing
+# was for dispatch itself; the loops are, for their four deployments (a handful of runs).
+SILENT_SECONDS = 300.0
+HEARTBEAT = "prefect.flow-run.heartbeat"
 STATS_EVERY, STATS_IDLE_EVERY, SCHEDULES_RECHECK = 300.0, 3600.0, 300.0
 # Checks while a started run is under way (archive runs last up to 10 minutes): for at most
 # FOLLOW_FOR s after its start, so a run that never starts (no CPU worker) does not keep the
@@ -160,6 +168,7 @@ class ControlLoops:
                 self.pause_schedules()
             if time.monotonic() - self._stranded_checked >= STRANDED_EVERY:
                 self.crash_stranded_runs()
+                self.crash_silent_runs()
             self._follow()
             self._discard_due()
             store = self._open_store()
@@ -218,6 +227,33 @@ class ControlLoops:
         if crashed:
             self.say(f"control loops: {len(crashed)} runs stranded in PENDING marked crashed: {', '.join(crashed)}")
         self._stranded_checked = time.monotonic()
+        return crashed
+
+    def crash_silent_runs(self) -> list[str]:
+        """Mark CRASHED the runs of the loops' deployments RUNNING for over SILENT_SECONDS with
+        no heartbeat in the last SILENT_SECONDS: their process is gone, and they hold their
+        deployment's concurrency slot. Returns their ids."""
+        running = self._http("POST", "/flow_runs/filter", {
+            "flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}},
+            "deployments": {"id": {"any_": [self._id(name) for name in DEPLOYMENTS]}}, "limit": 200})
+        now = datetime.now(UTC)
+        since = now.timestamp() - SILENT_SECONDS
+        crashed = []
+        for run in running or []:
+            started = (run.get("state") or {}).get("timestamp")
+            if not started or datetime.fromisoformat(started).timestamp() > since:
+                continue  # running for less than the window: it may not have beaten yet
+            beats = self._http("POST", "/events/filter", {"limit": 1, "filter": {
+                "occurred": {"since": datetime.fromtimestamp(since, UTC).isoformat(), "until": now.isoformat()},
+                "event": {"name": [HEARTBEAT]}, "resource": {"id": [f"prefect.flow-run.{run['id']}"]}}})
+            if (beats or {}).get("events"):
+                continue
+            self._http("POST", f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
+                "type": "CRASHED", "message": f"No heartbeat for {SILENT_SECONDS:g} s: the process running it "
+                                              "is gone (found by ppcli manager)"}})
+            crashed.append(str(run["id"]))
+        if crashed:
+            self.say(f"control loops: {len(crashed)} silent runs marked crashed: {', '.join(crashed)}")
         return crashed
 
     def _follow(self) -> None:

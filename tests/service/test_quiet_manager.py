@@ -120,12 +120,14 @@ def test_a_started_run_that_found_nothing_to_do_is_not_kept(manager: Manager, mo
         loops.close()
 
 
-def test_a_run_stranded_in_pending_is_crashed_and_frees_its_deployments_slot(
+def test_a_run_stranded_in_pending_or_silent_in_running_is_crashed_and_frees_its_deployments_slot(
         manager: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU worker killed between submitting a run (PENDING) and its process starting the flow
     left the run PENDING for good, holding the dispatch deployment's only concurrency slot: every
     later dispatch run was cancelled and the queue never moved again (the chaos soak found it).
-    The control loops mark such a run crashed, which gives the slot back."""
+    The control loops mark such a run crashed, which gives the slot back; and a run RUNNING
+    without heartbeats, which the heartbeat automation missed (CI's soak: no dispatch after a
+    Prefect database outage), unless it still beats."""
     from datetime import UTC, datetime, timedelta
 
     from podcastpile.cli import control
@@ -154,4 +156,44 @@ def test_a_run_stranded_in_pending_is_crashed_and_frees_its_deployments_slot(
     monkeypatch.setattr(control, "STRANDED_SECONDS", 0.0)
     assert loops.crash_stranded_runs() == [stranded]
     assert httpx.get(f"{manager.api}/flow_runs/{stranded}").json()["state"]["type"] == "CRASHED"
+    slot_holder, state = submitted()
+    assert state == "PENDING", "the slot is free again"
+
+    # The same run started (RUNNING), then its process died with the CPU worker, and the
+    # heartbeat automation missed it (its window ended while Prefect's database was down).
+    set_running = busy_retried(lambda: httpx.post(f"{manager.api}/flow_runs/{slot_holder}/set_state",
+                                                  json={"state": {"type": "RUNNING"}, "force": True}))
+    assert set_running.json()["status"] == "ACCEPT", set_running.text
+    assert submitted()[1] == "CANCELLED", "the silent run holds the only slot"
+    stats = httpx.get(f"{manager.api}/deployments/name/stats/stats").json()["id"]
+    beating = busy_retried(lambda: httpx.post(f"{manager.api}/deployments/{stats}/create_flow_run", json={
+        "state": {"type": "RUNNING"}})).json()["id"]
+    both_running = time.monotonic()
+    time.sleep(8.0)
+    _heartbeat(manager.api, beating)
+    # A window both runs have been RUNNING for, with the heartbeat (sent 8 s in) inside it.
+    monkeypatch.setattr(control, "SILENT_SECONDS", time.monotonic() - both_running - 0.5)
+    assert loops.crash_silent_runs() == [slot_holder]
+    states = [httpx.get(f"{manager.api}/flow_runs/{run}").json()["state"]["type"] for run in (slot_holder, beating)]
+    assert states == ["CRASHED", "RUNNING"], "a run that sends heartbeats is alive"
     assert submitted()[1] == "PENDING", "the slot is free again"
+
+
+def _heartbeat(api: str, run_id: str) -> None:
+    """Send one heartbeat of a flow run, as its process does; returns once the server has stored it."""
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=api) as events:
+            await events.emit(Event(event="prefect.flow-run.heartbeat",
+                                    resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"}))
+    asyncio.run(send())
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    while not httpx.post(f"{api}/events/filter", json={"filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]}}}).json()["events"]:
+        assert time.monotonic() < deadline, "the heartbeat never became readable"
+        time.sleep(0.5)
