@@ -27,6 +27,7 @@ Run by `ppcli manager` as `python -m deployments.server --host H --port P`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -127,36 +128,6 @@ def _log_to_stderr() -> None:
     logger.propagate = False
 
 
-# How often the server's in-process task queue (docket, which runs Prefect's periodic services
-# and background tasks) looks for due work: docket's default is every 250 ms, and those checks
-# were about a quarter of an idle server's CPU (41 -> 30 CPU s/h for a bare server at 1 s;
-# bench/README.md, idle_bench.py). The services themselves run every 15 s or more (see
-# podcastpile/cli/stack.py IDLE_SERVICES), so a second's resolution delays nothing that matters.
-QUEUE_CHECK_SECONDS = 1.0
-
-
-def slower_task_queue(seconds: float = QUEUE_CHECK_SECONDS) -> bool:
-    """Make the server's docket worker check for due work every `seconds`; Prefect has no
-    setting for it, so its module's `Worker` is wrapped. False (nothing changed) when the
-    installed Prefect no longer has that seam or docket's worker takes no such options."""
-    import functools
-    import inspect
-    from datetime import timedelta
-
-    from prefect.server.api import background_workers
-
-    worker = getattr(background_workers, "Worker", None)
-    if worker is None or isinstance(worker, functools.partial):
-        return isinstance(worker, functools.partial)
-    options = inspect.signature(worker).parameters
-    if not {"minimum_check_interval", "scheduling_resolution"} <= options.keys():
-        return False
-    every = timedelta(seconds=seconds)
-    background_workers.Worker = functools.partial(  # type: ignore[attr-defined]
-        worker, minimum_check_interval=every, scheduling_resolution=every)
-    return True
-
-
 def main() -> None:
     """Serve Prefect's app (API, UI and, unless disabled, its services) on one port."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,6 +146,7 @@ def main() -> None:
     from prefect.server.api.server import create_app
     from prefect.settings import get_current_settings
 
+    from deployments.idle import longer_pubsub_waits, quiet_uvicorn_server, slower_task_queue
     from deployments.jobs_api import JobsAPI, create_jobs_app, with_jobs_api
     from deployments.wheel_index import WheelPublisher, create_wheel_app, with_wheel_index
 
@@ -186,18 +158,24 @@ def main() -> None:
     jobs = create_jobs_app(JobsAPI(config, prefect_api=own_api(
         args.host, args.port, password, args.ssl_certfile, config.tls_ca_file)))
     slower_task_queue()
+    longer_pubsub_waits()
     publisher = WheelPublisher.for_checkout(Path(settings.home))
     publisher.start()  # builds in the background after the manager's start, or at the first request
     served = with_jobs_api(create_app(final=True), jobs, password)
     app = protect(with_wheel_index(served, create_wheel_app(publisher), password), password,
                   trusted_proxies_from(args.trusted_proxy))
-    uvicorn.run(
+    served_by = uvicorn.Config(
         app, host=args.host, port=args.port,
         proxy_headers=False,  # `protect` decides which proxies to believe
         timeout_keep_alive=settings.server.api.keepalive_timeout,
         log_level=settings.server.logging_level.lower(),
         ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
     )
+    server = (quiet_uvicorn_server() or uvicorn.Server)(served_by)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:  # as uvicorn.run ends: it could not bind or start the app
+        sys.exit(3)
 
 
 if __name__ == "__main__":

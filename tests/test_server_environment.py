@@ -75,12 +75,12 @@ def test_the_cpu_worker_is_woken_and_polls_the_server_every_30_s(tmp_path: Path,
 
 
 def test_the_servers_task_queue_checks_every_second_not_every_quarter_second() -> None:
-    """deployments/server.py wraps Prefect's docket worker: its 250 ms checks were a quarter of an
+    """deployments/idle.py wraps Prefect's docket worker: its 250 ms checks were a quarter of an
     idle server's CPU. In a process of its own: the change is process-wide."""
     import subprocess
     import sys
 
-    code = ("from deployments.server import slower_task_queue\n"
+    code = ("from deployments.idle import slower_task_queue\n"
             "from prefect.server.api import background_workers as b\n"
             "assert slower_task_queue() and slower_task_queue(), 'applies, and once only'\n"
             "print(b.Worker.keywords['minimum_check_interval'].total_seconds(),"
@@ -89,3 +89,82 @@ def test_the_servers_task_queue_checks_every_second_not_every_quarter_second() -
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1.0", "1.0", "docket.worker"]
+
+
+def test_a_short_pubsub_wait_is_one_thread_hand_off_and_a_message_still_ends_it_at_once() -> None:
+    """docket's cancellation listener waits 0.1 s for a message, in a loop; burner-redis made each
+    wait a thread hand-off, ten a second while idle. Patched (deployments/idle.py), a short wait
+    blocks once for up to a second, and a message published meanwhile is returned at once."""
+    import subprocess
+    import sys
+
+    code = """
+import asyncio, time
+from unittest import mock
+from deployments.idle import longer_pubsub_waits
+assert longer_pubsub_waits() and longer_pubsub_waits(), 'applies, and once only'
+from burner_redis import BurnerRedis
+
+async def main():
+    redis = BurnerRedis()
+    pubsub = redis.pubsub()
+    await pubsub.psubscribe('cancel:*')
+    assert (await pubsub.get_message(timeout=1.0))['type'] == 'psubscribe'
+    real = asyncio.to_thread
+    with mock.patch('asyncio.to_thread', side_effect=real) as hand_offs:
+        started = time.monotonic()
+        assert await pubsub.get_message(timeout=0.1) is None
+        quiet = time.monotonic() - started
+    later = asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(redis.publish('cancel:x', 'go')))
+    started = time.monotonic()
+    message = await pubsub.get_message(timeout=0.1)
+    print(hand_offs.call_count, round(quiet, 1), message and message['type'], round(time.monotonic() - started, 1))
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    hand_offs, quiet, kind, waited = done.stdout.split()
+    assert (hand_offs, quiet) == ("1", "1.0"), "one wait of a second, not ten of 0.1 s"
+    assert kind == "pmessage" and float(waited) < 0.9, "a message ends the wait when it comes"
+
+
+def test_the_quiet_uvicorn_server_serves_and_stops_within_a_second() -> None:
+    """uvicorn's main loop woke every 0.1 s to see whether to exit; the manager's ticks every
+    second (deployments/idle.py): it still serves, and stops at most a second after asked."""
+    import asyncio
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from deployments.idle import quiet_uvicorn_server
+
+    quiet = quiet_uvicorn_server()
+    assert quiet is not None and issubclass(quiet, uvicorn.Server)
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = quiet(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "never started"
+        time.sleep(0.05)
+    answer = httpx.get(f"http://127.0.0.1:{port}/")
+    assert (answer.status_code, answer.text) == (200, "ok")
+    assert answer.headers.get("date"), "the once-a-second work (the Date header) still runs"
+    asked = time.monotonic()
+    server.should_exit = True
+    thread.join(10)
+    assert not thread.is_alive() and time.monotonic() - asked < 2.5

@@ -154,7 +154,9 @@ def test_a_run_stranded_in_pending_or_silent_in_running_is_crashed_and_frees_its
     loops = control.ControlLoops(PrefectAPI(manager.api), config, say=lambda line: None)
     assert loops.crash_stranded_runs() == [], "a run PENDING for seconds is starting, not stranded"
     monkeypatch.setattr(control, "STRANDED_SECONDS", 0.0)
-    assert loops.crash_stranded_runs() == [stranded]
+    # Any run PENDING now counts at 0 s: also the manager's own `stats` run its CPU worker has
+    # just submitted (CI), so the stranded one is among those crashed.
+    assert stranded in loops.crash_stranded_runs()
     assert httpx.get(f"{manager.api}/flow_runs/{stranded}").json()["state"]["type"] == "CRASHED"
     slot_holder, state = submitted()
     assert state == "PENDING", "the slot is free again"
@@ -173,7 +175,8 @@ def test_a_run_stranded_in_pending_or_silent_in_running_is_crashed_and_frees_its
     _heartbeat(manager.api, beating)
     # A window both runs have been RUNNING for, with the heartbeat (sent 8 s in) inside it.
     monkeypatch.setattr(control, "SILENT_SECONDS", time.monotonic() - both_running - 0.5)
-    assert loops.crash_silent_runs() == [slot_holder]
+    crashed = loops.crash_silent_runs()  # (the manager's own runs started at most seconds ago)
+    assert slot_holder in crashed and beating not in crashed, crashed
     states = [httpx.get(f"{manager.api}/flow_runs/{run}").json()["state"]["type"] for run in (slot_holder, beating)]
     assert states == ["CRASHED", "RUNNING"], "a run that sends heartbeats is alive"
     assert submitted()[1] == "PENDING", "the slot is free again"
