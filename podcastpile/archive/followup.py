@@ -45,6 +45,11 @@ KEYS_MISSING_RECHECK = timedelta(hours=1)
 SAME_JOB_SECONDS = 3600.0
 # Looks for a fresh capture in CDX within the run before giving it back for a later run.
 LISTING_CHECKS = 4
+# A job's submission time is recorded once Save Page Now has answered (and the store has
+# written it): the capture it started can carry an earlier second. A stale job's capture is
+# looked for from this long before that record (the submission's time out and a slow store
+# write), so it is found and not made again (CI: a loaded run resubmitted a made capture).
+SUBMISSION_SLACK = timedelta(minutes=2)
 
 
 class FollowUp(_Base):
@@ -135,7 +140,7 @@ class FollowUp(_Base):
         """A job pending past SPN_JOB_STALE_SECONDS (IA forgets jobs after about an hour and then
         answers `pending` for ever): reuse a capture made since the submission, or resubmit."""
         url = submit_url(claim)
-        since = (claim.submitted_at or self.queue.clock()).strftime("%Y%m%d%H%M%S")
+        since = ((claim.submitted_at or self.queue.clock()) - SUBMISSION_SLACK).strftime("%Y%m%d%H%M%S")
         answer = self.finder.find([url], since=since, fresh=True).get(url)
         if isinstance(answer, KnownCapture):
             self.out.archived(claim, self._capture(answer), reused=False)

@@ -86,6 +86,20 @@ def test_a_stale_job_is_checked_in_cdx_then_resubmitted(real: Realistic) -> None
     assert row.archive_job_id is None
 
 
+def test_a_stale_jobs_capture_stamped_before_the_submission_was_recorded_is_found(real: Realistic) -> None:
+    """The submission's time is recorded after Save Page Now answered; a slow answer or store
+    write puts it seconds after the capture's own timestamp (CI, under load: the capture was
+    missed and made again). Here the store's clock runs 5 s ahead of the archive's."""
+    slow = real.origin.url("ep2.wav")
+    real.ia.slow_capture_urls.add(slow)
+    (slow_id,) = real.add(slow)
+    real.store.clock = lambda: utcnow() + timedelta(seconds=5)
+    summary = real.run(replace(LIMITS, stale_seconds=1.0))
+    assert summary.counts == {"captured": 1}
+    assert real.row(slow_id).status == "pending" and real.row(slow_id).archive_reused is False
+    assert len([job for job in real.ia.jobs.values() if job.url == slow]) == 1, "one capture, not two"
+
+
 def test_per_url_daily_cap_defers_only_that_episode_to_midnight(real: Realistic) -> None:
     capped, other = real.origin.url("ep1.wav"), real.origin.url("ep2.wav")
     real.ia.set_captures_today(capped, 5)
