@@ -93,3 +93,23 @@ def prefect_server(home: Path, timeout: float = 120.0, auth: str | None = None) 
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
+
+
+def send_heartbeat(api: str, run_id: str) -> None:
+    """Send one heartbeat of a flow run, as its process does; returns once the server has stored it."""
+    import asyncio
+
+    from prefect.events import Event
+    from prefect.events.clients import PrefectEventsClient
+
+    async def send() -> None:
+        async with PrefectEventsClient(api_url=api) as events:
+            await events.emit(Event(event="prefect.flow-run.heartbeat",
+                                    resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"}))
+    asyncio.run(send())
+    deadline = time.monotonic() + 60  # the server stores events in batches
+    while not httpx.post(f"{api}/events/filter", json={"filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]}}}).json()["events"]:
+        assert time.monotonic() < deadline, "the heartbeat never became readable"
+        time.sleep(0.5)

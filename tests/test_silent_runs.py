@@ -5,17 +5,14 @@ server, with real heartbeat events."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 import httpx
-from prefect.events import Event
-from prefect.events.clients import PrefectEventsClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.dispatch import crash_silent_runs
-from tests.prefect_server import prefect_server
+from tests.prefect_server import prefect_server, send_heartbeat
 
 # Seconds of silence that count as dead here (5 minutes in production): long enough that the
 # beating run's heartbeat, sent after the wait, is still inside it once the server has stored it.
@@ -29,14 +26,6 @@ def _running(api: str, deployment_id: str, flow_id: str) -> str:
     return str(run["id"])
 
 
-def _heartbeat(api: str, run_id: str) -> None:
-    async def send() -> None:
-        async with PrefectEventsClient(api_url=api) as events:
-            await events.emit(Event(event="prefect.flow-run.heartbeat",
-                                    resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"}))
-    asyncio.run(send())
-
-
 def _state(api: str, run_id: str) -> str:
     return httpx.get(f"{api}/flow_runs/{run_id}").json()["state"]["type"]
 
@@ -48,13 +37,7 @@ def test_a_silent_running_batch_is_marked_crashed_and_a_beating_one_is_not(tmp_p
         deployment_id = httpx.post(f"{api}/deployments/", json={"name": "gpu", "flow_id": flow_id}).json()["id"]
         silent, beating = _running(api, deployment_id, flow_id), _running(api, deployment_id, flow_id)
         time.sleep(WINDOW + 1)  # both have run longer than the window
-        _heartbeat(api, beating)
-        deadline = time.monotonic() + 60  # the server stores events in batches
-        while not httpx.post(f"{api}/events/filter", json={"filter": {
-                "event": {"name": ["prefect.flow-run.heartbeat"]},
-                "resource": {"id": [f"prefect.flow-run.{beating}"]}}}).json()["events"]:
-            assert time.monotonic() < deadline, "the heartbeat never became readable"
-            time.sleep(0.5)
+        send_heartbeat(api, beating)
         young = _running(api, deployment_id, flow_id)  # started within the window
 
         with temporary_settings(updates={PREFECT_API_URL: api}):

@@ -217,13 +217,10 @@ class ControlLoops:
         cutoff = datetime.now(UTC).timestamp() - STRANDED_SECONDS
         crashed = []
         for run in pending or []:
-            since = (run.get("state") or {}).get("timestamp")
-            if not since or datetime.fromisoformat(since).timestamp() > cutoff:
-                continue
-            self._http("POST", f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
-                "type": "CRASHED", "message": f"PENDING for over {STRANDED_SECONDS:g} s: the worker that submitted "
-                                              "it went away before its process started (found by ppcli manager)"}})
-            crashed.append(str(run["id"]))
+            if self._in_state_before(run, cutoff):
+                self._crash(run, f"PENDING for over {STRANDED_SECONDS:g} s: the worker that submitted it went "
+                                 "away before its process started (found by ppcli manager)")
+                crashed.append(str(run["id"]))
         if crashed:
             self.say(f"control loops: {len(crashed)} runs stranded in PENDING marked crashed: {', '.join(crashed)}")
         self._stranded_checked = time.monotonic()
@@ -240,21 +237,28 @@ class ControlLoops:
         since = now.timestamp() - SILENT_SECONDS
         crashed = []
         for run in running or []:
-            started = (run.get("state") or {}).get("timestamp")
-            if not started or datetime.fromisoformat(started).timestamp() > since:
+            if not self._in_state_before(run, since):
                 continue  # running for less than the window: it may not have beaten yet
             beats = self._http("POST", "/events/filter", {"limit": 1, "filter": {
                 "occurred": {"since": datetime.fromtimestamp(since, UTC).isoformat(), "until": now.isoformat()},
                 "event": {"name": [HEARTBEAT]}, "resource": {"id": [f"prefect.flow-run.{run['id']}"]}}})
-            if (beats or {}).get("events"):
-                continue
-            self._http("POST", f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
-                "type": "CRASHED", "message": f"No heartbeat for {SILENT_SECONDS:g} s: the process running it "
-                                              "is gone (found by ppcli manager)"}})
-            crashed.append(str(run["id"]))
+            if not (beats or {}).get("events"):
+                self._crash(run, f"No heartbeat for {SILENT_SECONDS:g} s: the process running it is gone "
+                                 "(found by ppcli manager)")
+                crashed.append(str(run["id"]))
         if crashed:
             self.say(f"control loops: {len(crashed)} silent runs marked crashed: {', '.join(crashed)}")
         return crashed
+
+    @staticmethod
+    def _in_state_before(run: dict[str, Any], cutoff: float) -> bool:
+        """Whether `run` entered its current state before `cutoff` (a POSIX time)."""
+        since = (run.get("state") or {}).get("timestamp")
+        return bool(since) and datetime.fromisoformat(since).timestamp() <= cutoff
+
+    def _crash(self, run: dict[str, Any], message: str) -> None:
+        self._http("POST", f"/flow_runs/{run['id']}/set_state",
+                   {"force": True, "state": {"type": "CRASHED", "message": message}})
 
     def _follow(self) -> None:
         """Let go of the followed runs that are over; delete those that found nothing to do."""

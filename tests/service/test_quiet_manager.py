@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.manager import PPCLI, Manager
-from tests.prefect_server import busy_retried, free_port
+from tests.prefect_server import busy_retried, free_port, send_heartbeat
 from tests.processes import stop_tree
 
 CONTROLLED = {"archive": "archive", "dispatch": "dispatch", "stats": "stats", "export-dataset": "export"}
@@ -172,7 +172,7 @@ def test_a_run_stranded_in_pending_or_silent_in_running_is_crashed_and_frees_its
         "state": {"type": "RUNNING"}})).json()["id"]
     both_running = time.monotonic()
     time.sleep(8.0)
-    _heartbeat(manager.api, beating)
+    send_heartbeat(manager.api, beating)
     # A window both runs have been RUNNING for, with the heartbeat (sent 8 s in) inside it.
     monkeypatch.setattr(control, "SILENT_SECONDS", time.monotonic() - both_running - 0.5)
     crashed = loops.crash_silent_runs()  # (the manager's own runs started at most seconds ago)
@@ -181,22 +181,3 @@ def test_a_run_stranded_in_pending_or_silent_in_running_is_crashed_and_frees_its
     assert states == ["CRASHED", "RUNNING"], "a run that sends heartbeats is alive"
     assert submitted()[1] == "PENDING", "the slot is free again"
 
-
-def _heartbeat(api: str, run_id: str) -> None:
-    """Send one heartbeat of a flow run, as its process does; returns once the server has stored it."""
-    import asyncio
-
-    from prefect.events import Event
-    from prefect.events.clients import PrefectEventsClient
-
-    async def send() -> None:
-        async with PrefectEventsClient(api_url=api) as events:
-            await events.emit(Event(event="prefect.flow-run.heartbeat",
-                                    resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"}))
-    asyncio.run(send())
-    deadline = time.monotonic() + 60  # the server stores events in batches
-    while not httpx.post(f"{api}/events/filter", json={"filter": {
-            "event": {"name": ["prefect.flow-run.heartbeat"]},
-            "resource": {"id": [f"prefect.flow-run.{run_id}"]}}}).json()["events"]:
-        assert time.monotonic() < deadline, "the heartbeat never became readable"
-        time.sleep(0.5)
