@@ -306,6 +306,12 @@ class ControlLoops:
         dead = (held_by_runs(store.leased_by_run(), self.api).dead or 0) if leased else 0
         loop.found = f"{ready:,} ready, {leased:,} leased" + (f", {dead:,} held by dead runs" if dead else "")
         if not ready and not dead:
+            # Leases held by runs that look alive: a dispatch every DISPATCH_SAFETY all the same,
+            # whose backstop (tasks/dispatch.py crash_silent_runs) finds a batch run that stopped
+            # beating unnoticed by the automation. CI's soak: a batch killed while Prefect's
+            # database was down held 6 episodes for 9 minutes, until other work started a dispatch.
+            if leased and loop.since_start() >= DISPATCH_SAFETY:
+                self._start(loop, {}, loop.seen)
             return
         seen = (ready, leased, dead, self._online_workers())
         if seen != loop.seen or loop.since_start() >= DISPATCH_SAFETY:
